@@ -1,0 +1,34 @@
+# make run   - install into .venv and run the main job on the default corpus
+# make test  - install into .venv and run the default (fast, CPU) test suite
+PYTHON ?= python3
+VENV ?= .venv
+# Pinned first so that pip never pulls a multi-GB CUDA build onto a machine without a GPU.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install run test test-all lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python -m experiments.train experiment=quickstart
+	$(BIN)/python -m experiments.eval run_dir=runs/quickstart eval.streaming=true
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,19 @@
+"""Building blocks shared by the architectures (norms, rotary embeddings, MLPs, attention, state)."""
+
+from architectures.common.attention import CausalSelfAttention, KVCache, causal_window_mask
+from architectures.common.mlp import SwiGLU
+from architectures.common.norms import RMSNorm
+from architectures.common.rotary import RotaryEmbedding, apply_rotary
+from architectures.common.state import detach_state, map_state
+
+__all__ = [
+    "CausalSelfAttention",
+    "KVCache",
+    "causal_window_mask",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "apply_rotary",
+    "detach_state",
+    "map_state",
+]

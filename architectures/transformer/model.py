@@ -1,0 +1,83 @@
+"""The Llama-style baseline, the control of every comparison."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from architectures.common import CausalSelfAttention, RMSNorm, SwiGLU
+from architectures.transformer.config import TransformerConfig
+
+TransformerState = dict[str, Any]  # {"pos": int, "kv": [(k, v) per layer]}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = CausalSelfAttention(
+            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.rope_base, cfg.kv_window, cfg.dropout
+        )
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, pos, cache):
+        h, cache = self.attn(self.attn_norm(x), pos, cache)
+        x = x + self.drop(h)
+        return x + self.ffn(self.ffn_norm(x)), cache
+
+
+class Transformer(nn.Module):
+    """``forward(tokens[B, T], state=None) -> (logits[B, T, V], state)``; state is the KV cache."""
+
+    def __init__(self, config: TransformerConfig | None = None, **kwargs: Any):
+        super().__init__()
+        if config is not None and kwargs:
+            raise TypeError("pass either a TransformerConfig or keyword fields, not both")
+        self.config = cfg = config if config is not None else TransformerConfig(**kwargs)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                # GPT-2 / Llama practice: residual output projections shrink with depth.
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1
+                nn.init.normal_(p, mean=0.0, std=std * scale)
+            elif name.endswith("weight"):
+                nn.init.ones_(p)
+
+    def forward(
+        self, tokens: torch.Tensor, state: TransformerState | None = None
+    ) -> tuple[torch.Tensor, TransformerState]:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        pos = 0 if state is None else int(state["pos"])
+        caches = [None] * len(self.layers) if state is None else state["kv"]
+        x = self.embed(tokens)
+        new_caches = []
+        for layer, cache in zip(self.layers, caches):
+            x, cache = layer(x, pos, cache)
+            new_caches.append(cache)
+        logits = self.head(self.norm(x))
+        return logits, {"pos": pos + tokens.shape[1], "kv": new_caches}
+
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per token: 6 * (non-embedding matmul params) + attention (6 * 2 * L * d * ctx/2
+        for causal scores and values, counted forward + backward as 3x forward)."""
+        cfg = self.config
+        n = sum(p.numel() for n_, p in self.layers.named_parameters() if p.dim() >= 2)
+        n += cfg.vocab_size * cfg.d_model  # the LM head matmul
+        span = context if cfg.kv_window is None else min(context, cfg.kv_window)
+        attn = 2 * 2 * cfg.n_layers * cfg.d_model * span / 2
+        return 6.0 * n + 3.0 * attn

@@ -1,0 +1,71 @@
+"""The Lightning data module for byte-level corpora."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from experiments.data.corpus import ByteCorpus
+from experiments.data.samplers import SAMPLERS, RandomWindows, StepBatches
+
+
+class ByteDataModule(L.LightningDataModule):
+    """Train batches come from ``sampler`` (random windows or document streams) starting at the
+    trainer's current step, so that resuming continues the exact data order. Validation uses a
+    fixed set of random windows (``eval_seed``), identical across architectures and seeds."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        pattern: str = "**/*",
+        exclude: list[str] | None = None,
+        cache_dir: str | None = None,
+        name: str = "corpus",
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        max_doc_bytes: int | None = None,
+        seq_len: int = 256,
+        batch_size: int = 16,
+        sampler: str = "random",
+        seed: int = 0,
+        val_batches: int = 8,
+        eval_seed: int = 1234,
+    ):
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={sampler!r} is unknown; use one of {sorted(SAMPLERS)}")
+        self.corpus_kwargs = dict(
+            path=path, pattern=pattern, exclude=list(exclude or []), cache_dir=cache_dir, name=name,
+            val_fraction=val_fraction, test_fraction=test_fraction, max_doc_bytes=max_doc_bytes,
+        )
+        self.seq_len, self.batch_size, self.sampler_name = seq_len, batch_size, sampler
+        self.seed, self.val_batches, self.eval_seed = seed, val_batches, eval_seed
+        self.corpus: ByteCorpus | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is None:
+            self.corpus = ByteCorpus.build_or_load(**self.corpus_kwargs)
+            # fail now, with the message, rather than at the first batch
+            RandomWindows(self.corpus.split("train"), self.seq_len, self.batch_size, self.seed)
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        sampler = SAMPLERS[self.sampler_name](
+            self.corpus.split("train"), self.seq_len, self.batch_size, self.seed, rank, world
+        )
+        start = 0
+        if self.trainer is not None:
+            start = self.trainer.global_step * self.trainer.accumulate_grad_batches
+        return DataLoader(StepBatches(sampler, start=start), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        sampler = RandomWindows(self.corpus.split("val"), self.seq_len, self.batch_size, self.eval_seed,
+                                split_name="val")
+        # the same windows whatever the world size: rank r takes batches r, r + world, ...
+        count = len(range(rank, self.val_batches, world))
+        return DataLoader(StepBatches(sampler, count=count, stride=world, offset=rank), batch_size=None)

@@ -1,0 +1,122 @@
+"""Batch samplers whose batch is a pure function of (seed, step, rank).
+
+That is what makes a resumed run see exactly the batches an uninterrupted one would: the loader
+restarts at ``step = global_step`` and nothing else has to be saved.
+
+* ``RandomWindows`` — standard LM training: windows of ``seq_len + 1`` bytes (inputs and shifted
+  targets) drawn uniformly over every valid start inside a document.
+* ``DocumentStreams`` — document-aware: batch row r walks its own stream of whole documents,
+  window after window (window s covers bytes [s*T, s*T + T] of the stream), the next document
+  following when one ends. Consecutive steps are consecutive text, so state can be carried.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+import torch
+
+from experiments.data.corpus import Split
+
+
+class RandomWindows:
+    def __init__(self, split: Split, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, split_name: str = "train"):
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"data.seq_len={seq_len} and data.batch_size={batch_size} must be >= 1")
+        lengths = split.lengths
+        valid = np.maximum(lengths - seq_len, 0)  # starts s with s + seq_len + 1 <= len
+        if valid.sum() == 0:
+            raise ValueError(
+                f"data.seq_len={seq_len} is longer than every {split_name} document (a window needs "
+                f"seq_len + 1 = {seq_len + 1} bytes; the longest document has {int(lengths.max())}); "
+                "lower data.seq_len or use a corpus with longer documents"
+            )
+        self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.cum_valid = np.concatenate([[0], np.cumsum(valid)])
+        self.eligible_bytes = int(lengths[valid > 0].sum())
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step, self.rank, self.world_size])
+        u = rng.integers(0, self.cum_valid[-1], size=self.batch_size)
+        doc = np.searchsorted(self.cum_valid, u, side="right") - 1
+        starts = self.split.offsets[doc] + (u - self.cum_valid[doc])
+        idx = starts[:, None] + np.arange(self.seq_len + 1)
+        return {"tokens": torch.from_numpy(self.split.data[idx].astype(np.int64))}
+
+
+class DocumentStreams:
+    def __init__(self, split: Split, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, split_name: str = "train"):
+        rows = batch_size * world_size
+        if split.n_docs < rows:
+            raise ValueError(
+                f"the document-stream sampler binds one document stream to each of the "
+                f"{rows} batch rows (data.batch_size x world size) but the {split_name} split has only "
+                f"{split.n_docs} documents; lower data.batch_size or add documents"
+            )
+        self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.rows = [rank * batch_size + r for r in range(batch_size)]
+        # per row: document ids in stream order and their cumulative end offsets in the stream
+        self._docs: list[list[int]] = [[] for _ in self.rows]
+        self._ends: list[list[int]] = [[] for _ in self.rows]
+        self._epochs = 0
+
+    def _extend(self) -> None:
+        perm = np.random.default_rng([self.seed, self._epochs, 7]).permutation(self.split.n_docs)
+        n_rows = self.batch_size * self.world_size
+        lengths = self.split.lengths
+        for i, g in enumerate(self.rows):
+            for d in perm[g::n_rows]:
+                end = (self._ends[i][-1] if self._ends[i] else 0) + int(lengths[d])
+                self._docs[i].append(int(d))
+                self._ends[i].append(end)
+        self._epochs += 1
+
+    def _read(self, i: int, start: int, n: int) -> tuple[np.ndarray, bool]:
+        while not self._ends[i] or self._ends[i][-1] < start + n:
+            self._extend()
+        out = np.empty(n, dtype=np.int64)
+        j = bisect.bisect_right(self._ends[i], start)
+        doc_start = start == (self._ends[i][j - 1] if j > 0 else 0)
+        pos, filled = start, 0
+        while filled < n:
+            d = self._docs[i][j]
+            d_begin = self._ends[i][j] - int(self.split.lengths[d])
+            take = min(n - filled, self._ends[i][j] - pos)
+            lo = self.split.offsets[d] + (pos - d_begin)
+            out[filled : filled + take] = self.split.data[lo : lo + take]
+            filled, pos, j = filled + take, pos + take, j + 1
+        return out, doc_start
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        start = step * self.seq_len
+        rows, starts = zip(*(self._read(i, start, self.seq_len + 1) for i in range(self.batch_size)))
+        return {"tokens": torch.from_numpy(np.stack(rows)), "doc_start": torch.tensor(starts)}
+
+    def documents(self, row: int, up_to_step: int) -> list[int]:
+        """Document ids row ``row`` has entered by the end of window ``up_to_step`` (for tests)."""
+        end = (up_to_step + 1) * self.seq_len + 1
+        while not self._ends[row] or self._ends[row][-1] < end:
+            self._extend()
+        return self._docs[row][: bisect.bisect_left(self._ends[row], end) + 1]
+
+
+SAMPLERS = {"random": RandomWindows, "stream": DocumentStreams}
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """Yields ``sampler.batch(step)`` for step = start, start + 1, ... (optionally a fixed count)."""
+
+    def __init__(self, sampler, start: int = 0, count: int | None = None, stride: int = 1, offset: int = 0):
+        super().__init__()
+        self.sampler, self.start, self.count, self.stride, self.offset = sampler, start, count, stride, offset
+
+    def __iter__(self):
+        step = self.start
+        while self.count is None or step < self.start + self.count:
+            yield self.sampler.batch(step * self.stride + self.offset)
+            step += 1

@@ -1,0 +1,195 @@
+"""One LightningModule that trains any architecture honouring the house contract."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from architectures.common import detach_state, map_state
+from experiments.metrics import BitsPerByte, MeanNLL, Perplexity
+
+
+def to_plain(cfg: Any) -> Any:
+    """Configs land in hparams as plain containers, so checkpoints load with ``weights_only``."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float):
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if max_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+class CausalLMModule(L.LightningModule):
+    """Next-byte cross-entropy for ``net(tokens, state) -> (logits, state)``.
+
+    ``net`` is a Hydra config (``cfg.model.net``) instantiated here, so hparams hold only plain dicts.
+    With ``carry_state`` the module keeps the net's state between training steps (the data must be
+    the document-stream sampler so that consecutive batches are consecutive text) and detaches it
+    after every step: truncated back-propagation through time.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        optim: dict | None = None,
+        carry_state: bool = False,
+        ignore_index: int = -100,
+    ):
+        super().__init__()
+        net, optim = to_plain(net), to_plain(optim) or {}
+        self.save_hyperparameters({"net": net, "optim": optim, "carry_state": carry_state,
+                                   "ignore_index": ignore_index})
+        self.net = instantiate(net)
+        self.optim_cfg = optim
+        self.carry_state = carry_state
+        self.ignore_index = ignore_index
+        self.train_loss, self.train_bpb = MeanNLL(), BitsPerByte()
+        self.val_loss, self.val_bpb, self.val_ppl = MeanNLL(), BitsPerByte(), Perplexity()
+        self._state = None
+        self._t_last: float | None = None
+        self._tokens_timed = 0
+        self._time_timed = 0.0
+        self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ forward and loss
+    def nll(self, batch: dict[str, torch.Tensor], state=None):
+        """Per-byte NLL [B, T] in nats, the mask of scored bytes, and the new state."""
+        tokens = batch["tokens"]
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        logits, state = self.net(inputs, state)
+        nll = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.ignore_index, reduction="none"
+        ).view_as(targets)
+        return nll, targets != self.ignore_index, state
+
+    def training_step(self, batch, batch_idx):
+        state = self._state if self.carry_state else None
+        nll, mask, state = self.nll(batch, state)
+        loss = nll[mask].mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step} "
+                f"(lr={self._current_lr():.3g}); lower optim.lr, raise optim.warmup_steps, keep "
+                "trainer.gradient_clip_val set, or train in float32 (trainer.precision=32-true)"
+            )
+        if self.carry_state:
+            self._state = detach_state(state)
+        self.train_loss.update(nll, mask)
+        self.train_bpb.update(nll, mask)
+        n = int(mask.sum()) * self.trainer.world_size if self._trainer is not None else int(mask.sum())
+        self.tokens_seen += n
+        self._tokens_in_step = n
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if (self.global_step + 1) % every == 0:
+            self.log("train/loss", self.train_loss.compute(), prog_bar=True)
+            self.log("train/bpb", self.train_bpb.compute(), prog_bar=True)
+            self.train_loss.reset()
+            self.train_bpb.reset()
+            self.log("train/lr", self._current_lr())
+            if self._time_timed > 0:
+                self.log("train/tokens_per_s", self._tokens_timed / self._time_timed, prog_bar=True)
+            self.log("train/peak_mem_mb", peak_memory_mb(self.device))
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._t_last = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self._t_last is not None and self.global_step > 1:  # skip warm-up steps
+            self._time_timed += time.perf_counter() - self._t_last
+            self._tokens_timed += self._tokens_in_step
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self._tokens_timed / self._time_timed if self._time_timed > 0 else float("nan")
+
+    def validation_step(self, batch, batch_idx):
+        nll, mask, _ = self.nll(batch)
+        for m in (self.val_loss, self.val_bpb, self.val_ppl):
+            m.update(nll, mask)
+
+    def on_validation_epoch_end(self):
+        # compute() already reduces the sums over ranks; sync_dist only silences Lightning's warning
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)
+        self.log("val/bpb", self.val_bpb.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
+        for m in (self.val_loss, self.val_bpb, self.val_ppl):
+            m.reset()
+
+    # ------------------------------------------------------------------ optimisation
+    def _current_lr(self) -> float:
+        try:
+            return self.optimizers().param_groups[0]["lr"]
+        except (RuntimeError, AttributeError, IndexError):
+            return float(self.optim_cfg.get("lr", float("nan")))
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        wd = float(o.get("weight_decay", 0.1))
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if not p.requires_grad:
+                continue
+            # by default norms' scales and biases are not decayed; Megalodon decays all (w+1 storage)
+            (decay if (p.dim() >= 2 or o.get("decay_all", False)) else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=float(o.get("lr", 1e-3)),
+            betas=tuple(o.get("betas", (0.9, 0.95))),
+            eps=float(o.get("eps", 1e-8)),
+        )
+        max_steps = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lr_lambda(int(o.get("warmup_steps", 0)), int(o.get("max_steps") or max_steps),
+                      float(o.get("min_lr_ratio", 0.1))),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["longlab"] = {
+            "tokens_seen": self.tokens_seen,
+            "timing": (self._tokens_timed, self._time_timed),
+            "torch_rng": torch.get_rng_state(),
+            "carried_state": map_state(lambda t: t.detach().cpu(), self._state),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("longlab", {})
+        self.tokens_seen = extra.get("tokens_seen", 0)
+        self._tokens_timed, self._time_timed = extra.get("timing", (0, 0.0))
+        if "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"])
+        self._state = extra.get("carried_state")
+
+    def on_train_start(self) -> None:
+        if self._state is not None:
+            self._state = map_state(lambda t: t.to(self.device), self._state)

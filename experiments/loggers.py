@@ -1,0 +1,50 @@
+"""A CSV logger that survives resumption.
+
+Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when a run restarts in the same folder,
+so a resumed run would lose its loss curve. ``ResumableCSVLogger`` keeps the file and appends;
+``trim_metrics_csv`` first drops rows logged after the checkpoint being resumed from (a run killed
+between checkpoints logged steps that will now be trained again).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:  # keep the previous rows
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            self.metrics_keys = sorted(header)
+
+
+class ResumableCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def trim_metrics_csv(path: Path, before_step: int) -> None:
+    """Keep only the rows of ``path`` whose ``step`` is below ``before_step``."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames or [], [r for r in reader if int(float(r["step"])) < before_step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)

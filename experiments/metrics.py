@@ -1,0 +1,56 @@
+"""torchmetrics for byte-level language modelling.
+
+All three read the same two sums — total negative log-likelihood in nats and the number of scored
+bytes — so they agree exactly and reduce correctly across DDP ranks (sums, not means of means).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics import Metric
+
+
+class _NLLSum(Metric):
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, nll: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """``nll``: per-byte negative log-likelihood in nats; ``mask``: True where the byte counts."""
+        nll = nll.detach().to(torch.float64)
+        if mask is not None:
+            nll = nll[mask]
+        self.nll_sum += nll.sum()
+        self.count += nll.numel()
+
+    def _mean(self) -> torch.Tensor:
+        if self.count == 0:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.nll_sum / self.count
+
+
+class MeanNLL(_NLLSum):
+    """Cross-entropy per byte, in nats."""
+
+    def compute(self) -> torch.Tensor:
+        return self._mean()
+
+
+class BitsPerByte(_NLLSum):
+    """Sum of NLL over scored bytes / (number of bytes * ln 2)."""
+
+    def compute(self) -> torch.Tensor:
+        return self._mean() / math.log(2)
+
+
+class Perplexity(_NLLSum):
+    """exp(mean NLL) per byte."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(self._mean())

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TINY_MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*_tiny.yaml"))
+
+WORDS = (
+    "the of and to in is that for it as with was on be by this are from at or an which have not "
+    "memory state chunk patch attention window document stream byte model token layer norm"
+).split()
+
+
+def write_corpus(root: Path, n_docs: int = 40, seed: int = 0, min_len: int = 300, max_len: int = 3000) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        n = rng.randint(min_len, max_len)
+        words, size = [], 0
+        while size < n:
+            w = rng.choice(WORDS)
+            words.append(w)
+            size += len(w) + 1
+        sub = root / f"part{i % 3}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"doc{i:03d}.txt").write_text(" ".join(words)[:n] + "\n")
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Built corpora go to a per-session folder; faiss/torch use few threads on the 2-core box."""
+    os.environ["LONGLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+def build_net(model: str, overrides: list[str] | None = None):
+    from hydra.utils import instantiate
+
+    cfg = compose("train", [f"model={model}", *(overrides or [])])
+    return instantiate(cfg.model.net)
