@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import torch
+
+from kernels._autograd import recompute_grad
+from kernels._dispatch import check, resolve_backend
+from kernels.cema.reference import cema_reference, cema_step_reference
+from kernels.cema.torch_impl import cema_fft
+
+
+def _validate(x, alpha, delta, theta, gamma, omega, h0):
+    check(x.dim() == 3, f"cema: x must be [B, D, L], got shape {tuple(x.shape)}")
+    B, D, L = x.shape
+    check(L >= 1, "cema: the sequence is empty (L = 0)")
+    check(alpha.dim() == 3 and alpha.shape[0] == D and alpha.shape[2] == 1,
+          f"cema: alpha must be [D={D}, N, 1], got {tuple(alpha.shape)}")
+    N = alpha.shape[1]
+    for name, t, shape in (("delta", delta, (D, N, 1)), ("theta", theta, (D, 1, 1)), ("gamma", gamma, (D, N, 2)),
+                           ("omega", omega, (D, 1))):
+        check(tuple(t.shape) == shape, f"cema: {name} must be {list(shape)}, got {list(t.shape)}")
+    if h0 is not None:
+        check(tuple(h0.shape) == (B, D, N) and h0.is_complex(),
+              f"cema: h0 must be complex [B={B}, D={D}, N={N}], got {h0.dtype} {tuple(h0.shape)}")
+
+
+def cema(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False, backend=None):
+    """Megalodon's complex EMA over x [B, D, L] -> (y [B, D, L], h_L [B, D, N] complex or None).
+
+    ``h0`` is the incoming state (streaming / chunk-parallel); ``return_state`` returns the state after
+    the last step. Computed in float32 (float64 for float64 inputs) whatever the input dtype.
+    Backends: ``reference`` (sequential recurrence), ``torch`` (FFT convolution), ``triton`` (scan).
+    """
+    _validate(x, alpha, delta, theta, gamma, omega, h0)
+    b = resolve_backend(backend, x, "cema")
+    if b == "reference":
+        y, h = cema_reference(x, alpha, delta, theta, gamma, omega, h0)
+        return y, (h if return_state else None)
+    if b == "torch":
+        return cema_fft(x, alpha, delta, theta, gamma, omega, h0, return_state)
+    from kernels.cema.triton_impl import cema_triton_forward
+
+    def grad_fn(x, alpha, delta, theta, gamma, omega, h0):
+        return cema_fft(x, alpha, delta, theta, gamma, omega, h0, return_state=True)
+
+    y, h = recompute_grad(cema_triton_forward, grad_fn, x, alpha, delta, theta, gamma, omega, h0)
+    return y.to(x.dtype), (h if return_state else None)
+
+
+def cema_step(x_t, h, alpha, delta, theta, gamma, omega):
+    """O(1) decoding step: x_t [B, D], h [B, D, N] complex (or None) -> (y_t [B, D], h')."""
+    check(x_t.dim() == 2, f"cema_step: x_t must be [B, D], got {tuple(x_t.shape)}")
+    if h is None:
+        dt = torch.complex128 if x_t.dtype == torch.float64 else torch.complex64
+        h = torch.zeros(*x_t.shape, alpha.shape[1], dtype=dt, device=x_t.device)
+    return cema_step_reference(x_t, h, alpha, delta, theta, gamma, omega)

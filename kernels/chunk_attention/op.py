@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+
+from kernels._autograd import recompute_grad
+from kernels._dispatch import check, resolve_backend
+from kernels.chunk_attention.reference import chunk_attention_reference
+from kernels.chunk_attention.torch_impl import chunk_attention_sdpa
+
+
+def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, backend=None):
+    """Causal attention inside blocks of ``chunk_size`` tokens. q, k, v [B, T, H, d].
+
+    ``cache`` = (k, v) [B, S, H, d] of the current chunk's earlier tokens (S < chunk_size): the queries
+    then continue that chunk (streaming / decoding). Returns (o [B, T, H, d], cache') where cache'
+    holds the unfinished last chunk, empty on a chunk boundary. ``scale`` None means 1/sqrt(d).
+    """
+    check(q.dim() == 4 and q.shape == k.shape == v.shape,
+          f"chunk_attention: q, k, v must share one [B, T, H, d] shape, got {tuple(q.shape)}, "
+          f"{tuple(k.shape)}, {tuple(v.shape)}")
+    check(isinstance(chunk_size, int) and chunk_size >= 1, f"chunk_attention: chunk_size={chunk_size!r} must be >= 1")
+    k_cache, v_cache = cache if cache is not None else (None, None)
+    if k_cache is not None and k_cache.shape[1] == 0:
+        k_cache = v_cache = None
+    if k_cache is not None:
+        check(k_cache.shape[1] < chunk_size, f"chunk_attention: cache holds {k_cache.shape[1]} tokens, "
+              f"which is not less than chunk_size={chunk_size}")
+    b = resolve_backend(backend, q, "chunk_attention")
+    if b == "reference":
+        o, kc, vc = chunk_attention_reference(q, k, v, chunk_size, scale, k_cache, v_cache)
+        return o, (kc, vc)
+    if b == "torch":
+        o, kc, vc = chunk_attention_sdpa(q, k, v, chunk_size, scale, k_cache, v_cache)
+        return o, (kc, vc)
+    from kernels.chunk_attention.triton_impl import chunk_attention_triton_forward
+
+    B, T, H, d = q.shape
+    S = 0 if k_cache is None else k_cache.shape[1]
+    sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    qq = torch.cat([q.new_zeros(B, S, H, d), q], 1) if S else q
+    kk = torch.cat([k_cache.to(k.dtype), k], 1) if S else k
+    vv = torch.cat([v_cache.to(v.dtype), v], 1) if S else v
+
+    def fast(qq, kk, vv):
+        flat = [rearrange(t, "b t h d -> (b h) t d").contiguous() for t in (qq, kk, vv)]
+        o = chunk_attention_triton_forward(*flat, chunk_size, sc)
+        return (rearrange(o, "(b h) t d -> b t h d", b=B),)
+
+    def grad_fn(qq, kk, vv):
+        return (chunk_attention_sdpa(qq, kk, vv, chunk_size, sc)[0],)
+
+    (o,) = recompute_grad(fast, grad_fn, qq, kk, vv)
+    total = S + T
+    keep = total % chunk_size
+    return o[:, S:].to(q.dtype), (kk[:, total - keep :], vv[:, total - keep :])

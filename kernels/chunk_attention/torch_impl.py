@@ -1,0 +1,33 @@
+"""Fast PyTorch chunked attention: fold chunks into the batch dimension, one causal SDPA call.
+
+[B, T, H, d] -> pad T to n*C -> [(B n), H, C, d]; a single 4-D ``scaled_dot_product_attention``
+with ``is_causal`` is then exactly block-diagonal causal attention. A cache of S tokens of the
+current chunk is handled by prepending S dummy queries (their outputs are dropped).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=None):
+    B, T, H, d = q.shape
+    C = chunk_size
+    S = 0 if k_cache is None else k_cache.shape[1]
+    if S:
+        q = torch.cat([q.new_zeros(B, S, H, d), q], 1)
+        k = torch.cat([k_cache.to(k.dtype), k], 1)
+        v = torch.cat([v_cache.to(v.dtype), v], 1)
+    total = S + T
+    n = (total + C - 1) // C
+    pad = n * C - total
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+    fold = "b (n c) h d -> (b n) h c d"
+    qf, kf, vf = (rearrange(t, fold, c=C) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=scale)
+    o = rearrange(o, "(b n) h c d -> b (n c) h d", n=n)[:, S:total]
+    keep = total % C
+    return o, k[:, total - keep : total], v[:, total - keep : total]

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+
+from kernels._autograd import recompute_grad
+from kernels._dispatch import check, resolve_backend
+from kernels.memory_attention.reference import dense_mask, memory_attention_reference
+from kernels.memory_attention.torch_impl import memory_attention_fast
+
+
+def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=None):
+    """FoT memory attention: one softmax over causal local keys and extra keys. q, k, v [B, T, H, d].
+
+    Dense / CrossBatch: ``mem_k, mem_v`` [B, M, H, d], ``mem_mask`` [B, M] or [B, H, M].
+    kNN: ``mem_k, mem_v`` [B, T, H, k, d], ``mem_mask`` [B, T, H, k]. True = valid entry.
+    """
+    check(q.dim() == 4 and q.shape == k.shape == v.shape,
+          f"memory_attention: q, k, v must share one [B, T, H, d] shape, got {tuple(q.shape)}")
+    B, T, H, d = q.shape
+    check(mem_k.shape == mem_v.shape, "memory_attention: mem_k and mem_v must have the same shape")
+    if mem_k.dim() == 4:
+        check(mem_k.shape[0] == B and mem_k.shape[2:] == (H, d),
+              f"memory_attention: dense memory must be [B={B}, M, H={H}, d={d}], got {tuple(mem_k.shape)}")
+    else:
+        check(mem_k.dim() == 5 and mem_k.shape[:3] == (B, T, H) and mem_k.shape[4] == d,
+              f"memory_attention: kNN memory must be [B={B}, T={T}, H={H}, k, d={d}], got {tuple(mem_k.shape)}")
+    b = resolve_backend(backend, q, "memory_attention")
+    if b == "reference":
+        return memory_attention_reference(q, k, v, mem_k, mem_v, mem_mask, scale)
+    if b == "torch":
+        return memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask, scale)
+    from kernels.memory_attention.triton_impl import memory_attention_triton_forward
+
+    sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if mem_k.dim() == 4:
+        M = mem_k.shape[1]
+        valid = dense_mask(mem_mask, B, H, M, q.device).expand(B, H, 1, M).reshape(B * H, M)
+        to_flat = lambda t: rearrange(t, "b m h d -> (b h) m d").contiguous()  # noqa: E731
+    else:
+        kk = mem_k.shape[3]
+        valid = torch.ones(B, T, H, kk, dtype=torch.bool, device=q.device) if mem_mask is None else mem_mask.bool()
+        valid = rearrange(valid, "b t h k -> (b h) t k")
+        to_flat = lambda t: rearrange(t, "b t h k d -> (b h) t k d").contiguous()  # noqa: E731
+
+    def fast(q, k, v, mem_k, mem_v, valid):
+        flat = [rearrange(t, "b t h d -> (b h) t d").contiguous() for t in (q, k, v)]
+        o = memory_attention_triton_forward(*flat, to_flat(mem_k), to_flat(mem_v), valid, sc)
+        return (rearrange(o, "(b h) t d -> b t h d", b=B),)
+
+    def grad_fn(q, k, v, mem_k, mem_v, valid):
+        return (memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask, sc),)
+
+    (o,) = recompute_grad(fast, grad_fn, q, k, v, mem_k, mem_v, valid)
+    return o.to(q.dtype)

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import timestep_norm
+from kernels.timestep_norm import timestep_norm_reference
+from tests.kernels.helpers import assert_close_rms, grads
+
+# (B, L, D, G): a single token, odd lengths, group width not a power of two
+SHAPES = [(1, 1, 4, 2), (2, 63, 12, 3), (3, 100, 60, 4), (2, 37, 16, 16)]
+IDS = ["L1", "L63-dg4", "D60-dg15", "dg1"]
+
+
+def make(B, L, D, G, dtype=torch.float64, seed=0, state=True, mask=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, D, generator=g, dtype=dtype) * 2 + 0.5
+    w = torch.randn(D, generator=g, dtype=dtype) * 0.1
+    b = torch.randn(D, generator=g, dtype=dtype) * 0.1
+    st = None
+    if state:
+        st = (torch.randint(1, 50, (B,), generator=g), torch.randn(B, G, generator=g, dtype=dtype),
+              torch.rand(B, G, generator=g, dtype=dtype) + 0.5)
+    m = None
+    if mask:
+        m = torch.rand(B, L, generator=g) > 0.2
+    return x, w, b, st, m
+
+
+def closed_form(x, w, b, G, eps, state, mask):
+    """The spec's formula, scalar by scalar: statistics of all scalars of the group seen so far."""
+    B, L, D = x.shape
+    y = torch.zeros_like(x)
+    xg = x.reshape(B, L, G, D // G)
+    for r in range(B):
+        c0, mu0, var0 = (0, torch.zeros(G, dtype=x.dtype), torch.zeros(G, dtype=x.dtype)) if state is None else \
+            (int(state[0][r]), state[1][r], state[2][r])
+        for t in range(L):
+            if mask is not None and not mask[r, t]:
+                continue
+            keep = torch.ones(t + 1, dtype=torch.bool) if mask is None else mask[r, : t + 1]
+            seen = xg[r, : t + 1][keep]  # [n, G, dg]
+            n = seen.shape[0]
+            s1 = c0 * mu0 + seen.mean(-1).sum(0)
+            s2 = c0 * (var0 + mu0**2) + (seen**2).mean(-1).sum(0)
+            mu = s1 / (c0 + n)
+            var = s2 / (c0 + n) - mu**2
+            out = (xg[r, t] - mu[:, None]) / torch.sqrt(var[:, None] + eps)
+            y[r, t] = out.reshape(D) * (w + 1) + b
+    return y
+
+
+@pytest.mark.parametrize("B,L,D,G", SHAPES, ids=IDS)
+@pytest.mark.parametrize("with_state,with_mask", [(False, False), (True, True)], ids=["fresh", "state+mask"])
+def test_reference_matches_closed_form(B, L, D, G, with_state, with_mask):
+    x, w, b, st, m = make(B, L, D, G, state=with_state, mask=with_mask)
+    y, _ = timestep_norm_reference(x, w, b, G, 1e-5, st, m)
+    torch.testing.assert_close(y, closed_form(x, w, b, G, 1e-5, st, m), atol=1e-9, rtol=1e-9)
+
+
+def test_first_token_uses_its_own_statistics():
+    x = torch.randn(1, 1, 8, dtype=torch.float64)
+    y, (c, mu, var) = timestep_norm(x, torch.zeros(8), torch.zeros(8), 1, eps=0.0)
+    torch.testing.assert_close(y, (x - x.mean()) / x.std(unbiased=False))
+    assert c.item() == 1
+
+
+@pytest.mark.parametrize("B,L,D,G", SHAPES, ids=IDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)], ids=["f64", "f32"])
+def test_cumsum_path_matches_reference(B, L, D, G, dtype, tol):
+    x, w, b, st, m = make(B, L, D, G, dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, st[1], st[2])]
+    st_l = (st[0], leaves[3], leaves[4])
+    y1, s1 = timestep_norm(leaves[0], leaves[1], leaves[2], G, state=st_l, mask=m, backend="torch")
+    y2, s2 = timestep_norm(leaves[0], leaves[1], leaves[2], G, state=st_l, mask=m, backend="reference")
+    assert torch.equal(s1[0], s2[0])
+    assert_close_rms(y1, y2, tol, "y")
+    assert_close_rms(s1[1], s2[1], tol, "mean")
+    assert_close_rms(s1[2], s2[2], tol, "var")
+    for name, a, c in zip(["x", "w", "b", "mean0", "var0"], grads([y1, s1[1], s1[2]], leaves),
+                          grads([y2, s2[1], s2[2]], leaves)):
+        assert_close_rms(a, c, tol * 10, f"grad {name}")
+
+
+def test_gradcheck_float64():
+    x, w, b, st, m = make(2, 5, 6, 2)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, st[1], st[2])]
+    for backend in ("torch", "reference"):
+        def f(x, w, b, mu, var):
+            y, (_, m1, v1) = timestep_norm(x, w, b, 2, state=(st[0], mu, var), mask=m, backend=backend)
+            return y, m1, v1
+        assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cuts", [(1,), (30, 31, 50)], ids=["1", "odd"])
+def test_streaming_segments_equal_one_pass(cuts):
+    x, w, b, _, m = make(2, 80, 12, 3, state=False)
+    y, s = timestep_norm(x, w, b, 3, mask=m)
+    state, ys, edges = None, [], [0, *cuts, 80]
+    for a, e in zip(edges[:-1], edges[1:]):
+        out, state = timestep_norm(x[:, a:e], w, b, 3, state=state, mask=m[:, a:e])
+        ys.append(out)
+    torch.testing.assert_close(torch.cat(ys, 1), y, atol=1e-10, rtol=1e-10)
+    for a, c in zip(state, s):
+        torch.testing.assert_close(a, c)
+
+
+def test_padding_outputs_zero_and_updates_nothing():
+    x, w, b, st, _ = make(1, 6, 8, 2)
+    mask = torch.tensor([[True, False, True, False, False, True]])
+    y, s = timestep_norm(x, w, b, 2, state=st, mask=mask)
+    assert (y[0, ~mask[0]] == 0).all()
+    y2, s2 = timestep_norm(x[:, mask[0]], w, b, 2, state=st)
+    torch.testing.assert_close(y[0, mask[0]], y2[0])
+    assert s[0].item() == s2[0].item() == st[0].item() + 3
+
+
+def test_long_stream_with_a_large_mean_stays_exact_in_float32():
+    """200K tokens with mean 1e4 and unit spread: naive float32 sums of squares lose the variance."""
+    g = torch.Generator().manual_seed(0)
+    L, D = 200_000, 4
+    x64 = 1e4 + torch.randn(1, L, D, generator=g, dtype=torch.float64)
+    w = b = torch.zeros(D)
+    y, (_, mu, var) = timestep_norm(x64.float(), w, b, 1)
+    exact_var = x64.var(unbiased=False).item()
+    assert abs(var.item() - exact_var) / exact_var < 1e-3
+    assert abs(mu.item() - x64.mean().item()) < 1e-3
+    # the naive float32 cumulative sum of squares, for contrast, is far off
+    naive = (torch.cumsum(x64.float().pow(2).sum(-1), 1)[0, -1] / (L * D) - x64.float().mean() ** 2).item()
+    assert abs(naive - exact_var) / exact_var > 1e-2
+    # and the normalised last token is right
+    ref_last = (x64[0, -1] - x64.mean()) / (exact_var + 1e-5) ** 0.5
+    assert_close_rms(y[0, -1].double(), ref_last, 1e-3, "last token")
+
+
+def test_bad_arguments_fail_clearly():
+    x = torch.randn(1, 4, 10)
+    with pytest.raises(ValueError, match="num_groups=3 must divide the model dim D=10"):
+        timestep_norm(x, torch.zeros(10), torch.zeros(10), 3)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("B,L,D,G", SHAPES[:3], ids=IDS[:3])
+def test_triton_matches_reference(B, L, D, G, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, w, b, st, m = make(B, L, D, G, torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, st[1], st[2])]
+    st_l = (st[0], leaves[3], leaves[4])
+    y1, s1 = timestep_norm(leaves[0], leaves[1], leaves[2], G, state=st_l, mask=m, backend="triton")
+    y2, s2 = timestep_norm(leaves[0], leaves[1], leaves[2], G, state=st_l, mask=m, backend="reference")
+    assert torch.equal(s1[0], s2[0])
+    assert_close_rms(y1, y2, 1e-5, "y")
+    assert_close_rms(s1[1], s2[1], 1e-5, "mean")
+    assert_close_rms(s1[2], s2[2], 1e-5, "var")
+    for a, c in zip(grads([y1, s1[1], s1[2]], leaves), grads([y2, s2[1], s2[2]], leaves)):
+        assert_close_rms(a, c, 1e-4, "grad")
