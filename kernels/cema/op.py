@@ -15,9 +15,12 @@ def _validate(x, alpha, delta, theta, gamma, omega, h0):
     check(alpha.dim() == 3 and alpha.shape[0] == D and alpha.shape[2] == 1,
           f"cema: alpha must be [D={D}, N, 1], got {tuple(alpha.shape)}")
     N = alpha.shape[1]
-    for name, t, shape in (("delta", delta, (D, N, 1)), ("theta", theta, (D, 1, 1)), ("gamma", gamma, (D, N, 2)),
-                           ("omega", omega, (D, 1))):
-        check(tuple(t.shape) == shape, f"cema: {name} must be {list(shape)}, got {list(t.shape)}")
+    real = theta is None
+    for name, t, shape in (("delta", delta, (D, N, 1)), ("theta", theta, (D, 1, 1)),
+                           ("gamma", gamma, (D, N, 1 if real else 2)), ("omega", omega, (D, 1))):
+        if t is not None:
+            check(tuple(t.shape) == shape, f"cema: {name} must be {list(shape)}, got {list(t.shape)}"
+                  + (" (theta=None selects the real EMA, whose gamma is [D, N, 1])" if name == "gamma" else ""))
     if h0 is not None:
         check(tuple(h0.shape) == (B, D, N) and h0.is_complex(),
               f"cema: h0 must be complex [B={B}, D={D}, N={N}], got {h0.dtype} {tuple(h0.shape)}")
@@ -26,6 +29,7 @@ def _validate(x, alpha, delta, theta, gamma, omega, h0):
 def cema(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False, backend=None):
     """Megalodon's complex EMA over x [B, D, L] -> (y [B, D, L], h_L [B, D, N] complex or None).
 
+    ``theta=None`` with ``gamma`` [D, N, 1] is MEGA's real damped EMA (phase 0).
     ``h0`` is the incoming state (streaming / chunk-parallel); ``return_state`` returns the state after
     the last step. Computed in float32 (float64 for float64 inputs) whatever the input dtype.
     Backends: ``reference`` (sequential recurrence), ``torch`` (FFT convolution), ``triton`` (scan).

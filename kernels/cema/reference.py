@@ -18,15 +18,23 @@ from kernels._dispatch import compute_dtype
 
 
 def cema_coefficients(alpha, delta, theta, gamma):
-    """-> (p [D, N] real, log_q [D, N] complex, gamma_c [D, N] complex), in the compute dtype."""
+    """-> (p [D, N] real, log_q [D, N] complex, gamma_c [D, N] complex), in the compute dtype.
+
+    ``theta=None`` gives phase 0 and ``gamma`` [D, N, 1] real output weights: MEGA's damped real EMA
+    (h_t = p x_t + (1 - p delta) h_{t-1}, y = sum gamma h / sqrt(N) + omega x), computed by the same code.
+    """
     dt = compute_dtype(alpha.dtype)
     N = alpha.shape[1]
     p = torch.sigmoid(alpha.to(dt)).squeeze(-1)
     r = 1.0 - p * torch.sigmoid(delta.to(dt)).squeeze(-1)
-    k = torch.arange(1, N + 1, device=alpha.device, dtype=dt)
-    phi = torch.sigmoid(theta.to(dt)).reshape(-1, 1) * (2 * math.pi / N) * k
+    if theta is None:
+        phi = torch.zeros_like(r)
+    else:
+        k = torch.arange(1, N + 1, device=alpha.device, dtype=dt)
+        phi = torch.sigmoid(theta.to(dt)).reshape(-1, 1) * (2 * math.pi / N) * k
     log_q = torch.complex(torch.log(r), phi)
-    gamma_c = torch.complex(gamma[..., 0].to(dt), gamma[..., 1].to(dt)) / math.sqrt(N)
+    g_im = gamma[..., 1].to(dt) if gamma.shape[-1] == 2 else torch.zeros_like(gamma[..., 0], dtype=dt)
+    gamma_c = torch.complex(gamma[..., 0].to(dt), g_im) / math.sqrt(N)
     return p, log_q, gamma_c
 
 

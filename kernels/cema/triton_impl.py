@@ -46,7 +46,8 @@ def cema_triton_forward(x, alpha, delta, theta, gamma, omega, h0=None):
     B, D, L = x.shape
     N = alpha.shape[1]
     NP = max(16, triton.next_power_of_2(N))
-    p, log_q, gamma_c = cema_coefficients(alpha.float(), delta.float(), theta.float(), gamma.float())
+    p, log_q, gamma_c = cema_coefficients(alpha.float(), delta.float(), None if theta is None else theta.float(),
+                                          gamma.float())
     q = torch.exp(log_q)
     pad = lambda t: torch.nn.functional.pad(t, (0, NP - N)).contiguous()  # noqa: E731
     coef = [pad(t) for t in (p, q.real, q.imag, gamma_c.real, gamma_c.imag)]

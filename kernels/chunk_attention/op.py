@@ -18,8 +18,8 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, backend=None):
     then continue that chunk (streaming / decoding). Returns (o [B, T, H, d], cache') where cache'
     holds the unfinished last chunk, empty on a chunk boundary. ``scale`` None means 1/sqrt(d).
     """
-    check(q.dim() == 4 and q.shape == k.shape == v.shape,
-          f"chunk_attention: q, k, v must share one [B, T, H, d] shape, got {tuple(q.shape)}, "
+    check(q.dim() == 4 and q.shape == k.shape and v.dim() == 4 and v.shape[:3] == q.shape[:3],
+          f"chunk_attention: q, k must be [B, T, H, d] and v [B, T, H, d_v], got {tuple(q.shape)}, "
           f"{tuple(k.shape)}, {tuple(v.shape)}")
     check(isinstance(chunk_size, int) and chunk_size >= 1, f"chunk_attention: chunk_size={chunk_size!r} must be >= 1")
     k_cache, v_cache = cache if cache is not None else (None, None)
@@ -38,6 +38,7 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, backend=None):
     from kernels.chunk_attention.triton_impl import chunk_attention_triton_forward
 
     B, T, H, d = q.shape
+    dv = v.shape[-1]
     S = 0 if k_cache is None else k_cache.shape[1]
     sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
     qq = torch.cat([q.new_zeros(B, S, H, d), q], 1) if S else q
@@ -45,9 +46,13 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, backend=None):
     vv = torch.cat([v_cache.to(v.dtype), v], 1) if S else v
 
     def fast(qq, kk, vv):
-        flat = [rearrange(t, "b t h d -> (b h) t d").contiguous() for t in (qq, kk, vv)]
+        # one head width for the kernel: zero-padding q/k leaves the scores unchanged, and the
+        # padded value columns are dropped
+        w = max(d, dv)
+        flat = [rearrange(torch.nn.functional.pad(t, (0, w - t.shape[-1])), "b t h d -> (b h) t d").contiguous()
+                for t in (qq, kk, vv)]
         o = chunk_attention_triton_forward(*flat, chunk_size, sc)
-        return (rearrange(o, "(b h) t d -> b t h d", b=B),)
+        return (rearrange(o[..., :dv], "(b h) t d -> b t h d", b=B),)
 
     def grad_fn(qq, kk, vv):
         return (chunk_attention_sdpa(qq, kk, vv, chunk_size, sc)[0],)

@@ -28,7 +28,7 @@ def chunk_attention_reference(q, k, v, chunk_size, scale=None, k_cache=None, v_c
     Returns (o [B, T, H, d], k_cache', v_cache') where the new cache holds the keys/values of the
     last, unfinished chunk (empty when the stream ends on a chunk boundary).
     """
-    B, T, H, d = q.shape
+    B, T, H, d = q.shape  # v may have its own head width d_v
     dt = compute_dtype(q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     S = 0 if k_cache is None else k_cache.shape[1]

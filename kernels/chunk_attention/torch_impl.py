@@ -16,11 +16,16 @@ def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=
     B, T, H, d = q.shape
     C = chunk_size
     S = 0 if k_cache is None else k_cache.shape[1]
-    if S:
+    if S:  # v may have its own head width d_v
         q = torch.cat([q.new_zeros(B, S, H, d), q], 1)
         k = torch.cat([k_cache.to(k.dtype), k], 1)
         v = torch.cat([v_cache.to(v.dtype), v], 1)
     total = S + T
+    if total <= C:  # one (partial) chunk: plain causal attention, no padding to C
+        o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, scale=scale)
+        o = o.transpose(1, 2)[:, S:]
+        keep = total % C
+        return o, k[:, total - keep :], v[:, total - keep :]
     n = (total + C - 1) // C
     pad = n * C - total
     if pad:

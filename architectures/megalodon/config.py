@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EMA_MODES = ("complex", "real", "none")
+NORM_MODES = ("timestep", "layer")
+RESIDUAL_MODES = ("two_hop", "standard")
+ATTENTION_NORMS = ("normalized", "softmax_scaled")
+
+
+@dataclass
+class MegalodonConfig:
+    """Megalodon (arXiv 2404.08801), field names as in the official ``ModelConf``.
+
+    Ablation switches (each one key): ``ema`` complex | real (MEGA's damped EMA, phase 0) | none;
+    ``norm`` timestep | layer (the norm before CEMA and the final norm); ``residual`` two_hop (the FFN
+    adds the block input X, official) | standard (adds its own input); ``attention_norm`` normalized
+    (per-head RMS-normalised shared Z, no 1/sqrt(d), official) | softmax_scaled (un-normalised Q/K,
+    1/sqrt(d) softmax).
+    """
+
+    vocab_size: int = 256
+    model_dim: int = 384
+    num_layers: int = 6
+    num_heads: int = 1
+    z_dim: int = 128
+    value_dim: int = 768
+    ffn_hidden_dim: int = 1024
+    chunk_size: int = 128
+    norm_num_groups: int = 32
+    cema_ndim: int = 16
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    swiglu: bool = False
+    share_emb: bool = False
+    scale_emb: bool = False
+    rescale_nffn: bool = False
+    init_mode: str = "he"
+    dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    ema: str = "complex"
+    norm: str = "timestep"
+    residual: str = "two_hop"
+    attention_norm: str = "normalized"
+    # official long-context evaluation: every `tsn_refresh_every` chunks once `tsn_window_start`
+    # chunks are done, replace TimestepNorm statistics by those of the last `tsn_window_chunks` chunks
+    tsn_window_chunks: int = 0  # 0 = off (unbounded statistics); the official evaluation uses 6
+    tsn_window_start: int = 8
+    tsn_refresh_every: int = 2
+    kernel_backend: str | None = None  # auto | reference | torch | triton (None: env or auto)
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"MegalodonConfig: {msg}")
+
+        for name in ("vocab_size", "model_dim", "num_layers", "num_heads", "z_dim", "value_dim",
+                     "ffn_hidden_dim", "chunk_size", "norm_num_groups", "cema_ndim"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v > 0, f"{name}={v!r} must be a positive integer")
+        need(self.z_dim % self.num_heads == 0, f"z_dim={self.z_dim} must be divisible by num_heads={self.num_heads}")
+        need(self.value_dim % self.num_heads == 0,
+             f"value_dim={self.value_dim} must be divisible by num_heads={self.num_heads}")
+        need((self.z_dim // self.num_heads) % 2 == 0,
+             f"z head dim z_dim/num_heads={self.z_dim // self.num_heads} must be even for RoPE")
+        need(self.model_dim % self.norm_num_groups == 0,
+             f"norm_num_groups={self.norm_num_groups} must divide model_dim={self.model_dim}")
+        need(self.ema in EMA_MODES, f"ema={self.ema!r}; use one of {EMA_MODES}")
+        need(self.norm in NORM_MODES, f"norm={self.norm!r}; use one of {NORM_MODES}")
+        need(self.residual in RESIDUAL_MODES, f"residual={self.residual!r}; use one of {RESIDUAL_MODES}")
+        need(self.attention_norm in ATTENTION_NORMS,
+             f"attention_norm={self.attention_norm!r}; use one of {ATTENTION_NORMS}")
+        need(self.init_mode in ("he", "bert", "gaussian", "xavier"), f"init_mode={self.init_mode!r} is unknown")
+        for name in ("dropout", "hidden_dropout"):
+            need(0.0 <= getattr(self, name) < 1.0, f"{name}={getattr(self, name)} must be in [0, 1)")
+        need(self.attention_dropout == 0.0,
+             f"attention_dropout={self.attention_dropout}: dropout on attention weights is not implemented "
+             "by the shared chunk_attention kernel; use dropout / hidden_dropout")
+        need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
+        need(self.tsn_window_chunks >= 0, f"tsn_window_chunks={self.tsn_window_chunks} must be >= 0")
+        if self.tsn_window_chunks:
+            need(self.norm == "timestep", "tsn_window_chunks needs norm=timestep")
+            need(self.tsn_refresh_every >= 1 and self.tsn_window_start >= self.tsn_window_chunks,
+                 "need tsn_refresh_every >= 1 and tsn_window_start >= tsn_window_chunks")
+
+    @property
+    def z_head_dim(self) -> int:
+        return self.z_dim // self.num_heads
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.value_dim // self.num_heads

@@ -1,0 +1,114 @@
+"""Megalodon: embedding -> MEGA blocks (CEMA + chunked attention + normalized FFN) -> TimestepNorm -> head.
+
+State for streaming (any segmentation gives the same logits as one pass)::
+
+    {"pos": int,                                   # tokens seen; pos % chunk_size = KV cache length
+     "layers": [{"kv": (k, v), "norm": (count, mean, var), "ema": h [B, D, N] complex}, ...],
+     "final": (count, mean, var),                  # the output TimestepNorm
+     "history": tokens [B, <= window]}             # only with the TimestepNorm statistics window
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from architectures.megalodon.config import MegalodonConfig
+from architectures.megalodon.layers import ChunkRotary, LayerNorm, MegaBlock, TimestepNorm, init_linear_
+
+
+class OutputLayer(nn.Module):
+    def __init__(self, cfg: MegalodonConfig):
+        super().__init__()
+        if cfg.norm == "timestep":
+            self.final_norm = TimestepNorm(cfg.model_dim, cfg.norm_num_groups, cfg.norm_eps, cfg.kernel_backend)
+        else:
+            self.final_norm = LayerNorm(cfg.model_dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.model_dim, cfg.vocab_size, bias=False)
+        init_linear_(self.output.weight, "gaussian", cfg.model_dim)
+
+    def forward(self, x, state):
+        x, state = self.final_norm(x, state)
+        return self.output(x), state
+
+
+class Megalodon(nn.Module):
+    def __init__(self, config: MegalodonConfig | None = None, **kwargs: Any):
+        super().__init__()
+        if config is not None and kwargs:
+            raise TypeError("pass either a MegalodonConfig or keyword fields, not both")
+        self.config = cfg = config if config is not None else MegalodonConfig(**kwargs)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        init_linear_(self.embed.weight, "gaussian", cfg.model_dim)
+        self.rope = ChunkRotary(cfg.z_head_dim, cfg.rope_base)
+        self.layers = nn.ModuleList(MegaBlock(cfg, i) for i in range(cfg.num_layers))
+        self.output = OutputLayer(cfg)
+        if cfg.share_emb:
+            self.output.output.weight = self.embed.weight
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+
+    # ------------------------------------------------------------------ forward
+    def _run(self, tokens, state):
+        cfg = self.config
+        pos = 0 if state is None else int(state["pos"])
+        layer_states = [None] * cfg.num_layers if state is None else state["layers"]
+        x = self.embed(tokens)
+        if cfg.scale_emb:
+            x = x * math.sqrt(cfg.model_dim)
+        x = self.emb_dropout(x)
+        new_states = []
+        for layer, st in zip(self.layers, layer_states):
+            x, st = layer(x, self.rope, pos, st)
+            new_states.append(st)
+        logits, final = self.output(x, None if state is None else state["final"])
+        return logits, {"pos": pos + tokens.shape[1], "layers": new_states, "final": final}
+
+    def forward(self, tokens: torch.Tensor, state: dict | None = None):
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        if not self.config.tsn_window_chunks:
+            return self._run(tokens, state)
+        return self._forward_with_stat_window(tokens, state)
+
+    # ------------------------------------------------------------------ official long-context evaluation
+    def _forward_with_stat_window(self, tokens, state):
+        """Split at refresh points; at each, recompute every TimestepNorm state on the last
+        ``tsn_window_chunks`` chunks from a fresh state (the official ``inference`` procedure)."""
+        cfg = self.config
+        C, every, start = cfg.chunk_size, cfg.tsn_refresh_every * cfg.chunk_size, cfg.tsn_window_start * cfg.chunk_size
+        window = cfg.tsn_window_chunks * C
+        pos = 0 if state is None else int(state["pos"])
+        history = tokens[:, :0] if state is None else state["history"]
+        outs, i = [], 0
+        while i < tokens.shape[1]:
+            nxt = (pos // every + 1) * every  # the next refresh boundary
+            piece = tokens[:, i : i + (nxt - pos)]
+            inner_in = None if state is None else {k: state[k] for k in ("pos", "layers", "final")}
+            logits, inner = self._run(piece, inner_in)
+            outs.append(logits)
+            history = torch.cat([history, piece], 1)[:, -window:]
+            pos += piece.shape[1]
+            i += piece.shape[1]
+            if pos % every == 0 and pos >= start:
+                _, fresh = self._run(history, None)
+                for st, fr in zip(inner["layers"], fresh["layers"]):
+                    st["norm"] = fr["norm"]
+                inner["final"] = fresh["final"]
+            state = {**inner, "history": history}
+        return torch.cat(outs, 1), state
+
+    # ------------------------------------------------------------------ bookkeeping
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per token: 6 * matmul params + attention inside chunks (forward x3) +
+        the CEMA FFT convolution (~ 3 * 2 * 5 * D * log2(2L) per token, forward x3)."""
+        cfg = self.config
+        n = sum(p.numel() for name, p in self.layers.named_parameters() if p.dim() == 2 and "gamma" not in name
+                and "beta" not in name)
+        n += cfg.vocab_size * cfg.model_dim
+        span = min(context, cfg.chunk_size)
+        attn = 2 * cfg.num_layers * (cfg.z_dim + cfg.value_dim) * span / 2
+        fft = cfg.num_layers * 3 * 5 * cfg.model_dim * math.log2(max(2, 2 * context)) if cfg.ema != "none" else 0
+        return 6.0 * n + 3.0 * (attn + fft)

@@ -1,0 +1,137 @@
+"""Kernel benchmarks on CPU (fp32): each op's fast path vs its reference, and the targets of the
+kernel issue. Prints markdown tables.
+
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.kernels [--lengths 1024 4096 16384 65536] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.common import measure, table  # noqa: E402
+from kernels import cema, chunk_attention, memory_attention, timestep_norm  # noqa: E402
+
+REF_MAX_L = 4096  # the sequential references are Python loops: skipped above this length
+
+
+def cema_rows(lengths, D, N, B=1):
+    rows = []
+    for L in lengths:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(B, D, L, generator=g, requires_grad=True)
+        P = [torch.randn(D, N, 1) * 0.5, torch.randn(D, N, 1) * 0.5, torch.randn(D, 1, 1), torch.randn(D, N, 2),
+             torch.randn(D, 1) * 0.25]
+        P = [p.requires_grad_() for p in P]
+
+        def fast():
+            y, _ = cema(x, *P, backend="torch")
+            y.sum().backward()
+
+        kern = torch.randn(D, L, requires_grad=True)
+        n = 2 * L
+
+        def floor():  # two plain FFT convolutions of the same size (forward + backward of one conv)
+            for _ in range(2):
+                y = torch.fft.irfft(torch.fft.rfft(x.detach(), n=n) * torch.fft.rfft(kern.detach(), n=n), n=n)[..., :L]
+            return y
+
+        f, b = measure(fast), measure(floor)
+        row = {"L": L, "fast_ms": f["wall"] * 1e3, "fast_cpu_ms": f["cpu"] * 1e3, "fast_mb": f["mem_mb"],
+               "floor_ms": b["wall"] * 1e3, "ratio": f["wall"] / b["wall"]}
+        if L <= REF_MAX_L:
+            def ref():
+                y, _ = cema(x, *P, backend="reference")
+                y.sum().backward()
+            r = measure(ref, repeat=1, warmup=0)
+            row.update(ref_ms=r["wall"] * 1e3, ref_mb=r["mem_mb"], speedup=r["wall"] / f["wall"])
+        rows.append(row)
+    return rows
+
+
+def tsn_rows(lengths, D, G, B=1):
+    rows = []
+    for L in lengths:
+        x = torch.randn(B, L, D)
+        w, b = torch.zeros(D), torch.zeros(D)
+        f = measure(lambda: timestep_norm(x, w, b, G, backend="torch"))
+        c = measure(lambda: torch.cumsum(x, 1))
+        row = {"L": L, "fast_ms": f["wall"] * 1e3, "fast_cpu_ms": f["cpu"] * 1e3, "fast_mb": f["mem_mb"],
+               "floor_ms": c["wall"] * 1e3, "ratio": f["wall"] / c["wall"]}
+        if L <= REF_MAX_L:
+            r = measure(lambda: timestep_norm(x, w, b, G, backend="reference"), repeat=1, warmup=0)
+            row.update(ref_ms=r["wall"] * 1e3, ref_mb=r["mem_mb"], speedup=r["wall"] / f["wall"])
+        rows.append(row)
+    return rows
+
+
+def chunk_rows(lengths, H, d, C, B=1):
+    rows = []
+    for L in lengths:
+        q, k, v = (torch.randn(B, L, H, d) for _ in range(3))
+        f = measure(lambda: chunk_attention(q, k, v, C, backend="torch"))
+        row = {"L": L, "fast_ms": f["wall"] * 1e3, "fast_cpu_ms": f["cpu"] * 1e3, "fast_mb": f["mem_mb"],
+               "us_per_tok": f["wall"] * 1e6 / L}
+        if L <= 16384:
+            qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+            full = measure(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True), repeat=1)
+            row.update(full_ms=full["wall"] * 1e3, full_mb=full["mem_mb"], speedup=full["wall"] / f["wall"])
+        if L <= REF_MAX_L:
+            r = measure(lambda: chunk_attention(q, k, v, C, backend="reference"), repeat=1, warmup=0)
+            row.update(ref_ms=r["wall"] * 1e3, ref_mb=r["mem_mb"])
+        rows.append(row)
+    return rows
+
+
+def memattn_rows(lengths, H, d, T=512, knn=32):
+    rows = []
+    for M in lengths:
+        q, k, v = (torch.randn(1, T, H, d) for _ in range(3))
+        mk, mv = (torch.randn(1, M, H, d) for _ in range(2))
+        f = measure(lambda: memory_attention(q, k, v, mk, mv, backend="torch"))
+        r = measure(lambda: memory_attention(q, k, v, mk, mv, backend="reference"), repeat=1)
+        kk, kv = (torch.randn(1, T, H, knn, d) for _ in range(2))
+        kn = measure(lambda: memory_attention(q, k, v, kk, kv, backend="torch"))
+        rows.append({"L": M, "fast_ms": f["wall"] * 1e3, "fast_mb": f["mem_mb"], "ref_ms": r["wall"] * 1e3,
+                     "ref_mb": r["mem_mb"], "speedup": r["wall"] / f["wall"], "knn_ms": kn["wall"] * 1e3})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    a = ap.parse_args()
+    lengths = [256, 1024] if a.quick else a.lengths
+    D, N = (32, 4) if a.quick else (256, 16)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU; times are medians; "
+          f"mem = peak extra RSS; reference loops skipped above L={REF_MAX_L}\n")
+    cols = [("L", "L", "{}"), ("fast_ms", "fast ms", "{:.1f}"), ("fast_cpu_ms", "fast CPU ms", "{:.1f}"),
+            ("fast_mb", "fast MB", "{:.0f}"), ("ref_ms", "reference ms", "{:.0f}"), ("ref_mb", "ref MB", "{:.0f}"),
+            ("speedup", "ref/fast", "{:.0f}x")]
+    print(f"## cema forward+backward, B=1, D={D}, N={N} (floor: two rfft/irfft convolutions of the same size)")
+    print(table(cema_rows(lengths, D, N),
+                cols + [("floor_ms", "floor ms", "{:.1f}"), ("ratio", "fast/floor", "{:.2f}")]))
+    print(f"\n## timestep_norm forward, B=1, D={D * 4}, G=32 (floor: torch.cumsum of the same tensor)")
+    print(table(tsn_rows(lengths, D * 4, 32), cols + [("floor_ms", "cumsum ms", "{:.1f}"),
+                                                        ("ratio", "fast/cumsum", "{:.2f}")]))
+    C = 256 if a.quick else 2048
+    print(f"\n## chunk_attention forward, B=1, H=4, d=64, C={C} (vs full causal SDPA)")
+    print(table(chunk_rows(lengths, 4, 64, C), [c for c in cols if c[0] != "speedup"] + [
+        ("us_per_tok", "fast us/token", "{:.2f}"), ("full_ms", "full SDPA ms", "{:.1f}"),
+        ("full_mb", "full MB", "{:.0f}"), ("speedup", "full/chunk", "{:.1f}x")]))
+    mems = [1024, 4096] if a.quick else [4096, 16384, 65536]
+    print("\n## memory_attention forward, dense memory of M keys, T=512 local, H=4, d=64 (kNN: k=32 per query)")
+    print(table(memattn_rows(mems, 4, 64), [("L", "M", "{}"), ("fast_ms", "fast ms", "{:.1f}"),
+                                           ("fast_mb", "fast MB", "{:.0f}"), ("ref_ms", "reference ms", "{:.1f}"),
+                                           ("ref_mb", "ref MB", "{:.0f}"), ("speedup", "ref/fast", "{:.1f}x"),
+                                           ("knn_ms", "kNN k=32 ms", "{:.1f}")]))
+
+
+if __name__ == "__main__":
+    main()
