@@ -7,9 +7,24 @@ current chunk is handled by prepending S dummy queries (their outputs are droppe
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+
+def _sdpa(q, k, v, scale):
+    """Causal SDPA on [N, H, C, d] tensors. CPU's fused (flash) kernel needs one head width for q, k and
+    v; the math fallback is ~2.4x slower and materialises C x C scores, so widths are equalised by
+    zero-padding (padding q and k leaves the scores unchanged; padded value columns are dropped)."""
+    d, dv = q.shape[-1], v.shape[-1]
+    if d == dv:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    w = max(d, dv)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    q, k, vp = F.pad(q, (0, w - d)), F.pad(k, (0, w - d)), F.pad(v, (0, w - dv))
+    return F.scaled_dot_product_attention(q, k, vp, is_causal=True, scale=scale)[..., :dv]
 
 
 def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=None):
@@ -22,7 +37,7 @@ def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=
         v = torch.cat([v_cache.to(v.dtype), v], 1)
     total = S + T
     if total <= C:  # one (partial) chunk: plain causal attention, no padding to C
-        o = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, scale=scale)
+        o = _sdpa(*(t.transpose(1, 2) for t in (q, k, v)), scale)
         o = o.transpose(1, 2)[:, S:]
         keep = total % C
         return o, k[:, total - keep :], v[:, total - keep :]
@@ -32,7 +47,7 @@ def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=
         q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
     fold = "b (n c) h d -> (b n) h c d"
     qf, kf, vf = (rearrange(t, fold, c=C) for t in (q, k, v))
-    o = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True, scale=scale)
+    o = _sdpa(qf, kf, vf, scale)
     o = rearrange(o, "(b n) h c d -> b (n c) h d", n=n)[:, S:total]
     keep = total % C
     return o, k[:, total - keep : total], v[:, total - keep : total]

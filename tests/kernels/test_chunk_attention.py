@@ -21,7 +21,7 @@ def qkv(B, T, H, d, dtype=torch.float64, seed=0):
 def per_chunk_naive(q, k, v, C, scale):
     """Each chunk on its own with plain causal softmax attention."""
     B, T, H, d = q.shape
-    out = torch.empty_like(q)
+    out = q.new_empty(B, T, H, v.shape[-1])
     for s in range(0, T, C):
         e = min(s + C, T)
         sc = torch.einsum("bthd,bshd->bhts", q[:, s:e], k[:, s:e]) * scale
@@ -110,3 +110,15 @@ def test_triton_streaming_with_cache(monkeypatch):
     o1, cache = chunk_attention(q[:, :11], k[:, :11], v[:, :11], 8, backend="triton")
     o2, _ = chunk_attention(q[:, 11:], k[:, 11:], v[:, 11:], 8, cache=cache, backend="triton")
     assert_close_rms(torch.cat([o1, o2], 1), full, 1e-5, "streamed")
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("dv", [8, 40], ids=["dv<d", "dv>d"])
+@pytest.mark.parametrize("scale", [None, 1.0], ids=["scale=None", "scale=1"])
+def test_value_width_may_differ_from_query_width(backend, dv, scale):
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 37, 2, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 37, 2, dv, generator=g, dtype=torch.float64)
+    o, cache = chunk_attention(q, k, v, 16, scale=scale, backend=backend)
+    assert o.shape == (2, 37, 2, dv) and cache[1].shape == (2, 5, 2, dv)
+    torch.testing.assert_close(o, per_chunk_naive(q, k, v, 16, 0.25 if scale is None else scale))
