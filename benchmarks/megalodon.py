@@ -68,7 +68,8 @@ def streaming_rows(total: int, window: int, width: int, layers: int, chunk: int,
             done = s + window
             if marks and done >= marks[0]:
                 rows.append({"pos": marks.pop(0), "rss_mb": (mem.peak - base) / 2**20,
-                             "bytes_s": done / (time.perf_counter() - t0), "cpu_bytes_s": done / (time.process_time() - c0)})
+                             "bytes_s": done / (time.perf_counter() - t0),
+                             "cpu_bytes_s": done / (time.process_time() - c0)})
     return rows, params(net)
 
 
@@ -97,7 +98,8 @@ def main():
         base = by_model[r["model"]].get(2048) or by_model[r["model"]][min(by_model[r["model"]])]
         r["vs_2k"] = r["tok_s"] / base
     print(f"## training step, width {a.width}, {a.layers} layers")
-    print(table(rows, [("model", "model", "{}"), ("params", "params", "{:,}"), ("L", "context", "{}"), ("B", "batch", "{}"),
+    print(table(rows, [("model", "model", "{}"), ("params", "params", "{:,}"), ("L", "context", "{}"),
+                       ("B", "batch", "{}"),
                        ("tok_s", "tokens/s", "{:,.0f}"), ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}"),
                        ("mem_mb", "peak MB", "{:.0f}"), ("vs_tf", "vs transformer", "{:.2f}x"),
                        ("vs_2k", "vs own 2K", "{:.2f}x")]))

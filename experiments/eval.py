@@ -35,9 +35,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         ctx = int(e.context or seq_len)
         r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
-                         device, cfg.precision, e.split)
+                         device, cfg.precision, e.split, strided=bool(e.get("strided", False)))
         result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,
                        "bytes": r["bytes"]})
+        if r.get("strided"):
+            result[f"{e.split}/bpb_basic"] = r["bpb_basic"]
+            print(f"[longlab] strided inference: {r['bpb']:.4f} bits/byte (basic pass on the same bytes: "
+                  f"{r['bpb_basic']:.4f})")
         print(f"[longlab] {e.split} bits/byte {r['bpb']:.4f} at context {ctx} over {r['bytes']:,} bytes")
     out = Path(cfg.run_dir) / cfg.out
     write_json(out, result)

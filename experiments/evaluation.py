@@ -26,9 +26,36 @@ def autocast(device: torch.device, precision: str | int):
     return contextlib.nullcontext()
 
 
+def strided_nll(net, u: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MEGABYTE's strided inference (paper section 5.3) on windows u [B, L + P/2 + 1].
+
+    Pass A reads u[P/2 : P/2 + L], pass B the same bytes shifted by half a patch, u[0 : L]. Every
+    target byte u[i], i in [P/2 + 1, L], is scored by the pass in which it sits in the first half of
+    its patch (its paper position j = i - P/2 in pass A, j = i in pass B; slot j mod P < P/2).
+    Returns (strided NLL, basic NLL = pass A alone), each [B, L - P/2], in nats.
+    """
+    h = patch_size // 2
+    if patch_size < 2 or patch_size % 2:
+        raise ValueError(f"strided inference needs an even patch size, got patch_size={patch_size}")
+    L = u.shape[1] - h - 1
+    la, _ = net(u[:, h : h + L])  # predicts u[h+1 : h+L+1]
+    lb, _ = net(u[:, :L])  # predicts u[1 : L+1]
+    i = torch.arange(h + 1, L + 1, device=u.device)
+    dt = torch.promote_types(la.dtype, torch.float32)
+    nll_a = F.cross_entropy(la[:, i - h - 1].to(dt).transpose(1, 2), u[:, i], reduction="none")
+    nll_b = F.cross_entropy(lb[:, i - 1].to(dt).transpose(1, 2), u[:, i], reduction="none")
+    use_a = ((i - h) % patch_size) < h
+    return torch.where(use_a, nll_a, nll_b), nll_a
+
+
 @torch.no_grad()
 def windowed_bpb(net, split: Split, context: int, batch_size: int, num_batches: int, seed: int,
-                 device: torch.device, precision="32", split_name: str = "test") -> dict:
+                 device: torch.device, precision="32", split_name: str = "test", strided: bool = False) -> dict:
+    if strided:
+        P = getattr(getattr(net, "config", None), "patch_size", None)
+        if P is None:
+            raise ValueError("eval.strided=true is MEGABYTE's strided inference and needs a model with a patch_size")
+        return _windowed_strided(net, split, context, batch_size, num_batches, seed, device, precision, split_name, P)
     sampler = RandomWindows(split, context, batch_size, seed, split_name=split_name)
     nll_sum, count = 0.0, 0
     for step in range(num_batches):
@@ -39,6 +66,21 @@ def windowed_bpb(net, split: Split, context: int, batch_size: int, num_batches: 
         nll_sum += float(nll)
         count += tokens[:, 1:].numel()
     return {"bpb": nll_sum / count / LN2, "loss": nll_sum / count, "bytes": count, "context": context}
+
+
+def _windowed_strided(net, split, context, batch_size, num_batches, seed, device, precision, split_name, P):
+    sampler = RandomWindows(split, context + P // 2, batch_size, seed, split_name=split_name)
+    sums = {"strided": 0.0, "basic": 0.0}
+    count = 0
+    for step in range(num_batches):
+        u = sampler.batch(step)["tokens"].to(device)
+        with autocast(device, precision):
+            st, basic = strided_nll(net, u, P)
+        sums["strided"] += float(st.sum())
+        sums["basic"] += float(basic.sum())
+        count += st.numel()
+    return {"bpb": sums["strided"] / count / LN2, "loss": sums["strided"] / count,
+            "bpb_basic": sums["basic"] / count / LN2, "bytes": count, "context": context, "strided": True}
 
 
 def position_buckets(max_len: int, base: int) -> list[tuple[int, int]]:

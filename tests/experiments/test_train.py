@@ -209,3 +209,20 @@ def test_ddp_two_cpu_processes(tiny_corpus, tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["world_size"] == 2
     assert m["tokens_seen"] == 2 * 3 * 2 * 64
+
+
+def test_megabyte_trains_and_evaluates_basic_and_strided(tiny_corpus, tmp_path):
+    train(_cfg(tmp_path, tiny_corpus, "model=megabyte_tiny"))
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["flops_per_token"] > 0
+    basic = evaluate(compose("eval", [f"run_dir={tmp_path}", "eval.num_batches=1", "eval.context=64"]))
+    strided = evaluate(compose("eval", [f"run_dir={tmp_path}", "eval.num_batches=1", "eval.context=64",
+                                        "eval.strided=true"]))
+    assert strided["test/bpb"] > 0 and strided["test/bpb_basic"] > 0
+    assert strided["bytes"] == 8 * (64 - 2)  # one NLL per scored byte: context - P/2 per window
+    assert basic["test/bpb"] > 0
+
+
+def test_strided_eval_needs_a_patch_model(trained_run):
+    with pytest.raises(ValueError, match="needs a model with a patch_size"):
+        evaluate(compose("eval", [f"run_dir={trained_run}", "eval.strided=true", "eval.num_batches=1"]))

@@ -1,0 +1,4 @@
+from architectures.megabyte.config import MegabyteConfig
+from architectures.megabyte.model import Megabyte
+
+__all__ = ["Megabyte", "MegabyteConfig"]

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PATCH_ENCODERS = ("concat", "conv")
+
+
+@dataclass
+class MegabyteConfig:
+    """MEGABYTE (arXiv 2305.07185), equations 1-6: a global transformer over patches of P bytes (width
+    P * d_global) and a local transformer inside each patch (width d_local).
+
+    Switches (each one key): ``local_model`` / ``global_model`` (the paper's "w/o local" and "w/o
+    global" ablations), ``cross_patch_attention`` r (local layers also attend to the previous patch's
+    last r positions, rotary relative positions; 0 = off), ``patch_encoder`` concat | conv (causal
+    convolutions of widths 3, 5, 7 over byte embeddings before patching), ``patch_size``.
+    """
+
+    vocab_size: int = 256
+    patch_size: int = 8
+    d_global: int = 96
+    d_local: int = 256
+    global_layers: int = 8
+    global_heads: int = 12
+    local_layers: int = 4
+    local_heads: int = 4
+    max_len: int = 8192  # learned byte positions E_pos cover stream positions < max_len
+    ffn_mult: int = 4
+    dropout: float = 0.0
+    init_std: float = 0.02
+    norm_eps: float = 1e-5
+    local_positions: bool = True
+    local_model: bool = True
+    global_model: bool = True
+    cross_patch_attention: int = 0
+    patch_encoder: str = "concat"
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"MegabyteConfig: {msg}")
+
+        for name in ("vocab_size", "patch_size", "d_global", "d_local", "global_heads", "local_heads", "max_len",
+                     "ffn_mult"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v > 0, f"{name}={v!r} must be a positive integer")
+        need(self.global_layers >= 0 and self.local_layers >= 0, "layer counts must be >= 0")
+        need(self.local_model or self.global_model, "local_model and global_model cannot both be false")
+        need(self.global_width % self.global_heads == 0,
+             f"global width patch_size*d_global={self.global_width} must be divisible by "
+             f"global_heads={self.global_heads}")
+        need(self.d_local % self.local_heads == 0,
+             f"d_local={self.d_local} must be divisible by local_heads={self.local_heads}")
+        need(0 <= self.cross_patch_attention <= self.patch_size,
+             f"cross_patch_attention={self.cross_patch_attention} must be in [0, patch_size={self.patch_size}]")
+        if self.cross_patch_attention:
+            need(self.local_model, "cross_patch_attention needs local_model=true")
+            need((self.d_local // self.local_heads) % 2 == 0, "the local head dim must be even for rotary positions")
+        need(self.patch_encoder in PATCH_ENCODERS, f"patch_encoder={self.patch_encoder!r}; use one of {PATCH_ENCODERS}")
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(self.init_std > 0, f"init_std={self.init_std} must be > 0")
+
+    @property
+    def global_width(self) -> int:
+        return self.patch_size * self.d_global
