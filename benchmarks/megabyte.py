@@ -140,7 +140,8 @@ def main():
     rows = train_rows(a, cls)
     print("## training")
     print(table(rows, [("model", "model", "{}"), ("params", "params", "{:,}"), ("T", "T", "{}"), ("B", "batch", "{}"),
-                       ("bps", "bytes/s", "{:,.0f}"), ("cpu_bps", "bytes/CPU-s", "{:,.0f}"), ("mem", "peak MB", "{:.0f}"),
+                       ("bps", "bytes/s", "{:,.0f}"), ("cpu_bps", "bytes/CPU-s", "{:,.0f}"),
+                       ("mem", "peak MB", "{:.0f}"),
                        ("gflops", "train GFLOP/byte", "{:.4f}")]))
     print(f"\n## generation ({a.gen_bytes} bytes after a 16-byte prompt, batch 1, sampling)")
     print(table(gen_rows(a, cls), [("model", "model", "{}"), ("params", "params", "{:,}"), ("bytes", "bytes", "{}"),

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from architectures.common import detach_state, map_state
-from experiments.metrics import BitsPerByte, MeanNLL, Perplexity
+from architectures.common import detach_state, from_serializable, map_state, to_serializable
+from experiments.metrics import Accuracy, BitsPerByte, MeanNLL, Perplexity
 
 
 def to_plain(cfg: Any) -> Any:
@@ -51,7 +51,13 @@ class CausalLMModule(L.LightningModule):
     ``net`` is a Hydra config (``cfg.model.net``) instantiated here, so hparams hold only plain dicts.
     With ``carry_state`` the module keeps the net's state between training steps (the data must be
     the document-stream sampler so that consecutive batches are consecutive text) and detaches it
-    after every step: truncated back-propagation through time.
+    after every step: truncated back-propagation through time; rows where a document starts are reset
+    when the net offers ``reset_state`` (FoT's memory).
+
+    ``crossbatch`` (FoT): {"d": 1, "w": 1, "d_after": null, "switch_metric": "train/acc",
+    "switch_above": 0.98}: each batch row holds w previous windows and the current window of one
+    document; memory layers see the previous windows of d rows (own first); d switches to d_after
+    once the metric exceeds the threshold. A batch may carry ``loss_mask`` [B, T] (targets that count).
     """
 
     def __init__(
@@ -60,17 +66,20 @@ class CausalLMModule(L.LightningModule):
         optim: dict | None = None,
         carry_state: bool = False,
         ignore_index: int = -100,
+        crossbatch: dict | None = None,
     ):
         super().__init__()
-        net, optim = to_plain(net), to_plain(optim) or {}
+        net, optim, crossbatch = to_plain(net), to_plain(optim) or {}, to_plain(crossbatch) or None
         self.save_hyperparameters({"net": net, "optim": optim, "carry_state": carry_state,
-                                   "ignore_index": ignore_index})
+                                   "ignore_index": ignore_index, "crossbatch": crossbatch})
+        self.crossbatch = crossbatch
+        self.cb_d = int(crossbatch.get("d", 1)) if crossbatch else None
         self.net = instantiate(net)
         self.optim_cfg = optim
         self.carry_state = carry_state
         self.ignore_index = ignore_index
-        self.train_loss, self.train_bpb = MeanNLL(), BitsPerByte()
-        self.val_loss, self.val_bpb, self.val_ppl = MeanNLL(), BitsPerByte(), Perplexity()
+        self.train_loss, self.train_bpb, self.train_acc = MeanNLL(), BitsPerByte(), Accuracy()
+        self.val_loss, self.val_bpb, self.val_ppl, self.val_acc = MeanNLL(), BitsPerByte(), Perplexity(), Accuracy()
         self._state = None
         self._t_last: float | None = None
         self._tokens_timed = 0
@@ -78,19 +87,35 @@ class CausalLMModule(L.LightningModule):
         self.tokens_seen = 0
 
     # ------------------------------------------------------------------ forward and loss
-    def nll(self, batch: dict[str, torch.Tensor], state=None):
-        """Per-byte NLL [B, T] in nats, the mask of scored bytes, and the new state."""
+    def nll(self, batch: dict[str, torch.Tensor], state=None, crossbatch_d: int | None = None):
+        """Per-byte NLL [B, T] in nats, the mask of scored bytes, the new state, and top-1 hits."""
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        logits, state = self.net(inputs, state)
+        mask = batch.get("loss_mask")
+        mask = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
+        if crossbatch_d is not None:
+            W = self.net.config.window
+            w = int(self.crossbatch.get("w", 1))
+            if inputs.shape[1] != (w + 1) * W:
+                raise ValueError(
+                    f"CrossBatch with w={w} previous windows of window={W} needs data.seq_len={(w + 1) * W}, "
+                    f"got {inputs.shape[1]}; set data.seq_len=(w+1)*window"
+                )
+            logits = self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], crossbatch_d)
+            targets, mask = targets[:, w * W :], mask[:, w * W :]
+        else:
+            logits, state = self.net(inputs, state)
         nll = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.ignore_index, reduction="none"
         ).view_as(targets)
-        return nll, targets != self.ignore_index, state
+        hits = logits.argmax(-1) == targets
+        return nll, mask & (targets != self.ignore_index), state, hits
 
     def training_step(self, batch, batch_idx):
         state = self._state if self.carry_state else None
-        nll, mask, state = self.nll(batch, state)
+        if state is not None and "doc_start" in batch and hasattr(self.net, "reset_state"):
+            state = self.net.reset_state(state, batch["doc_start"])
+        nll, mask, state, hits = self.nll(batch, state, self.cb_d)
         loss = nll[mask].mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -102,15 +127,22 @@ class CausalLMModule(L.LightningModule):
             self._state = detach_state(state)
         self.train_loss.update(nll, mask)
         self.train_bpb.update(nll, mask)
-        n = int(mask.sum()) * self.trainer.world_size if self._trainer is not None else int(mask.sum())
+        self.train_acc.update(hits, mask)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        n = batch["tokens"][:, :-1].numel() * world  # input tokens processed (the budget), all ranks
         self.tokens_seen += n
         self._tokens_in_step = n
         every = self.trainer.log_every_n_steps if self._trainer is not None else 1
         if (self.global_step + 1) % every == 0:
             self.log("train/loss", self.train_loss.compute(), prog_bar=True)
             self.log("train/bpb", self.train_bpb.compute(), prog_bar=True)
-            self.train_loss.reset()
-            self.train_bpb.reset()
+            acc = self.train_acc.compute()
+            self.log("train/acc", acc)
+            self._maybe_switch_d({"train/acc": float(acc), "train/loss": float(self.train_loss.compute())})
+            if self.cb_d is not None:
+                self.log("train/crossbatch_d", float(self.cb_d))
+            for m in (self.train_loss, self.train_bpb, self.train_acc):
+                m.reset()
             self.log("train/lr", self._current_lr())
             if self._time_timed > 0:
                 self.log("train/tokens_per_s", self._tokens_timed / self._time_timed, prog_bar=True)
@@ -129,17 +161,27 @@ class CausalLMModule(L.LightningModule):
     def tokens_per_s(self) -> float:
         return self._tokens_timed / self._time_timed if self._time_timed > 0 else float("nan")
 
+    def _maybe_switch_d(self, metrics: dict[str, float]) -> None:
+        cb = self.crossbatch
+        if not cb or cb.get("d_after") is None or self.cb_d == int(cb["d_after"]):
+            return
+        value = metrics.get(cb.get("switch_metric", "train/acc"))
+        if value is not None and value >= float(cb.get("switch_above", 0.98)):
+            self.cb_d = min(int(cb["d_after"]), self.trainer.datamodule.batch_size if self._trainer else 10**9)
+
     def validation_step(self, batch, batch_idx):
-        nll, mask, _ = self.nll(batch)
+        nll, mask, _, hits = self.nll(batch, crossbatch_d=self.cb_d)
         for m in (self.val_loss, self.val_bpb, self.val_ppl):
             m.update(nll, mask)
+        self.val_acc.update(hits, mask)
 
     def on_validation_epoch_end(self):
         # compute() already reduces the sums over ranks; sync_dist only silences Lightning's warning
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.log("val/bpb", self.val_bpb.compute(), prog_bar=True, sync_dist=True)
         self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
-        for m in (self.val_loss, self.val_bpb, self.val_ppl):
+        self.log("val/acc", self.val_acc.compute(), sync_dist=True)
+        for m in (self.val_loss, self.val_bpb, self.val_ppl, self.val_acc):
             m.reset()
 
     # ------------------------------------------------------------------ optimisation
@@ -179,7 +221,8 @@ class CausalLMModule(L.LightningModule):
             "tokens_seen": self.tokens_seen,
             "timing": (self._tokens_timed, self._time_timed),
             "torch_rng": torch.get_rng_state(),
-            "carried_state": map_state(lambda t: t.detach().cpu(), self._state),
+            "carried_state": to_serializable(map_state(lambda t: t.detach().cpu(), self._state)),
+            "crossbatch_d": self.cb_d,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -188,7 +231,9 @@ class CausalLMModule(L.LightningModule):
         self._tokens_timed, self._time_timed = extra.get("timing", (0, 0.0))
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
-        self._state = extra.get("carried_state")
+        self._state = from_serializable(extra.get("carried_state"))
+        if extra.get("crossbatch_d") is not None:
+            self.cb_d = extra["crossbatch_d"]
 
     def on_train_start(self) -> None:
         if self._state is not None:

@@ -54,3 +54,12 @@ class Perplexity(_NLLSum):
 
     def compute(self) -> torch.Tensor:
         return torch.exp(self._mean())
+
+
+class Accuracy(_NLLSum):
+    """Top-1 accuracy over the scored positions (fed the 0/1 hits instead of NLL)."""
+
+    higher_is_better = True
+
+    def compute(self) -> torch.Tensor:
+        return self._mean()

@@ -49,7 +49,8 @@ def load_run(
         if k not in net_cfg and k != "_target_":
             raise ValueError(f"eval.net_overrides has {k!r}, which is not a field of model.net ({sorted(net_cfg)})")
         net_cfg[k] = v
-    module = CausalLMModule(net=net_cfg, optim=hp.get("optim"), carry_state=hp.get("carry_state", False))
+    module = CausalLMModule(net=net_cfg, optim=hp.get("optim"), carry_state=hp.get("carry_state", False),
+                            crossbatch=hp.get("crossbatch"))
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

@@ -35,15 +35,39 @@ def count_parameters(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
 
 
+NEW_PARAMETER_NAMES = ("temperature", "shift.")  # what a FoT model may add to a baseline
+
+
+def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
+    """Load the weights of another run (a run dir or a .ckpt) into ``module.net`` before training:
+    fine-tuning, e.g. a baseline Transformer into FoT. Returns the parameters left at their init."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise FileNotFoundError(f"init_from={source!r}: no checkpoint at {path}; pass a run dir or a .ckpt file")
+    ckpt = read_checkpoint(path)
+    sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    missing, unexpected = module.net.load_state_dict(sd, strict=False)
+    bad = [m for m in missing if not any(n in m for n in NEW_PARAMETER_NAMES)]
+    if unexpected or bad:
+        raise ValueError(
+            f"init_from={source!r} does not fit this model: missing {bad[:8]}, unexpected {unexpected[:8]}; "
+            "the architectures must share parameter names and shapes (e.g. model=fot with the baseline's sizes)"
+        )
+    return missing
+
+
 def build_module(cfg: DictConfig) -> CausalLMModule:
-    return CausalLMModule(net=cfg.model.net, optim=cfg.optim, carry_state=cfg.task.carry_state)
+    return CausalLMModule(net=cfg.model.net, optim=cfg.optim, carry_state=cfg.task.carry_state,
+                          crossbatch=cfg.task.get("crossbatch"))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate once more at the end, and write ``<run_dir>/metrics.json``. Returns the metrics."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.task.carry_state and cfg.data.sampler != "stream":
+    if cfg.task.carry_state and cfg.data.get("sampler") != "stream":
         raise ValueError(
             f"task.carry_state=true needs consecutive windows of the same documents, but data.sampler="
             f"{cfg.data.sampler!r}; set data.sampler=stream"
@@ -53,6 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if cfg.get("init_from") and ckpt_path is None:
+        fresh = init_from_checkpoint(module, cfg.init_from)
+        print(f"[longlab] initialised from {cfg.init_from}; new parameters: {fresh or 'none'}")
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)
         check_compatible(ckpt, ckpt_path, module.hparams["net"])
@@ -72,13 +99,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_wall = time.perf_counter() - t0
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
+    trainer.save_checkpoint(last, weights_only=False)  # the final state, whatever the interval
     val = trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)[0]
 
     metrics = {
         "val/bpb": float(val["val/bpb"]),
         "val/loss": float(val["val/loss"]),
         "val/ppl": float(val["val/ppl"]),
+        "val/acc": float(val["val/acc"]),
         "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
         "train/peak_mem_mb": peak_memory_mb(module.device),
         "params": count_parameters(module.net),
@@ -86,13 +114,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps": int(trainer.global_step),
         "wall_time_s": train_wall,
         "model": cfg.model.get("name"),
-        "seq_len": int(cfg.data.seq_len),
+        "seq_len": int(cfg.data.seq_len or 0),
         "batch_size": int(cfg.data.batch_size),
         "world_size": int(trainer.world_size),
         "seed": int(cfg.seed),
     }
     if hasattr(module.net, "flops_per_token"):
-        metrics["flops_per_token"] = float(module.net.flops_per_token(int(cfg.data.seq_len)))
+        metrics["flops_per_token"] = float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         print(

@@ -4,7 +4,7 @@ from architectures.common.attention import CausalSelfAttention, KVCache, causal_
 from architectures.common.mlp import SwiGLU
 from architectures.common.norms import RMSNorm
 from architectures.common.rotary import RotaryEmbedding, apply_rotary
-from architectures.common.state import detach_state, map_state
+from architectures.common.state import detach_state, from_serializable, map_state, to_serializable
 
 __all__ = [
     "CausalSelfAttention",
@@ -15,5 +15,7 @@ __all__ = [
     "SwiGLU",
     "apply_rotary",
     "detach_state",
+    "from_serializable",
     "map_state",
+    "to_serializable",
 ]

@@ -20,6 +20,8 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
         return None
     if isinstance(state, torch.Tensor):
         return fn(state)
+    if hasattr(state, "map_tensors"):  # stateful objects such as a kNN memory
+        return state.map_tensors(fn)
     if isinstance(state, dict):
         return {k: map_state(fn, v) for k, v in state.items()}
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # namedtuple
@@ -35,3 +37,30 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
 def detach_state(state: Any) -> Any:
     """Cut the autograd graph behind every tensor of ``state`` (values are kept)."""
     return map_state(lambda t: t.detach(), state)
+
+
+def to_serializable(state: Any) -> Any:
+    """Replace stateful objects (anything with ``state_dict`` and ``from_state_dict``) by plain dicts,
+    so a carried state can be saved in a checkpoint that loads with ``weights_only=True``."""
+    if hasattr(state, "state_dict") and hasattr(type(state), "from_state_dict"):
+        cls = type(state)
+        return {"__object__": f"{cls.__module__}:{cls.__qualname__}", "state": to_serializable(state.state_dict())}
+    if isinstance(state, dict):
+        return {k: to_serializable(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+        return type(state)(to_serializable(v) for v in state)
+    return state
+
+
+def from_serializable(state: Any) -> Any:
+    """Inverse of ``to_serializable``."""
+    if isinstance(state, dict) and "__object__" in state:
+        import importlib
+
+        module, _, name = state["__object__"].partition(":")
+        return getattr(importlib.import_module(module), name).from_state_dict(from_serializable(state["state"]))
+    if isinstance(state, dict):
+        return {k: from_serializable(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+        return type(state)(from_serializable(v) for v in state)
+    return state

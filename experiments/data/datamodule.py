@@ -30,8 +30,11 @@ class ByteDataModule(L.LightningDataModule):
         seed: int = 0,
         val_batches: int = 8,
         eval_seed: int = 1234,
+        vocab_size: int = 256,
     ):
         super().__init__()
+        if vocab_size != 256:
+            raise ValueError(f"data.vocab_size={vocab_size}: byte corpora have 256 symbols")
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler={sampler!r} is unknown; use one of {sorted(SAMPLERS)}")
         self.corpus_kwargs = dict(

@@ -47,6 +47,31 @@ class RandomWindows:
         return {"tokens": torch.from_numpy(self.split.data[idx].astype(np.int64))}
 
 
+class CrossBatchWindows(RandomWindows):
+    """Random windows from ``batch_size`` DIFFERENT documents per step (FoT CrossBatch: the other
+    rows of a batch are the negatives, so they must come from other documents)."""
+
+    def __init__(self, split: Split, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, split_name: str = "train"):
+        super().__init__(split, seq_len, batch_size, seed, rank, world_size, split_name)
+        valid = np.diff(self.cum_valid)
+        self.eligible = np.nonzero(valid)[0]
+        if len(self.eligible) < batch_size:
+            raise ValueError(
+                f"CrossBatch needs {batch_size} different documents of at least seq_len + 1 = {seq_len + 1} bytes "
+                f"per batch, but the {split_name} split has {len(self.eligible)}; lower data.batch_size or data.seq_len"
+            )
+        self.p = valid[self.eligible] / valid[self.eligible].sum()
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step, self.rank, self.world_size, 11])
+        docs = rng.choice(self.eligible, size=self.batch_size, replace=False, p=self.p)
+        valid = self.cum_valid[docs + 1] - self.cum_valid[docs]
+        starts = self.split.offsets[docs] + rng.integers(0, valid)
+        idx = starts[:, None] + np.arange(self.seq_len + 1)
+        return {"tokens": torch.from_numpy(self.split.data[idx].astype(np.int64)), "doc_ids": torch.from_numpy(docs)}
+
+
 class DocumentStreams:
     def __init__(self, split: Split, seq_len: int, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, split_name: str = "train"):
@@ -105,7 +130,7 @@ class DocumentStreams:
         return self._docs[row][: bisect.bisect_left(self._ends[row], end) + 1]
 
 
-SAMPLERS = {"random": RandomWindows, "stream": DocumentStreams}
+SAMPLERS = {"random": RandomWindows, "stream": DocumentStreams, "crossbatch": CrossBatchWindows}
 
 
 class StepBatches(torch.utils.data.IterableDataset):

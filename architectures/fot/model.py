@@ -1,0 +1,254 @@
+"""Focused Transformer: memory layers attend to local causal keys plus keys from a kNN memory.
+
+Attention never crosses a window of ``window`` tokens (windows are aligned to stream positions):
+non-memory layers see only the current window; memory layers also see extra keys — at inference the
+top-k entries of a memory holding every earlier window of the row (written after the window's own
+attention, so a window never retrieves itself), in training with CrossBatch the previous windows of
+this row and of d-1 other rows, recomputed with the current weights.
+
+State: {"pos": int, "kv": per-layer keys/values of the current partial window (unrotated),
+"memory": a KNNMemory per memory layer}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from architectures.common import RMSNorm, SwiGLU
+from architectures.common.rotary import RotaryEmbedding
+from architectures.fot.config import FoTConfig
+from kernels import chunk_attention, memory_attention
+from kernels.memory_attention import memory_attention_reference
+from memory import KNNMemory, MemoryConfig
+
+
+class WindowAttention(nn.Module):
+    """Parameter names as in the baseline's attention (wq, wk, wv, wo)."""
+
+    def __init__(self, cfg: FoTConfig, is_memory: bool):
+        super().__init__()
+        D, H = cfg.d_model, cfg.n_heads
+        self.cfg, self.H, self.hd, self.is_memory = cfg, H, D // H, is_memory
+        self.wq = nn.Linear(D, D, bias=False)
+        self.wk = nn.Linear(D, D, bias=False)
+        self.wv = nn.Linear(D, D, bias=False)
+        self.wo = nn.Linear(D, D, bias=False)
+        self.rotary = RotaryEmbedding(self.hd, cfg.rope_base, "rotate_half")
+        self.no_pe = is_memory and cfg.positional == "none"
+        if self.no_pe:  # normalised q/k with a learned per-head temperature (log-parametrised)
+            self.temperature = nn.Parameter(torch.full((H,), math.log(math.sqrt(self.hd))))
+
+    def project(self, x):
+        """-> q, k (in memory form: unrotated, or normalised without PE), v; each [B, n, H, d]."""
+        q, k, v = (rearrange(w(x), "b n (h d) -> b n h d", h=self.H) for w in (self.wq, self.wk, self.wv))
+        if self.no_pe:
+            q = F.normalize(q, dim=-1) * self.temperature.exp()[:, None]
+            k = F.normalize(k, dim=-1)
+        return q, k, v
+
+    def rotate(self, t, offset):
+        """RoPE at in-window positions offset.. (memory keys stay unrotated: position 0)."""
+        return t if self.no_pe else rearrange(self.rotary(rearrange(t, "b n h d -> b h n d"), offset),
+                                              "b h n d -> b n h d")
+
+    def forward(self, x, cache, m_state: dict | None, window_pos: int):
+        """x [B, n, D] continuing the current window at position ``window_pos``; ``cache`` (k, v) of the
+        window's earlier tokens (memory form). ``m_state``: {"memory": KNNMemory} (inference) or
+        {"k", "v", "mask"} (dense extra keys, CrossBatch). Returns out, new cache (memory form)."""
+        B, n, _ = x.shape
+        q, k, v = self.project(x)
+        m = 0 if cache is None else cache[0].shape[1]
+        k_all = k if not m else torch.cat([cache[0], k], 1)
+        v_all = v if not m else torch.cat([cache[1], v], 1)
+        qr, kr = self.rotate(q, window_pos), self.rotate(k_all, window_pos - m)
+        scale = 1.0 if self.no_pe else None
+        if not self.is_memory or m_state is None:
+            o, _ = chunk_attention(qr, kr[:, m:], v, self.cfg.window, scale=scale,
+                                   cache=None if not m else (kr[:, :m], v_all[:, :m]))
+        else:
+            o = self._memory_attention(q, qr, kr, v_all, m, m_state, scale)
+        return self.wo(rearrange(o, "b n h d -> b n (h d)")), (k_all, v_all)
+
+    def _memory_attention(self, q, qr, kr, v_all, m, m_state, scale):
+        B, n = q.shape[:2]
+        if m:  # the op's local part starts at the window's first token: pad the cached query slots
+            qr = torch.cat([qr.new_zeros(B, m, *qr.shape[2:]), qr], 1)
+        if "memory" in m_state:
+            mem: KNNMemory = m_state["memory"]
+            if self.cfg.memory_backend == "dense":
+                mk, mv, mask = mem.all()
+                mk, mv = mk.to(qr.dtype), mv.to(qr.dtype)
+            else:
+                mk, mv, mask, _ = mem.search(rearrange(qr[:, m:], "b n h d -> b h n d"), self.cfg.memory_k)
+                mk, mv = mk.to(qr.dtype), mv.to(qr.dtype)
+                if m:
+                    pad = lambda t: torch.cat([t.new_zeros(B, m, *t.shape[2:]), t], 1)  # noqa: E731
+                    mk, mv, mask = pad(mk), pad(mv), pad(mask)
+        else:
+            mk, mv, mask = m_state["k"], m_state["v"], m_state.get("mask")
+        if m_state.get("return_weights"):
+            o, w = memory_attention_reference(qr, kr, v_all, mk, mv, mask, scale=scale, return_weights=True)
+            m_state["weights"] = w
+        else:
+            o = memory_attention(qr, kr, v_all, mk, mv, mask, scale=scale)
+        return o[:, m:]
+
+
+class TokenShift(nn.Module):
+    """Residual causal depthwise convolution (not in the paper; helps small models form n-grams)."""
+
+    def __init__(self, dim, width):
+        super().__init__()
+        self.width = width
+        self.conv = nn.Conv1d(dim, dim, width, groups=dim, bias=False)
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(self, x, history):
+        """x [B, n, D]; history: the previous width-1 inputs of this window (or None)."""
+        B, n, D = x.shape
+        h = x.new_zeros(B, self.width - 1, D) if history is None else history
+        full = torch.cat([h, x], 1)
+        y = self.conv(full.transpose(1, 2)).transpose(1, 2)
+        return x + y, full[:, -(self.width - 1):] if self.width > 1 else full[:, :0]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: FoTConfig, is_memory: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = WindowAttention(cfg, is_memory)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
+        self.shift = TokenShift(cfg.d_model, cfg.token_shift) if cfg.token_shift and not is_memory else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cache, m_state, window_pos):
+        kv_cache, sh = (None, None) if cache is None else cache
+        if self.shift is not None:
+            x, sh = self.shift(x, sh)
+        h, kv = self.attn(self.attn_norm(x), kv_cache, m_state, window_pos)
+        x = x + self.drop(h)
+        return x + self.ffn(self.ffn_norm(x)), (kv, sh)
+
+
+class FocusedTransformer(nn.Module):
+    def __init__(self, config: FoTConfig | None = None, **kwargs: Any):
+        super().__init__()
+        if config is not None and kwargs:
+            raise TypeError("pass either a FoTConfig or keyword fields, not both")
+        self.config = cfg = config if config is not None else FoTConfig(**kwargs)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i in cfg.memory_layers) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        std = cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() >= 2 and "shift" not in name:
+                scale = 1 / math.sqrt(2 * cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1
+                nn.init.normal_(p, 0.0, std * scale)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def memory_config(self) -> MemoryConfig:
+        c = self.config
+        backend = "exact" if c.memory_backend == "dense" else c.memory_backend
+        return MemoryConfig(capacity=c.memory_capacity, backend=backend,
+                            index=c.memory_index, nlist=c.memory_nlist, nprobe=c.memory_nprobe, hnsw_m=c.memory_hnsw_m,
+                            ef_search=c.memory_ef_search, faiss_threads=c.memory_threads)
+
+    def new_memory(self, batch: int, device) -> list[KNNMemory]:
+        c = self.config
+        return [KNNMemory(batch, c.n_heads, c.head_dim, self.memory_config(), device=device)
+                for _ in c.memory_layers]
+
+    # ------------------------------------------------------------------ streaming forward
+    def forward(self, tokens: torch.Tensor, state: dict | None = None):
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        cfg, W = self.config, self.config.window
+        B, T = tokens.shape
+        if state is None:
+            state = {"pos": 0, "kv": [None] * cfg.n_layers, "memory": self.new_memory(B, tokens.device)}
+        pos, caches, memories = int(state["pos"]), list(state["kv"]), state["memory"]
+        outs, i = [], 0
+        while i < T:
+            n = min(T - i, W - pos % W)
+            x = self.embed(tokens[:, i : i + n])
+            mi = 0
+            for li, layer in enumerate(self.layers):
+                m_state = None
+                if li in cfg.memory_layers:
+                    m_state = {"memory": memories[mi]}
+                    mi += 1
+                x, caches[li] = layer(x, caches[li], m_state, pos % W)
+            outs.append(self.head(self.norm(x)))
+            pos, i = pos + n, i + n
+            if pos % W == 0:  # the window is complete: write it to memory, clear the local caches
+                for mi, li in enumerate(cfg.memory_layers):
+                    k, v = caches[li][0]
+                    memories[mi].add(rearrange(k, "b n h d -> b h n d"), rearrange(v, "b n h d -> b h n d"))
+                caches = [None] * cfg.n_layers
+        return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories}
+
+    def reset_state(self, state: dict | None, rows: torch.Tensor) -> dict | None:
+        """Erase the memory of the rows where a new document starts (single-document evaluation)."""
+        if state is not None and bool(rows.any()):
+            for mem in state["memory"]:
+                mem.reset(rows.cpu())
+        return state
+
+    # ------------------------------------------------------------------ CrossBatch training
+    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False):
+        """``prev`` [b, w*W]: the w previous windows of each row's document; ``curr`` [b, W].
+
+        Memory layers of the current window attend to local keys plus the previous windows' keys and
+        values of rows {i, i+1, ..., i+d-1} mod b (own document first: the positive, then d-1
+        negatives), computed in this same pass so gradients reach them. Returns logits [b, W, V]
+        (and the distraction ratio r_d per memory layer when asked)."""
+        cfg, W = self.config, self.config.window
+        b = curr.shape[0]
+        if prev.shape[1] % W or curr.shape[1] != W:
+            raise ValueError(f"CrossBatch needs whole windows of {W} tokens: got prev {tuple(prev.shape)}, "
+                             f"curr {tuple(curr.shape)}")
+        if not 1 <= d <= b:
+            raise ValueError(f"CrossBatch d={d} must be in [1, batch size {b}]")
+        w = prev.shape[1] // W
+        # previous windows: each on its own (local attention only), keeping memory-layer keys/values
+        x = self.embed(rearrange(prev, "b (w n) -> (b w) n", n=W))
+        mem_kv = []
+        for li, layer in enumerate(self.layers):
+            x, (kv, _) = layer(x, None, None, 0)
+            if li in cfg.memory_layers:
+                mem_kv.append(tuple(rearrange(t, "(b w) n h d -> b (w n) h d", w=w) for t in kv))
+        # the current window with CrossBatch extra keys
+        x = self.embed(curr)
+        mi, stats = 0, []
+        rows = (torch.arange(b, device=curr.device)[:, None] + torch.arange(d, device=curr.device)) % b  # [b, d]
+        for li, layer in enumerate(self.layers):
+            m_state = None
+            if li in cfg.memory_layers:
+                k, v = mem_kv[mi]
+                m_state = {"k": rearrange(k[rows], "b d n h e -> b (d n) h e"),
+                           "v": rearrange(v[rows], "b d n h e -> b (d n) h e"), "return_weights": return_distraction}
+                mi += 1
+            x, _ = layer(x, None, m_state, 0)
+            if m_state is not None and return_distraction:
+                wts = m_state["weights"]  # [b, H, W, d*w*W + W]
+                ctx = wts[..., : d * w * W].reshape(*wts.shape[:3], d, w * W).sum(-1)  # mass per context
+                stats.append((ctx[..., 0] / ctx.sum(-1).clamp_min(1e-30)).mean())
+        logits = self.head(self.norm(x))
+        return (logits, stats) if return_distraction else logits
+
+    def flops_per_token(self, context: int) -> float:
+        cfg = self.config
+        n = sum(p.numel() for p in self.layers.parameters() if p.dim() >= 2) + cfg.vocab_size * cfg.d_model
+        span = min(context, cfg.window)
+        attn = 2 * 2 * cfg.n_layers * cfg.d_model * span / 2
+        attn += 2 * 2 * len(cfg.memory_layers) * cfg.d_model * cfg.memory_k
+        return 6.0 * n + 3.0 * attn

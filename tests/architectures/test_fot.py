@@ -1,0 +1,133 @@
+"""Focused Transformer: memory layers, streaming with memory, CrossBatch, baseline checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from architectures.fot import FocusedTransformer
+from architectures.transformer import Transformer
+from experiments.data import ByteCorpus
+from experiments.data.samplers import CrossBatchWindows
+
+TINY = dict(d_model=32, n_layers=3, n_heads=4, window=8, memory_k=4, memory_capacity=256)
+
+
+def model(dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    return FocusedTransformer(**{**TINY, **kw}).to(dtype).eval()
+
+
+def tokens(B=2, T=45, seed=1):
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+VARIANTS = {"rope_pos0": {}, "no-pe": {"positional": "none"}, "dense": {"memory_backend": "dense"},
+            "faiss-flat": {"memory_backend": "faiss"}, "token-shift": {"token_shift": 3},
+            "two-memory-layers": {"memory_layers": [0, 2]}}
+
+
+@pytest.mark.parametrize("kw", VARIANTS.values(), ids=VARIANTS.keys())
+def test_segments_equal_one_pass(kw):
+    net = model(**kw)
+    x = tokens()
+    full, _ = net(x)
+    for cuts in [(8, 16, 24, 32, 40), (1, 2, 3, 7, 9, 17, 30, 31, 44), tuple(range(1, 45))]:
+        state, outs, edges = None, [], [0, *cuts, 45]
+        for a, b in zip(edges[:-1], edges[1:]):
+            out, state = net(x[:, a:b], state)
+            outs.append(out)
+        torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-10, rtol=0)
+
+
+def test_knn_with_k_at_least_the_memory_size_equals_dense():
+    x = tokens(T=40)
+    a, _ = model(memory_k=64)(x)  # at most 32 entries ever in memory
+    b, _ = model(memory_backend="dense")(x)
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    c, _ = model(memory_k=2)(x)
+    assert not torch.allclose(a[:, 16:], c[:, 16:])  # top-2 of 8+ entries is a real restriction
+
+
+def test_a_window_never_retrieves_itself():
+    net = model()
+    x = tokens(T=24)
+    sizes = []
+    state = None
+    for s in range(0, 24, 4):
+        _, state = net(x[:, s : s + 4], state)
+        sizes.append(int(state["memory"][0].size()[0]))
+    # memory grows only when a window completes: during window n it holds windows < n only
+    assert sizes == [0, 8, 8, 16, 16, 24]
+
+
+def test_first_window_equals_the_baseline_transformer_with_its_weights():
+    torch.manual_seed(0)
+    base = Transformer(d_model=32, n_layers=3, n_heads=4).double().eval()
+    fot = model()
+    missing, unexpected = fot.load_state_dict(base.state_dict(), strict=False)
+    assert not missing and not unexpected  # no new parameters with rope_pos0
+    x = tokens(T=8)
+    torch.testing.assert_close(fot(x)[0], base(x)[0], atol=1e-10, rtol=0)
+    nope = model(positional="none")
+    missing, _ = nope.load_state_dict(base.state_dict(), strict=False)
+    assert all("temperature" in m for m in missing) and missing
+
+
+def test_crossbatch_positive_is_own_row_negatives_are_the_next_rows_and_gradients_reach_them():
+    net = model(torch.float32).train()
+    b, W, d = 5, 8, 3
+    prev, curr = tokens(B=b, T=W, seed=3), tokens(B=b, T=W, seed=4)
+    captured = []
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = net.embed.register_forward_hook(keep)
+    logits = net.forward_crossbatch(prev, curr, d)
+    hook.remove()
+    prev_emb = captured[0]  # [b, W, D]: the previous windows, recomputed in this pass
+    for row in range(b):
+        net.zero_grad()
+        prev_emb.grad = None
+        logits[row].sum().backward(retain_graph=True)
+        reached = prev_emb.grad.abs().sum((1, 2)) > 0
+        expected = torch.zeros(b, dtype=torch.bool)
+        expected[[(row + j) % b for j in range(d)]] = True
+        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
+
+
+def test_crossbatch_rows_come_from_different_documents(tiny_corpus, tmp_path):
+    split = ByteCorpus.build_or_load(path=str(tiny_corpus), pattern="**/*.txt", cache_dir=tmp_path).split("train")
+    s = CrossBatchWindows(split, 64, 6, seed=0)
+    for step in range(5):
+        batch = s.batch(step)
+        docs = batch["doc_ids"].tolist()
+        assert len(set(docs)) == len(docs)
+        for row, doc in zip(batch["tokens"], docs):  # each row is one window of its own document
+            assert bytes(row.tolist()) in bytes(split.document(doc))
+
+
+def test_distraction_ratio_is_one_at_d1_and_about_one_over_d_untrained():
+    net = model(torch.float32)
+    prev, curr = tokens(B=8, T=8, seed=5), tokens(B=8, T=8, seed=6)
+    _, s1 = net.forward_crossbatch(prev, curr, 1, return_distraction=True)
+    _, s4 = net.forward_crossbatch(prev, curr, 4, return_distraction=True)
+    assert abs(float(s1[0]) - 1.0) < 1e-6
+    assert 0.1 < float(s4[0]) < 0.5  # an untrained model spreads its attention: ~1/d
+
+
+def test_reset_state_erases_rows():
+    net = model()
+    _, state = net(tokens(T=16))
+    net.reset_state(state, torch.tensor([True, False]))
+    assert state["memory"][0].size().tolist() == [0, 16]
+
+
+def test_bad_config_values_fail_clearly():
+    with pytest.raises(ValueError, match=r"memory_layers=\[5\] must be layer indices"):
+        FocusedTransformer(**{**TINY, "memory_layers": [5]})
+    with pytest.raises(ValueError, match="positional='alibi'"):
+        FocusedTransformer(**{**TINY, "positional": "alibi"})
+    with pytest.raises(ValueError, match=r"CrossBatch d=9 must be in \[1, batch size 2\]"):
+        model().forward_crossbatch(tokens(T=8), tokens(T=8), 9)

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memory import KNNMemory, MemoryConfig
+
+B, H, D = 2, 2, 16
+
+
+def filled(cfg: MemoryConfig, n_add=6, per=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mem = KNNMemory(B, H, D, cfg)
+    log_k, log_v = [], []
+    for _ in range(n_add):
+        k, v = torch.randn(B, H, per, D, generator=g), torch.randn(B, H, per, D, generator=g)
+        mem.add(k, v)
+        log_k.append(k)
+        log_v.append(v)
+    return mem, torch.cat(log_k, 2), torch.cat(log_v, 2)
+
+
+def oracle(all_k, all_v, q, k, capacity):
+    """Top-k over the newest `capacity` entries, by brute force."""
+    keys, vals = all_k[:, :, -capacity:], all_v[:, :, -capacity:]
+    top = torch.einsum("bhtd,bhnd->bhtn", q, keys).topk(k, -1).indices
+    idx = top[..., None].expand(-1, -1, -1, -1, D)
+    kk = torch.gather(keys[:, :, None].expand(-1, -1, q.shape[2], -1, -1), 3, idx)
+    vv = torch.gather(vals[:, :, None].expand(-1, -1, q.shape[2], -1, -1), 3, idx)
+    return kk.permute(0, 2, 1, 3, 4), vv.permute(0, 2, 1, 3, 4)
+
+
+@pytest.mark.parametrize("backend,index", [("exact", "flat"), ("faiss", "flat")])
+@pytest.mark.parametrize("capacity", [1000, 50], ids=["no-overflow", "overflow"])
+def test_search_matches_brute_force_oracle(backend, index, capacity):
+    mem, all_k, all_v = filled(MemoryConfig(capacity=capacity, backend=backend, index=index))
+    q = torch.randn(B, H, 7, D, generator=torch.Generator().manual_seed(9))
+    kk, vv, valid, _ = mem.search(q, 5)
+    ok, ov = oracle(all_k, all_v, q, 5, min(capacity, all_k.shape[2]))
+    assert valid.all()
+    # same neighbours (as sets, ties aside): compare sorted scores and the values they carry
+    s1 = torch.einsum("bthd,bthkd->bthk", q.transpose(1, 2), kk).sort(-1).values
+    s2 = torch.einsum("bthd,bthkd->bthk", q.transpose(1, 2), ok).sort(-1).values
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(vv.sum(-2), ov.sum(-2), atol=1e-5, rtol=1e-5)
+
+
+def test_faiss_flat_returns_the_same_ids_as_exact():
+    cfg = dict(capacity=70)
+    m1, _, _ = filled(MemoryConfig(backend="exact", **cfg))
+    m2, _, _ = filled(MemoryConfig(backend="faiss", index="flat", **cfg))
+    q = torch.randn(B, H, 9, D, generator=torch.Generator().manual_seed(2))
+    ids1, ids2 = m1.search(q, 8)[3], m2.search(q, 8)[3]
+    assert torch.equal(ids1.sort(-1).values, ids2.sort(-1).values)
+
+
+@pytest.mark.parametrize("index,floor", [("ivf", 0.8), ("hnsw", 0.9)])
+def test_approximate_indexes_recall_above_a_floor(index, floor):
+    torch.manual_seed(0)
+    cfg = MemoryConfig(capacity=4096, backend="faiss", index=index, nlist=16, nprobe=8, ivf_train_size=1024,
+                       hnsw_m=16, ef_search=64)
+    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=4096))
+    approx = KNNMemory(1, 1, D, cfg)
+    for _ in range(4):
+        k, v = torch.randn(1, 1, 512, D), torch.randn(1, 1, 512, D)
+        exact.add(k, v)
+        approx.add(k, v)
+    q = torch.randn(1, 1, 64, D)
+    a, e = approx.search(q, 10)[3], exact.search(q, 10)[3]
+    recall = sum(len(set(a[0, 0, t].tolist()) & set(e[0, 0, t].tolist())) for t in range(64)) / (64 * 10)
+    assert recall >= floor, f"{index} recall@10 {recall:.2f} < {floor}"
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_reset_isolates_rows(backend):
+    mem, _, _ = filled(MemoryConfig(capacity=500, backend=backend))
+    mem.reset(torch.tensor([True, False]))
+    assert mem.size().tolist() == [0, 120]
+    q = torch.randn(B, H, 3, D)
+    _, _, valid, ids = mem.search(q, 4)
+    assert not valid[0].any() and valid[1].all()
+    assert (ids[0] == -1).all()
+    mem.add(torch.ones(B, H, 2, D), torch.ones(B, H, 2, D))
+    assert mem.size().tolist() == [2, 122]
+
+
+@pytest.mark.parametrize("backend,index", [("exact", "flat"), ("faiss", "flat"), ("faiss", "hnsw"), ("faiss", "ivf")])
+def test_overflow_evicts_oldest_and_never_returns_wrong_values(backend, index):
+    cfg = MemoryConfig(capacity=30, backend=backend, index=index, nlist=2, nprobe=2, ivf_train_size=20)
+    mem = KNNMemory(1, 1, D, cfg)
+    # entry i has key e_i-ish and value filled with i: a returned value must match its id
+    for step in range(5):
+        ids = torch.arange(step * 13, step * 13 + 13, dtype=torch.float32)
+        keys = torch.randn(1, 1, 13, D)
+        mem.add(keys, ids.view(1, 1, 13, 1).expand(1, 1, 13, D).clone())
+        q = torch.randn(1, 1, 4, D)
+        _, vv, valid, got = mem.search(q, 6)
+        live_from = max(0, (step + 1) * 13 - 30)
+        assert (got[valid.permute(0, 2, 1, 3)] >= live_from).all(), "an evicted entry was returned"
+        vals = vv[..., 0]  # [B, T, H, k]
+        ids_btk = got.permute(0, 2, 1, 3)
+        assert torch.equal(vals[valid], ids_btk[valid].float()), "a value does not belong to its key"
+    assert mem.size().item() == 30
+
+
+def test_memory_bytes_are_keys_plus_values():
+    mem, _, _ = filled(MemoryConfig(capacity=100))
+    assert mem.nbytes() == B * 100 * H * D * 4 * 2
+    half = KNNMemory(B, H, D, MemoryConfig(capacity=100), dtype=torch.bfloat16)
+    half.add(torch.randn(B, H, 10, D), torch.randn(B, H, 10, D))
+    assert half.nbytes() == B * 10 * H * D * 2 * 2
+
+
+def test_state_round_trip():
+    mem, _, _ = filled(MemoryConfig(capacity=64))
+    q = torch.randn(B, H, 5, D)
+    again = KNNMemory.from_state_dict(mem.state_dict())
+    for a, b in zip(mem.search(q, 3), again.search(q, 3)):
+        assert torch.equal(a, b)
+
+
+def test_bad_config_fails_clearly():
+    with pytest.raises(ValueError, match="memory backend='annoy' is unknown"):
+        MemoryConfig(backend="annoy")
