@@ -1,0 +1,4 @@
+from experiments.tables import cli_make
+
+if __name__ == "__main__":
+    cli_make()
