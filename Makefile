@@ -1,4 +1,4 @@
-# make run   - install into .venv and run the main job on the default corpus
+# make run   - install into .venv and run the main job (experiments.compare) on the default corpus
 # make test  - install into .venv and run the default (fast, CPU) test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,8 +18,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/python -m experiments.train experiment=quickstart
-	$(BIN)/python -m experiments.eval run_dir=runs/quickstart eval.streaming=true
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m experiments.compare
 
 # the fast CPU set plus the Triton kernels under the interpreter (tiny shapes, a few seconds)
 test: install

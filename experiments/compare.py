@@ -1,6 +1,6 @@
 """The main job: the architectures on the same bytes, budget, data order and seed.
 
-    python -m experiments.compare                                  # four tiny presets, ~1M bytes each
+    python -m experiments.compare                                  # four tiny presets, 0.5M bytes each
     python -m experiments.compare --archs transformer megalodon --budget tokens:2e7
     python -m experiments.compare --budget flops:5e12 --set data.seq_len=512 --set data.path=~/corpus
 
@@ -78,7 +78,7 @@ def plot_curves(rows: list[dict], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=DEFAULT_ARCHS, help="configs/model/<name>.yaml")
-    ap.add_argument("--budget", default="tokens:1e6", help="tokens:<N> or flops:<N> (training budget per model)")
+    ap.add_argument("--budget", default="tokens:5e5", help="tokens:<N> or flops:<N> (training budget per model)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results")
     ap.add_argument("--set", action="append", default=[], help="Hydra override applied to every run")
