@@ -1,7 +1,8 @@
 """FoT on CPU: kNN retrieval backends, and the model's training / streaming speed with a memory of
 0 .. 256K tokens, side by side with `memorizing-transformers-pytorch` (installed only for this):
 
-    pip install --no-deps --target /tmp/peers memorizing-transformers-pytorch==0.4.1 einops-exts==0.0.4 joblib filelock cloudpickle
+    pip install --no-deps --target /tmp/peers memorizing-transformers-pytorch==0.4.1 einops-exts==0.0.4 \
+        joblib filelock cloudpickle
     PEERS=/tmp/peers OMP_WAIT_POLICY=PASSIVE python -m benchmarks.fot
 
 The peer differs from FoT: one shared K/V head for memory, cosine-sim attention, separate memory and
