@@ -116,7 +116,8 @@ class CausalLMModule(L.LightningModule):
         if state is not None and "doc_start" in batch and hasattr(self.net, "reset_state"):
             state = self.net.reset_state(state, batch["doc_start"])
         nll, mask, state, hits = self.nll(batch, state, self.cb_d)
-        loss = nll[mask].mean()
+        # mean over scored targets; a batch without any (e.g. a window of definitions only) gives 0
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step} "
@@ -134,11 +135,12 @@ class CausalLMModule(L.LightningModule):
         self._tokens_in_step = n
         every = self.trainer.log_every_n_steps if self._trainer is not None else 1
         if (self.global_step + 1) % every == 0:
-            self.log("train/loss", self.train_loss.compute(), prog_bar=True)
-            self.log("train/bpb", self.train_bpb.compute(), prog_bar=True)
-            acc = self.train_acc.compute()
-            self.log("train/acc", acc)
-            self._maybe_switch_d({"train/acc": float(acc), "train/loss": float(self.train_loss.compute())})
+            if self.train_loss.count > 0:  # steps without scored targets log no loss
+                self.log("train/loss", self.train_loss.compute(), prog_bar=True)
+                self.log("train/bpb", self.train_bpb.compute(), prog_bar=True)
+                acc = self.train_acc.compute()
+                self.log("train/acc", acc)
+                self._maybe_switch_d({"train/acc": float(acc), "train/loss": float(self.train_loss.compute())})
             if self.cb_d is not None:
                 self.log("train/crossbatch_d", float(self.cb_d))
             for m in (self.train_loss, self.train_bpb, self.train_acc):

@@ -48,13 +48,15 @@ def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
         raise FileNotFoundError(f"init_from={source!r}: no checkpoint at {path}; pass a run dir or a .ckpt file")
     ckpt = read_checkpoint(path)
     sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    missing, unexpected = module.net.load_state_dict(sd, strict=False)
+    fix = "the architectures must share parameter names and shapes (e.g. model=fot with the baseline's sizes)"
+    try:
+        missing, unexpected = module.net.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"init_from={source!r} does not fit this model ({str(e)[:300]}); {fix}") from None
     bad = [m for m in missing if not any(n in m for n in NEW_PARAMETER_NAMES)]
     if unexpected or bad:
-        raise ValueError(
-            f"init_from={source!r} does not fit this model: missing {bad[:8]}, unexpected {unexpected[:8]}; "
-            "the architectures must share parameter names and shapes (e.g. model=fot with the baseline's sizes)"
-        )
+        raise ValueError(f"init_from={source!r} does not fit this model: missing {bad[:8]}, "
+                         f"unexpected {unexpected[:8]}; {fix}")
     return missing
 
 
