@@ -41,6 +41,7 @@ class FoTConfig:
     memory_ef_search: int = 64
     memory_threads: int = 1
     token_shift: int = 0
+    temperature_init: float | None = None  # positional=none: initial per-head scale (None: sqrt(head_dim))
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -42,7 +42,8 @@ class WindowAttention(nn.Module):
         self.rotary = RotaryEmbedding(self.hd, cfg.rope_base, "rotate_half")
         self.no_pe = is_memory and cfg.positional == "none"
         if self.no_pe:  # normalised q/k with a learned per-head temperature (log-parametrised)
-            self.temperature = nn.Parameter(torch.full((H,), math.log(math.sqrt(self.hd))))
+            init = cfg.temperature_init or math.sqrt(self.hd)
+            self.temperature = nn.Parameter(torch.full((H,), math.log(init)))
 
     def project(self, x):
         """-> q, k (in memory form: unrotated, or normalised without PE), v; each [B, n, H, d]."""

@@ -30,6 +30,7 @@ class MegabyteConfig:
     init_std: float = 0.02
     norm_eps: float = 1e-5
     local_positions: bool = True
+    global_final_norm: bool = False  # LayerNorm on the global output before w_GL
     local_model: bool = True
     global_model: bool = True
     cross_patch_attention: int = 0

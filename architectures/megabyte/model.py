@@ -105,10 +105,10 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    def __init__(self, dim, heads, layers, ffn_mult, dropout, eps, rope=False, rope_base=10000.0):
+    def __init__(self, dim, heads, layers, ffn_mult, dropout, eps, rope=False, rope_base=10000.0, final_norm=True):
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout, eps, rope, rope_base) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = nn.LayerNorm(dim, eps=eps) if final_norm else nn.Identity()
 
     def forward(self, x, caches=None, prefixes=None, prefix_valid=None, grid=None, r=0):
         new = []
@@ -138,8 +138,11 @@ class Megabyte(nn.Module):
             if cfg.patch_encoder == "conv":
                 self.convs = nn.ModuleList(nn.Conv1d(DG, DG, k) for k in CONV_WIDTHS)
             self.global_pad = nn.Parameter(torch.empty(P * DG))
+            # the global output enters the local model's (pre-normed) residual stream through w_GL
+            # un-normalised: at init it is as small as the embeddings, so the previous byte is not
+            # drowned by an O(1) global signal (a final LayerNorm here slowed early training ~2x)
             self.global_model = Stack(P * DG, cfg.global_heads, cfg.global_layers, cfg.ffn_mult, cfg.dropout,
-                                      cfg.norm_eps)
+                                      cfg.norm_eps, final_norm=cfg.global_final_norm)
             self.w_gl = nn.Linear(DG, DL)  # shared by the P slots
         self.local_embed = nn.Embedding(V, DL)  # E_l, tied to the output
         if cfg.local_model:
