@@ -137,8 +137,10 @@ class KNNMemory:
 
     # ------------------------------------------------------------------ reading
     def all(self):
-        """Every live entry for dense attention: keys, values [B, capacity, H, d] and mask [B, capacity]."""
-        return self.keys.transpose(1, 2), self.values.transpose(1, 2), self.valid_mask()
+        """Every live entry for dense attention: keys, values [B, n, H, d] and mask [B, n], where n is the
+        largest number of live entries of a row (slots fill in order before the ring wraps)."""
+        n = int(self.size().max())
+        return self.keys[:, :, :n].transpose(1, 2), self.values[:, :, :n].transpose(1, 2), self.valid_mask()[:, :n]
 
     def search(self, queries: torch.Tensor, k: int):
         """Top-k entries by inner product for queries [B, H, T, d].
@@ -164,9 +166,11 @@ class KNNMemory:
             torch.where(valid, ids.to(valid.device), torch.full_like(ids, -1).to(valid.device))
 
     def _search_exact(self, queries, k):
-        scores = torch.einsum("bhtd,bhcd->bhtc", queries.to(self.keys.dtype), self.keys)
-        scores = scores.masked_fill(~self.valid_mask()[:, None, None, :], float("-inf"))
-        kk = min(k, self.capacity)
+        # slots fill in order before the ring wraps: only the first max(size) slots can be live
+        n = max(1, int(self.size().max()))
+        scores = torch.einsum("bhtd,bhcd->bhtc", queries.to(self.keys.dtype), self.keys[:, :, :n])
+        scores = scores.masked_fill(~self.valid_mask()[:, None, None, :n], float("-inf"))
+        kk = min(k, n)
         top = scores.topk(kk, dim=-1)
         slots = top.indices
         # slot -> entry number: the newest entry in that slot

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from experiments.fot_eval import dictionary_accuracy, run as fot_eval_run
+from experiments.fot_eval import dictionary_accuracy
+from experiments.fot_eval import run as fot_eval_run
 from experiments.runs import load_run
 from experiments.train import train
 from tests.conftest import compose
