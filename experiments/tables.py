@@ -49,7 +49,8 @@ def cell_dir(results: Path, table: str, row: str, seed: int) -> Path:
 
 # ---------------------------------------------------------------------------------------------- running
 def run_evals(table: dict, row: dict, cell: Path) -> None:
-    for ev in table.get("evals", []) + row.get("evals", []):
+    shared = [] if row.get("skip_table_evals") else table.get("evals", [])
+    for ev in shared + row.get("evals", []):
         out = cell / f"{ev['name']}.json"
         if out.exists():
             continue
