@@ -16,13 +16,14 @@ import argparse
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from experiments.eval import evaluate
-from experiments.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_ARCHS = ["transformer_tiny", "megalodon_tiny", "megabyte_tiny", "fot_tiny"]
@@ -93,14 +94,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         base = [f"model={arch}", f"seed={a.seed}", "trainer.enable_progress_bar=false", *a.set]
         steps, fpt = steps_for(compose_cfg("train", base), kind, value)
         run_dir = out / "compare" / arch
-        cfg = compose_cfg("train", [*base, f"trainer.max_steps={steps}", f"run_dir={run_dir}",
-                                    f"trainer.val_check_interval={steps}", "ckpt_path=auto",
-                                    f"callbacks.checkpoint.every_n_train_steps={max(1, steps // 4)}",
-                                    f"optim.warmup_steps={max(1, steps // 10)}"])
+        cfg = compose_cfg("train", base)
         print(f"[compare] {arch}: {steps} steps of {cfg.data.batch_size}x{cfg.data.seq_len} bytes "
-              f"({kind} budget {value:.3g})")
-        m = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() and \
-            json.loads((run_dir / "metrics.json").read_text()).get("steps") == steps else train(cfg)
+              f"({kind} budget {value:.3g})", flush=True)
+        done = run_dir / "metrics.json"
+        if not (done.exists() and json.loads(done.read_text()).get("steps") == steps):
+            # one process per model, so that peak memory (the process's max RSS) is this model's own
+            overrides = [*base, f"trainer.max_steps={steps}", f"run_dir={run_dir}",
+                         f"trainer.val_check_interval={steps}", "ckpt_path=auto",
+                         f"callbacks.checkpoint.every_n_train_steps={max(1, steps // 4)}",
+                         f"optim.warmup_steps={max(1, steps // 10)}"]
+            subprocess.run([sys.executable, "-m", "experiments.train", *overrides], check=True)
+        m = json.loads(done.read_text())
         ev = evaluate(compose_cfg("eval", [f"run_dir={run_dir}", "eval.streaming=true",
                                            f"eval.max_docs={a.stream_docs}", f"eval.max_doc_bytes={a.stream_bytes}",
                                            "out=stream_metrics.json"]))
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         w = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    cmd = "python -m experiments.compare " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    cmd = "python -m experiments.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"<!-- {cmd.strip()} -->", "# Same bytes, same budget: the comparison", "",
              f"Command: `{cmd.strip()}`. Budget {kind} {value:.3g} per model; seed {a.seed}; default corpus "
              "unless overridden. FLOPs per token: training (forward + backward), counted from each config.", "",
