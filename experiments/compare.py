@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"optim.warmup_steps={max(1, steps // 10)}"]
             subprocess.run([sys.executable, "-m", "experiments.train", *overrides], check=True)
         m = json.loads(done.read_text())
+        # models with learned positions (MEGABYTE) stream at most max_len bytes per document
+        doc_bytes = min(a.stream_bytes, int(cfg.model.net.get("max_len") or a.stream_bytes))
         ev = evaluate(compose_cfg("eval", [f"run_dir={run_dir}", "eval.streaming=true",
-                                           f"eval.max_docs={a.stream_docs}", f"eval.max_doc_bytes={a.stream_bytes}",
+                                           f"eval.max_docs={a.stream_docs}", f"eval.max_doc_bytes={doc_bytes}",
                                            "out=stream_metrics.json"]))
         rows.append({"arch": arch, "params": m["params"], "flops_per_token": fpt, "steps": m["steps"],
                      "tokens": m["tokens_seen"], "tokens_per_s": m["train/tokens_per_s"],
@@ -129,11 +131,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lines.append(f"| {r['arch']} | {r['params']:,} | {r['flops_per_token']:.3g} | {r['steps']} | "
                      f"{r['tokens']:,} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} | {r['val_bpb']:.4f} | "
                      f"{r['stream_bpb']:.4f} |")
-    lines += ["", "Streaming bits per byte by position in the document (test split, carried state):", "",
-              "| arch | " + " | ".join(f"[{c['start']}, {c['end']})" for c in rows[0]["curve"]) + " |",
-              "|---|" + "---:|" * len(rows[0]["curve"])]
+    buckets = sorted({(c["start"], c["end"]) for r in rows for c in r["curve"]})
+    lines += ["", "Streaming bits per byte by position in the document (test split, carried state; models with "
+              "learned positions stream at most their max_len bytes):", "",
+              "| arch | " + " | ".join(f"[{lo}, {hi})" for lo, hi in buckets) + " |", "|---|" + "---:|" * len(buckets)]
     for r in rows:
-        lines.append(f"| {r['arch']} | " + " | ".join(f"{c['bpb']:.3f}" for c in r["curve"]) + " |")
+        got = {(c["start"], c["end"]): c["bpb"] for c in r["curve"]}
+        lines.append(f"| {r['arch']} | " + " | ".join(f"{got[b]:.3f}" if b in got else "—" for b in buckets) + " |")
     if plot_curves(rows, out / "compare_curve.png"):
         lines += ["", "![streaming curve](compare_curve.png)"]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
