@@ -66,9 +66,8 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat((cache[0].to(k.dtype), k), dim=2)
             v = torch.cat((cache[1].to(v.dtype), v), dim=2)
         S = k.shape[2]
-        new_cache = (k, v) if self.window is None else (k[:, :, -(self.window - 1) :], v[:, :, -(self.window - 1) :])
-        if self.window == 1:
-            new_cache = (k[:, :, :0], v[:, :, :0])
+        keep = S if self.window is None else min(S, self.window - 1)  # the next query needs window-1 keys
+        new_cache = (k[:, :, S - keep :], v[:, :, S - keep :])
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._triton_common import online_softmax_update
+
 
 @triton.jit
 def _chunk_attn_fwd(q_ptr, k_ptr, v_ptr, o_ptr, T, HD, C, scale,
@@ -36,13 +38,8 @@ def _chunk_attn_fwd(q_ptr, k_ptr, v_ptr, o_ptr, T, HD, C, scale,
         allowed = (offs_n[None, :] <= offs_m[:, None]) & ((offs_n[None, :] // C) == q_chunk[:, None]) \
             & (offs_n[None, :] < T)
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, v)
-        m_i = m_new
+        m_i, l_i, acc, p = online_softmax_update(s, m_i, l_i, acc)
+        acc += tl.dot(p, v)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # rows past T have no keys; never stored
     tl.store(o_ptr + base + offs_m[:, None] * HD + offs_d[None, :], o, mask=qmask)
 

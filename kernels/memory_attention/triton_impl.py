@@ -10,14 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _online_update(s, m_i, l_i, acc):
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp(s - m_safe[:, None])
-    alpha = tl.exp(m_i - m_safe)
-    return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None], p
+from kernels._triton_common import online_softmax_update
 
 
 @triton.jit
@@ -31,7 +24,7 @@ def _local_part(q, k_ptr, v_ptr, base, offs_m, offs_d, T, HD, scale, m_i, l_i, a
         v = tl.load(v_ptr + base + offs_n[:, None] * HD + offs_d[None, :], mask=kmask, other=0.0).to(tl.float32)
         s = tl.dot(q, tl.trans(k)) * scale
         s = tl.where((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < T), s, float("-inf"))
-        m_i, l_i, acc, p = _online_update(s, m_i, l_i, acc)
+        m_i, l_i, acc, p = online_softmax_update(s, m_i, l_i, acc)
         acc += tl.dot(p, v)
     return m_i, l_i, acc
 
@@ -58,7 +51,7 @@ def _mem_attn_dense_fwd(q_ptr, k_ptr, v_ptr, mk_ptr, mv_ptr, mm_ptr, o_ptr, T, M
         valid = (tl.load(mm_ptr + bh * M + offs_n, mask=inb, other=0) != 0) & inb
         s = tl.dot(q, tl.trans(k.to(tl.float32))) * scale
         s = tl.where(valid[None, :], s, float("-inf"))
-        m_i, l_i, acc, p = _online_update(s, m_i, l_i, acc)
+        m_i, l_i, acc, p = online_softmax_update(s, m_i, l_i, acc)
         acc += tl.dot(p, v.to(tl.float32))
     m_i, l_i, acc = _local_part(q, k_ptr, v_ptr, base, offs_m, offs_d, T, HD, scale, m_i, l_i, acc, m0,
                                 BLOCK_M, BLOCK_N)
@@ -90,7 +83,7 @@ def _mem_attn_knn_fwd(q_ptr, k_ptr, v_ptr, mk_ptr, mv_ptr, mm_ptr, o_ptr, T, K, 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    m_i, l_i, acc, p = _online_update(s, m_i, l_i, acc)
+    m_i, l_i, acc, p = online_softmax_update(s, m_i, l_i, acc)
     acc += tl.sum(p[:, :, None] * mv, axis=1)
     m_i, l_i, acc = _local_part(q, k_ptr, v_ptr, base, offs_m, offs_d, T, HD, scale, m_i, l_i, acc, m0,
                                 BLOCK_M, BLOCK_N)
