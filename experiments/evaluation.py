@@ -1,4 +1,4 @@
-"""Evaluation loops written once against the house contract.
+"""Evaluation loops written once against the house contract, and ``evaluate(cfg)`` for a run.
 
 * ``windowed_bpb`` — bits per byte on fixed random windows of ``context`` bytes (no state).
 * ``streaming_bpb`` — whole documents walked window by window with carried state; bits per byte
@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
+from experiments.config import to_plain, write_json
 from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
+from experiments.runs import corpus_of, load_run, pick_device
 
 LN2 = math.log(2)
 
@@ -52,9 +57,10 @@ def strided_nll(net, u: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, to
 def windowed_bpb(net, split: Split, context: int, batch_size: int, num_batches: int, seed: int,
                  device: torch.device, precision="32", split_name: str = "test", strided: bool = False) -> dict:
     if strided:
-        P = getattr(getattr(net, "config", None), "patch_size", None)
+        P = net.patch_size
         if P is None:
-            raise ValueError("eval.strided=true is MEGABYTE's strided inference and needs a model with a patch_size")
+            raise ValueError(f"eval.strided=true is MEGABYTE's strided inference and needs a model with a patch_size; "
+                             f"{type(net).__name__} has none: use eval.strided=false")
         return _windowed_strided(net, split, context, batch_size, num_batches, seed, device, precision, split_name, P)
     sampler = RandomWindows(split, context, batch_size, seed, split_name=split_name)
     nll_sum, count = 0.0, 0
@@ -144,3 +150,35 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
     ]
     return {"bpb": float(pos_nll.sum() / total / LN2), "loss": float(pos_nll.sum() / total),
             "bytes": int(total), "docs": len(docs), "window": window, "curve": curve}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``configs/eval.yaml``: windowed or streaming bits per byte of a run; writes ``<run_dir>/<out>``."""
+    e = cfg.eval
+    device = pick_device(cfg.device)
+    train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(e.net_overrides), device)
+    split = corpus_of(train_cfg).split(e.split)
+    seq_len = int(train_cfg.data.seq_len)
+    result: dict[str, Any] = {"run_dir": str(cfg.run_dir), "split": e.split, "model": train_cfg.model.get("name")}
+    if e.streaming:
+        r = streaming_bpb(module.net, split, int(e.window or seq_len), int(e.batch_size), device,
+                          e.max_docs, e.max_doc_bytes, int(e.curve_base), cfg.precision)
+        result.update({f"{e.split}/stream_bpb": r["bpb"], f"{e.split}/stream_loss": r["loss"],
+                       "stream": r})
+        print(f"[longlab] streaming {e.split} bits/byte {r['bpb']:.4f} over {r['bytes']:,} bytes "
+              f"in {r['docs']} documents (window {r['window']})")
+        for c in r["curve"]:
+            print(f"  positions [{c['start']:>7}, {c['end']:>7}): {c['bpb']:.4f} bpb  ({c['bytes']:,} bytes)")
+    else:
+        ctx = int(e.context or seq_len)
+        r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
+                         device, cfg.precision, e.split, strided=bool(e.get("strided", False)))
+        result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,
+                       "bytes": r["bytes"]})
+        if r.get("strided"):
+            result[f"{e.split}/bpb_basic"] = r["bpb_basic"]
+            print(f"[longlab] strided inference: {r['bpb']:.4f} bits/byte (basic pass on the same bytes: "
+                  f"{r['bpb_basic']:.4f})")
+        print(f"[longlab] {e.split} bits/byte {r['bpb']:.4f} at context {ctx} over {r['bytes']:,} bytes")
+    write_json(Path(cfg.run_dir) / cfg.out, result)
+    return result

@@ -1,8 +1,12 @@
-"""Sampling with the state API: prefill the prompt once, then one byte per forward call."""
+"""Sampling with the state API: prefill the prompt once, then one byte per forward call; and
+``sample(cfg)`` for a run (``configs/generate.yaml``, command line ``experiments.generate``)."""
 
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
+
+from experiments.runs import load_run, pick_device
 
 
 @torch.no_grad()
@@ -27,3 +31,20 @@ def generate(net, prompt: torch.Tensor, max_new: int, temperature: float = 1.0, 
         if i + 1 < max_new:
             logits, state = net(nxt, state)
     return torch.cat(out, dim=1)
+
+
+def sample(cfg: DictConfig) -> str:
+    device = pick_device(cfg.device)
+    _, module = load_run(cfg.run_dir, cfg.ckpt_path, device=device)
+    prompt = str(cfg.prompt).encode("utf-8")
+    if not prompt:
+        raise ValueError('prompt="" is empty; give at least one byte, e.g. prompt="def "')
+    vocab = module.net.config.vocab_size
+    if max(prompt) >= vocab:
+        raise ValueError(f"prompt has byte values >= the model's vocab_size={vocab}")
+    g = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    x = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+    out = generate(module.net, x, int(cfg.max_new_bytes), float(cfg.temperature), cfg.top_k, g)
+    text = bytes(out[0].tolist()).decode("utf-8", errors="replace")
+    print(text)
+    return text

@@ -1,4 +1,5 @@
-"""One LightningModule that trains any architecture honouring the house contract."""
+"""One LightningModule that trains any architecture honouring the house contract
+(``architectures.contract``)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from architectures.common import detach_state, from_serializable, map_state, to_serializable
+from architectures.contract import LanguageModel, check
+from experiments.config import optim_config, to_plain
+from experiments.crossbatch import CrossBatch
 from experiments.metrics import Accuracy, BitsPerByte, MeanNLL, Perplexity
-
-
-def to_plain(cfg: Any) -> Any:
-    """Configs land in hparams as plain containers, so checkpoints load with ``weights_only``."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -45,19 +41,38 @@ def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float):
     return f
 
 
+def forward_documents(net: LanguageModel, inputs: torch.Tensor, state: Any, starts: torch.Tensor | None):
+    """``net(inputs, state)`` that respects document boundaries: ``starts`` [B, T] marks the inputs that
+    begin a document; the window is cut at every such position (of any row) and the rows that start
+    there get ``net.reset_state`` first. Segment by segment equals one forward for the other rows
+    (the contract), so the cuts change nothing else. Returns (logits, state, number of resets)."""
+    if starts is None or not bool(starts.any()):
+        logits, state = net(inputs, state)
+        return logits, state, 0
+    cols = starts.any(0).nonzero().flatten().tolist()
+    edges = sorted({0, *cols, inputs.shape[1]})
+    outs, resets = [], 0
+    for a, b in zip(edges[:-1], edges[1:]):
+        rows = starts[:, a]
+        if state is not None and bool(rows.any()):
+            state = net.reset_state(state, rows)
+            resets += int(rows.sum())
+        out, state = net(inputs[:, a:b], state)
+        outs.append(out)
+    return torch.cat(outs, 1), state, resets
+
+
 class CausalLMModule(L.LightningModule):
     """Next-byte cross-entropy for ``net(tokens, state) -> (logits, state)``.
 
     ``net`` is a Hydra config (``cfg.model.net``) instantiated here, so hparams hold only plain dicts.
     With ``carry_state`` the module keeps the net's state between training steps (the data must be
     the document-stream sampler so that consecutive batches are consecutive text) and detaches it
-    after every step: truncated back-propagation through time; rows where a document starts are reset
-    when the net offers ``reset_state`` (FoT's memory).
-
-    ``crossbatch`` (FoT): {"d": 1, "w": 1, "d_after": null, "switch_metric": "train/acc",
-    "switch_above": 0.98}: each batch row holds w previous windows and the current window of one
-    document; memory layers see the previous windows of d rows (own first); d switches to d_after
-    once the metric exceeds the threshold. A batch may carry ``loss_mask`` [B, T] (targets that count).
+    after every step: truncated back-propagation through time. A batch from the document-stream
+    sampler marks where documents start (``starts`` [B, T+1]): the window is cut there and those rows
+    are reset (``reset_state``), and the first byte of a document is not scored (nothing precedes it).
+    ``crossbatch`` (FoT) selects the CrossBatch objective (``experiments.crossbatch``). A batch may
+    carry ``loss_mask`` [B, T] (targets that count).
     """
 
     def __init__(
@@ -72,10 +87,9 @@ class CausalLMModule(L.LightningModule):
         net, optim, crossbatch = to_plain(net), to_plain(optim) or {}, to_plain(crossbatch) or None
         self.save_hyperparameters({"net": net, "optim": optim, "carry_state": carry_state,
                                    "ignore_index": ignore_index, "crossbatch": crossbatch})
-        self.crossbatch = crossbatch
-        self.cb_d = int(crossbatch.get("d", 1)) if crossbatch else None
-        self.net = instantiate(net)
-        self.optim_cfg = optim
+        self.net: LanguageModel = check(instantiate(net))
+        self.optim_cfg = optim_config(optim)
+        self.crossbatch = CrossBatch(self.net, crossbatch) if crossbatch else None
         self.carry_state = carry_state
         self.ignore_index = ignore_index
         self.train_loss, self.train_bpb, self.train_acc = MeanNLL(), BitsPerByte(), Accuracy()
@@ -85,26 +99,32 @@ class CausalLMModule(L.LightningModule):
         self._tokens_timed = 0
         self._time_timed = 0.0
         self.tokens_seen = 0
+        self.resets = 0  # document starts inside carried or streamed windows, where reset_state ran
+
+    @property
+    def cb_d(self) -> int | None:
+        return None if self.crossbatch is None else self.crossbatch.d
 
     # ------------------------------------------------------------------ forward and loss
-    def nll(self, batch: dict[str, torch.Tensor], state=None, crossbatch_d: int | None = None):
+    def nll(self, batch: dict[str, torch.Tensor], state=None, crossbatch: bool = True):
         """Per-byte NLL [B, T] in nats, the mask of scored bytes, the new state, and top-1 hits."""
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         mask = batch.get("loss_mask")
         mask = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
-        if crossbatch_d is not None:
-            W = self.net.config.window
-            w = int(self.crossbatch.get("w", 1))
-            if inputs.shape[1] != (w + 1) * W:
-                raise ValueError(
-                    f"CrossBatch with w={w} previous windows of window={W} needs data.seq_len={(w + 1) * W}, "
-                    f"got {inputs.shape[1]}; set data.seq_len=(w+1)*window"
-                )
-            logits = self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], crossbatch_d)
-            targets, mask = targets[:, w * W :], mask[:, w * W :]
+        starts = batch.get("starts")
+        if starts is None and "doc_start" in batch:  # samplers that only mark a start at the window's beginning
+            starts = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+            starts[:, 0] = batch["doc_start"].to(tokens.device)
+        if starts is not None:
+            mask = mask & ~starts[:, 1:].to(mask.device)
+        if crossbatch and self.crossbatch is not None:
+            logits, scored = self.crossbatch.logits(inputs)
+            targets, mask = targets[:, scored], mask[:, scored]
         else:
-            logits, state = self.net(inputs, state)
+            logits, state, resets = forward_documents(
+                self.net, inputs, state, None if starts is None else starts[:, :-1].to(inputs.device))
+            self.resets += resets
         nll = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.ignore_index, reduction="none"
         ).view_as(targets)
@@ -113,9 +133,7 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         state = self._state if self.carry_state else None
-        if state is not None and "doc_start" in batch and hasattr(self.net, "reset_state"):
-            state = self.net.reset_state(state, batch["doc_start"])
-        nll, mask, state, hits = self.nll(batch, state, self.cb_d)
+        nll, mask, state, hits = self.nll(batch, state)
         # mean over scored targets; a batch without any (e.g. a window of definitions only) gives 0
         loss = (nll * mask).sum() / mask.sum().clamp(min=1)
         if not torch.isfinite(loss):
@@ -140,9 +158,12 @@ class CausalLMModule(L.LightningModule):
                 self.log("train/bpb", self.train_bpb.compute(), prog_bar=True)
                 acc = self.train_acc.compute()
                 self.log("train/acc", acc)
-                self._maybe_switch_d({"train/acc": float(acc), "train/loss": float(self.train_loss.compute())})
-            if self.cb_d is not None:
-                self.log("train/crossbatch_d", float(self.cb_d))
+                if self.crossbatch is not None:
+                    batch_size = self.trainer.datamodule.batch_size if self._trainer else 10**9
+                    self.crossbatch.maybe_switch({"train/acc": float(acc),
+                                                  "train/loss": float(self.train_loss.compute())}, batch_size)
+            if self.crossbatch is not None:
+                self.log("train/crossbatch_d", float(self.crossbatch.d))
             for m in (self.train_loss, self.train_bpb, self.train_acc):
                 m.reset()
             self.log("train/lr", self._current_lr())
@@ -163,16 +184,8 @@ class CausalLMModule(L.LightningModule):
     def tokens_per_s(self) -> float:
         return self._tokens_timed / self._time_timed if self._time_timed > 0 else float("nan")
 
-    def _maybe_switch_d(self, metrics: dict[str, float]) -> None:
-        cb = self.crossbatch
-        if not cb or cb.get("d_after") is None or self.cb_d == int(cb["d_after"]):
-            return
-        value = metrics.get(cb.get("switch_metric", "train/acc"))
-        if value is not None and value >= float(cb.get("switch_above", 0.98)):
-            self.cb_d = min(int(cb["d_after"]), self.trainer.datamodule.batch_size if self._trainer else 10**9)
-
     def validation_step(self, batch, batch_idx):
-        nll, mask, _, hits = self.nll(batch, crossbatch_d=self.cb_d)
+        nll, mask, _, hits = self.nll(batch)
         for m in (self.val_loss, self.val_bpb, self.val_ppl):
             m.update(nll, mask)
         self.val_acc.update(hits, mask)
@@ -191,30 +204,21 @@ class CausalLMModule(L.LightningModule):
         try:
             return self.optimizers().param_groups[0]["lr"]
         except (RuntimeError, AttributeError, IndexError):
-            return float(self.optim_cfg.get("lr", float("nan")))
+            return self.optim_cfg.lr
 
     def configure_optimizers(self):
         o = self.optim_cfg
-        wd = float(o.get("weight_decay", 0.1))
         decay, no_decay = [], []
         for p in self.net.parameters():
             if not p.requires_grad:
                 continue
             # by default norms' scales and biases are not decayed; Megalodon decays all (w+1 storage)
-            (decay if (p.dim() >= 2 or o.get("decay_all", False)) else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(
-            [g for g in groups if g["params"]],
-            lr=float(o.get("lr", 1e-3)),
-            betas=tuple(o.get("betas", (0.9, 0.95))),
-            eps=float(o.get("eps", 1e-8)),
-        )
+            (decay if (p.dim() >= 2 or o.decay_all) else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=o.betas, eps=o.eps)
         max_steps = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lr_lambda(int(o.get("warmup_steps", 0)), int(o.get("max_steps") or max_steps),
-                      float(o.get("min_lr_ratio", 0.1))),
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.warmup_steps, o.max_steps or max_steps,
+                                                                 o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ exact resume
@@ -225,17 +229,19 @@ class CausalLMModule(L.LightningModule):
             "torch_rng": torch.get_rng_state(),
             "carried_state": to_serializable(map_state(lambda t: t.detach().cpu(), self._state)),
             "crossbatch_d": self.cb_d,
+            "resets": self.resets,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("longlab", {})
         self.tokens_seen = extra.get("tokens_seen", 0)
         self._tokens_timed, self._time_timed = extra.get("timing", (0, 0.0))
+        self.resets = extra.get("resets", 0)
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
         self._state = from_serializable(extra.get("carried_state"))
-        if extra.get("crossbatch_d") is not None:
-            self.cb_d = extra["crossbatch_d"]
+        if extra.get("crossbatch_d") is not None and self.crossbatch is not None:
+            self.crossbatch.d = extra["crossbatch_d"]
 
     def on_train_start(self) -> None:
         if self._state is not None:

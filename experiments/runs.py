@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from architectures.contract import LanguageModel
 from experiments.checkpointing import read_checkpoint
 from experiments.data.corpus import ByteCorpus
 from experiments.lm_module import CausalLMModule
@@ -72,5 +73,14 @@ def corpus_of(cfg: DictConfig) -> ByteCorpus:
     )
 
 
-def plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+def rebuild(net: LanguageModel, **changes) -> LanguageModel:
+    """The same weights under a config with ``changes`` to fields that do not alter the parameters
+    (inference-time settings such as FoT's memory backend, k and capacity). Configs are frozen: a new
+    module is built, never the old config written into."""
+    config = dataclasses.replace(net.config, **changes)
+    new = type(net)(config)
+    p = next(net.parameters(), None)
+    if p is not None:
+        new = new.to(p.device, p.dtype)
+    new.load_state_dict(net.state_dict(), strict=True)
+    return new.train(net.training)

@@ -1,128 +1,186 @@
-"""Tables: explicit rows x seeds into fixed folders, resumable, aggregated with the papers' numbers.
+"""Tables: explicit rows x seeds into cells keyed by what produced them, resumable, aggregated with
+the papers' numbers.
 
-    python -m experiments.run_table <name> [--scale tiny|paper] [--seeds 0 1] [--results results]
-    python -m experiments.make_table <name> [--results results]
+    python -m experiments.run_table <name> [--scale cpu|tiny|smoke|paper] [--seeds 0 1 2] [--results DIR]
+    python -m experiments.make_table <name> [--scale ...] [--results DIR]
 
-``configs/table/<name>.yaml`` lists the rows (each ``configs/experiment/<name>/<row>.yaml``), seeds,
-the evaluations to run on every cell, the metrics to aggregate, the paper's numbers and the figure.
-A cell lives in ``<results>/<name>/<row>/seed=<n>/``: a finished cell (``done``) is skipped, an
-interrupted one resumes from its last checkpoint.
+A cell is ``<results>/cells/<table>/<scale>/<row>/<key>/seed=<n>/`` where ``key`` hashes the cell's
+composed training config (every resolved value: model, data, optimiser, trainer; and the key of the
+row it is fine-tuned from), so a changed config or scale never reuses a cell. ``meta.json`` records
+the key, the overrides and the git commit of the code that trained it; a finished cell is skipped,
+an interrupted one resumes from its last checkpoint. Smoke runs go to ``runs/tables`` unless
+``--results`` says otherwise, never over the committed ``results/``.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
-import math
-import statistics
-import sys
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import OmegaConf
+from experiments.config import CONFIGS, compose, to_plain, write_json
+from experiments.table_evals import EVALUATIONS
+from experiments.table_spec import EvalSpec, RowSpec, TableSpec, load_table
 
-from experiments.compare import compose_cfg
-from experiments.train import train, write_json
+REPO = CONFIGS.parent
+PLACEHOLDER_DIR = "CELL"
+# values that never change what a cell computes
+IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_progress_bar", "data.cache_dir")
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+def default_results(scale: str) -> str:
+    return "runs/tables" if scale == "smoke" else "results"
 
 
-def load_table(name: str) -> dict:
-    path = CONFIGS / "table" / f"{name}.yaml"
+def git_commit() -> dict[str, Any]:
+    """The commit of the code (and whether tracked files differ from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+# ---------------------------------------------------------------------------------------------- cells
+def row_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None) -> list[str]:
+    if scale not in spec.scales:
+        raise ValueError(f"table {spec.name!r} has no scale {scale!r}; it has {sorted(spec.scales)}")
+    return [f"experiment={row.experiment}", *spec.scales[scale], *row.overrides,
+            *row.scale_overrides.get(scale, []), *(extra or [])]
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p) if isinstance(tree, dict) else None
+        if tree is None:
+            return
+    if isinstance(tree, dict):
+        tree.pop(last, None)
+
+
+def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None) -> str:
+    """12 hex digits of a hash of the row's composed config at this scale (seed excluded)."""
+    cfg = compose("train", [*row_overrides(spec, row, scale, extra), f"run_dir={PLACEHOLDER_DIR}", "seed=0"])
+    tree = to_plain(cfg)
+    for k in IGNORED_KEYS:
+        _drop(tree, k)
+    parent = "" if row.init_from_row is None else row_key(spec, spec.row(row.init_from_row), scale, extra)
+    blob = json.dumps({"config": tree, "init_from": parent}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cell_dir(results: str | Path, table: str, scale: str, row: str, key: str, seed: int) -> Path:
+    return Path(results) / "cells" / table / scale / row / key / f"seed={seed}"
+
+
+def eval_key(ev: EvalSpec) -> str:
+    return hashlib.sha256(json.dumps([ev.kind, list(ev.overrides), ev.bytes]).encode()).hexdigest()[:12]
+
+
+def _read_json(path: Path) -> dict | None:
     if not path.exists():
-        known = sorted(p.stem for p in (CONFIGS / "table").glob("*.yaml"))
-        raise FileNotFoundError(f"no table {name!r} (configs/table/{name}.yaml); known tables: {known}")
-    t = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    for row in t["rows"]:
-        exp = CONFIGS / "experiment" / f"{row['experiment']}.yaml"
-        if not exp.exists():
-            raise FileNotFoundError(f"table {name!r} row {row['name']!r}: configs/experiment/{row['experiment']}.yaml "
-                                    "does not exist")
-    return t
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it so that the cell is recomputed") from None
 
 
-def cell_dir(results: Path, table: str, row: str, seed: int) -> Path:
-    return results / table / row / f"seed={seed}"
+def cell_finished(cell: Path, evals: tuple[EvalSpec, ...]) -> bool:
+    meta = _read_json(cell / "meta.json")
+    if not meta or not meta.get("finished"):
+        return False
+    return all((_read_json(cell / f"{ev.name}.json") or {}).get("_eval_key") == eval_key(ev) for ev in evals)
 
 
-# ---------------------------------------------------------------------------------------------- running
-def run_evals(table: dict, row: dict, cell: Path) -> None:
-    shared = [] if row.get("skip_table_evals") else table.get("evals", [])
-    for ev in shared + row.get("evals", []):
-        out = cell / f"{ev['name']}.json"
-        if out.exists():
+def run_evals(spec: TableSpec, row: RowSpec, cell: Path) -> None:
+    for ev in spec.evals_for(row):
+        out = cell / f"{ev.name}.json"
+        if (_read_json(out) or {}).get("_eval_key") == eval_key(ev):
             continue
-        kind, overrides = ev["kind"], [f"run_dir='{cell}'", f"out={out.name}", *ev.get("overrides", [])]
-        if kind in ("window", "stream"):
-            from experiments.eval import evaluate
-
-            evaluate(compose_cfg("eval", overrides + (["eval.streaming=true"] if kind == "stream" else [])))
-        elif kind == "fot":
-            from experiments.fot_eval import run
-
-            run(compose_cfg("fot_eval", overrides))
-        elif kind == "generation":
-            write_json(out, generation_speed(cell, int(ev.get("bytes", 2048))))
-        else:
-            raise ValueError(f"table {table['name']!r}: unknown eval kind {kind!r}")
+        if not (cell / "checkpoints" / "last.ckpt").exists():
+            raise FileNotFoundError(f"{cell}: evaluation {ev.name!r} needs the cell's checkpoint, which is gone; "
+                                    f"delete {cell} to retrain the cell")
+        result = EVALUATIONS[ev.kind](cell, ev)
+        write_json(out, {**result, "_eval_key": eval_key(ev), "_eval": {"kind": ev.kind,
+                                                                        "overrides": list(ev.overrides)}})
 
 
-@torch.no_grad()
-def generation_speed(run_dir: Path, n_bytes: int) -> dict:
-    from experiments.generation import generate
-    from experiments.runs import load_run
-
-    _, module = load_run(run_dir)
-    prompt = torch.tensor([list(b"def main():\n    ")])
-    t0, c0 = time.perf_counter(), time.process_time()
-    generate(module.net, prompt, n_bytes, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"bytes": n_bytes, "bytes_per_s": n_bytes / wall, "bytes_per_cpu_s": n_bytes / cpu}
-
-
-def run_table(name: str, scale: str = "tiny", seeds: list[int] | None = None, results: str = "results",
+def run_table(name: str, scale: str | None = None, seeds: list[int] | None = None, results: str | None = None,
               extra: list[str] | None = None) -> list[Path]:
-    table = load_table(name)
-    if table.get("cells_from"):
-        print(f"[table] {name} reads the cells of {table['cells_from']}: running that table")
-        return run_table(table["cells_from"], scale, seeds, results, extra)
-    seeds = seeds if seeds is not None else table.get("seeds", [0])
-    scale_overrides = table.get("scales", {}).get(scale)
-    if scale_overrides is None:
-        raise ValueError(f"table {name!r} has no scale {scale!r}; it has {sorted(table.get('scales', {}))}")
+    from experiments.training import train
+
+    spec = load_table(name)
+    if spec.cells_from:
+        print(f"[table] {name} reads the cells of {spec.cells_from}: running that table")
+        return run_table(spec.cells_from, scale, seeds, results, extra)
+    scale = scale or spec.default_scale
+    results = results or default_results(scale)
+    seeds = list(seeds) if seeds is not None else list(spec.seeds_for(scale))
+    code = git_commit()
     cells = []
-    for row in table["rows"]:
+    for row in spec.rows:
+        key = row_key(spec, row, scale, extra)
         for seed in seeds:
-            cell = cell_dir(Path(results), name, row["name"], seed)
+            cell = cell_dir(results, name, scale, row.name, key, seed)
             cells.append(cell)
-            if (cell / "done").exists():
-                print(f"[table] {name}/{row['name']}/seed={seed}: done, skipped")
+            tag = f"{name}/{scale}/{row.name}/seed={seed}"
+            if cell_finished(cell, spec.evals_for(row)):
+                print(f"[table] {tag}: done ({key}), skipped")
                 continue
-            overrides = [f"experiment={row['experiment']}", f"seed={seed}", f"run_dir='{cell}'", "ckpt_path=auto",
-                         "trainer.enable_progress_bar=false", *scale_overrides, *row.get("overrides", []),
-                         *(extra or [])]
-            if row.get("init_from_row"):
-                overrides.append(f"init_from='{cell_dir(Path(results), name, row['init_from_row'], seed)}'")
-            print(f"[table] {name}/{row['name']}/seed={seed}: training ({' '.join(overrides)})")
-            cfg = compose_cfg("train", overrides)
-            m = cell / "metrics.json"
-            if not m.exists() or json.loads(m.read_text()).get("steps", -1) < cfg.trainer.max_steps:
+            overrides = [*row_overrides(spec, row, scale, extra), f"seed={seed}", f"run_dir='{cell}'",
+                         "ckpt_path=auto", "trainer.enable_progress_bar=false"]
+            if row.init_from_row:
+                parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
+                parent = cell_dir(results, name, scale, row.init_from_row, parent_key, seed)
+                overrides.append(f"init_from='{parent}'")
+            cell.mkdir(parents=True, exist_ok=True)
+            meta = _read_json(cell / "meta.json") or {"table": name, "scale": scale, "row": row.name, "seed": seed,
+                                                      "key": key, "overrides": overrides, "started": _now()}
+            meta["code"] = code
+            write_json(cell / "meta.json", meta)
+            cfg = compose("train", overrides)
+            metrics = _read_json(cell / "metrics.json")
+            if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
+                print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
                 train(cfg)
-            run_evals(table, row, cell)
-            (cell / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+            run_evals(spec, row, cell)
+            meta["finished"] = _now()
+            write_json(cell / "meta.json", meta)
     return cells
 
 
-# ---------------------------------------------------------------------------------------------- aggregation
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# ---------------------------------------------------------------------------------------------- reading cells
+def row_cells(spec: TableSpec, row: RowSpec, scale: str, results: str | Path, extra=None) -> dict[int, Path]:
+    """Finished cells of the row's current key, by seed (any seed found on disk, not only the spec's)."""
+    source = load_table(spec.cells_from) if spec.cells_from else spec
+    src_row = source.row(row.name)
+    key = row_key(source, src_row, scale, extra)
+    base = Path(results) / "cells" / source.name / scale / row.name / key
+    found = {}
+    for d in sorted(base.glob("seed=*")):
+        meta = _read_json(d / "meta.json")
+        if meta and meta.get("finished"):
+            found[int(d.name.split("=", 1)[1])] = d
+    return found
+
+
 def lookup(cell: Path, metric: str) -> float | None:
     """``file/key`` -> the value in <cell>/<file>.json (``metrics/val/bpb`` reads metrics.json)."""
     file, _, key = metric.partition("/")
-    path = cell / f"{file}.json"
-    if not path.exists():
+    data = _read_json(cell / f"{file}.json")
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     for part in [key] if key in data else key.split("."):
         if isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]
@@ -130,134 +188,7 @@ def lookup(cell: Path, metric: str) -> float | None:
             data = data[part]
         else:
             return None
-    return float(data) if isinstance(data, (int, float)) else None
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def fmt(mean: float, std: float | None, digits: int = 4) -> str:
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def aggregate(table: dict, results: Path) -> list[dict]:
-    seeds = table.get("seeds", [0])
-    source = table.get("cells_from", table["name"])
-    rows = []
-    for row in table["rows"]:
-        out: dict[str, Any] = {"row": row["name"], "label": row.get("label", row["name"])}
-        for metric in table["metrics"]:
-            vals, missing = [], []
-            for s in seeds:
-                v = lookup(cell_dir(results, source, row["name"], s), metric["key"])
-                (vals.append(v) if v is not None and not math.isnan(v) else missing.append(s))
-            out[metric["key"]] = (mean_std(vals) if vals else None, len(vals), missing)
-        out["paper"] = row.get("paper", {})
-        rows.append(out)
-    return rows
-
-
-def curve_points(table: dict, results: Path, row: str) -> dict[str, list[tuple[float, float, float | None]]]:
-    """Mean (and std) over seeds of the figure's curves for one row: {series: [(x, mean, std)]}."""
-    fig = table["figure"]
-    series: dict[str, dict[float, list[float]]] = {}
-    for s in table.get("seeds", [0]):
-        path = cell_dir(results, table.get("cells_from", table["name"]), row, s) / f"{fig['file']}.json"
-        if not path.exists():
-            continue
-        data = json.loads(path.read_text())
-        for part in fig["path"].split("."):
-            data = data[part]
-        for item in data:
-            label = str(item.get(fig["series"], "")) if fig.get("series") else ""
-            series.setdefault(label, {}).setdefault(float(item[fig["x"]]), []).append(float(item[fig["y"]]))
-    return {k: [(x, *mean_std(v)) for x, v in sorted(pts.items())] for k, pts in series.items()}
-
-
-def make_table(name: str, results: str = "results", command: str | None = None) -> str:
-    table = load_table(name)
-    res = Path(results)
-    rows = aggregate(table, res)
-    seeds = table.get("seeds", [0])
-    head = [f"<!-- generated by: python -m experiments.make_table {name} --results {results} -->",
-            f"# {table['title']}", "",
-            f"Reproduce: `{table.get('command', f'python -m experiments.run_table {name}')}` then "
-            f"`python -m experiments.make_table {name}`. Seeds {seeds}; mean ± std over seeds (std needs 2+).", ""]
-    if table.get("note"):
-        head += [table["note"].strip(), ""]
-    metric_cols = [m.get("label", m["key"]) for m in table["metrics"]]
-    paper_cols = table.get("paper_columns", [])
-    lines = ["| row | " + " | ".join(metric_cols + [f"paper: {p}" for p in paper_cols]) + " |",
-             "|---|" + "---:|" * (len(metric_cols) + len(paper_cols))]
-    csv_rows = []
-    for r in rows:
-        cells = []
-        for m in table["metrics"]:
-            stats, n, missing = r[m["key"]]
-            text = "—" if stats is None else fmt(*stats, digits=m.get("digits", 4))
-            if missing:
-                text += f" (missing seeds {missing})"
-            cells.append(text)
-            csv_rows.append({"row": r["row"], "metric": m["key"], "mean": None if stats is None else stats[0],
-                             "std": None if stats is None else stats[1], "n": n, "missing": missing})
-        cells += [str(r["paper"].get(p, "—")) for p in paper_cols]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    body = head + lines
-    if table.get("figure"):
-        png = res / f"{name}.png"
-        if draw_figure(table, res, png):
-            body += ["", f"![{name}]({png.name})"]
-        fig = table["figure"]
-        for r in table["rows"]:
-            pts = curve_points(table, res, r["name"])
-            for label, xs in pts.items():
-                body.append("")
-                body.append(f"{r.get('label', r['name'])}{' / ' + label if label else ''}: " + ", ".join(
-                    f"{fig['x']}={x:g}: {fmt(m, s, 3)}" for x, m, s in xs))
-    text = "\n".join(body) + "\n"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / f"{name}.md").write_text(text)
-    with open(res / f"{name}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["row", "metric", "mean", "std", "n", "missing"])
-        w.writeheader()
-        w.writerows(csv_rows)
-    return text
-
-
-def draw_figure(table: dict, results: Path, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig_cfg = table["figure"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    drawn = False
-    for r in table["rows"]:
-        for label, pts in curve_points(table, results, r["name"]).items():
-            if not pts:
-                continue
-            xs, ms, ss = zip(*pts)
-            name = r.get("label", r["name"]) + (f" ({label})" if label else "")
-            ax.errorbar(xs, ms, yerr=[s or 0 for s in ss], marker="o", capsize=3, label=name)
-            drawn = True
-    if not drawn:
-        plt.close(fig)
-        return False
-    if fig_cfg.get("logx", True):
-        ax.set_xscale("log")
-    ax.set_xlabel(fig_cfg.get("xlabel", fig_cfg["x"]))
-    ax.set_ylabel(fig_cfg.get("ylabel", fig_cfg["y"]))
-    ax.set_title(table["title"], fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return float(data) if isinstance(data, (int, float)) and not isinstance(data, bool) else None
 
 
 def cli_run(argv=None):
@@ -265,20 +196,29 @@ def cli_run(argv=None):
 
     ap = argparse.ArgumentParser(prog="python -m experiments.run_table")
     ap.add_argument("name")
-    ap.add_argument("--scale", default="tiny")
+    ap.add_argument("--scale", default=None, help="a scale of the table (default: its default_scale, cpu)")
     ap.add_argument("--seeds", type=int, nargs="+")
-    ap.add_argument("--results", default="results")
+    ap.add_argument("--results", default=None, help="default: results (runs/tables for --scale smoke)")
     ap.add_argument("--set", action="append", default=[], help="extra Hydra override for every cell")
     a = ap.parse_args(argv)
+    from experiments.table_report import make_table
+
     run_table(a.name, a.scale, a.seeds, a.results, a.set)
-    print(make_table(a.name, a.results))
+    print(make_table(a.name, a.results, a.scale, a.set))
 
 
 def cli_make(argv=None):
     import argparse
 
+    from experiments.table_report import make_table
+
     ap = argparse.ArgumentParser(prog="python -m experiments.make_table")
     ap.add_argument("name")
-    ap.add_argument("--results", default="results")
+    ap.add_argument("--scale", default=None)
+    ap.add_argument("--results", default=None)
+    ap.add_argument("--set", action="append", default=[], help="the --set overrides the cells were run with")
     a = ap.parse_args(argv)
-    print(make_table(a.name, a.results, " ".join(sys.argv)))
+    print(make_table(a.name, a.results, a.scale, a.set))
+
+
+__all__ = ["cell_dir", "cli_make", "cli_run", "lookup", "row_cells", "row_key", "run_table"]

@@ -1,5 +1,5 @@
 """kNN memory for the Focused Transformer: one API (add / search / all / reset / state_dict) over an
-exact torch backend (the oracle), faiss indexes (imported lazily) and dense attention."""
+exact torch backend (the oracle) and faiss indexes (imported lazily); ``all()`` serves dense attention."""
 
 from memory.knn import BACKENDS, KNNMemory, MemoryConfig
 

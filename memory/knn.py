@@ -12,7 +12,9 @@ Backends:
   ``nlist``/``nprobe``; trained on the first ``ivf_train_size`` keys, searched exactly until then), or
   ``hnsw`` (IndexHNSWFlat with ``hnsw_m``/``ef_search``; rebuilt from the ring after evictions). A GPU
   index is used when faiss has GPU support and the tensors live on CUDA. faiss is imported lazily;
-* ``dense`` — no retrieval: ``all()`` hands every live entry to attention.
+
+Dense attention over the whole memory (FoT's ``memory_backend: dense``) needs no search: ``all()``
+hands every live entry to attention, whatever the backend.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS = ("exact", "faiss", "dense")
+BACKENDS = ("exact", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
 

@@ -47,11 +47,9 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from experiments.config import compose as compose_config
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        return hydra_compose(config_name=config_name, overrides=overrides or [])
+    return compose_config(config_name, overrides)
 
 
 def build_net(model: str, overrides: list[str] | None = None):

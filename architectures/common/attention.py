@@ -55,8 +55,10 @@ class CausalSelfAttention(nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, base=rope_base, convention="rotate_half")
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, cache: KVCache | None = None
+        self, x: torch.Tensor, pos: int = 0, cache: KVCache | None = None, start: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, KVCache]:
+        """``start`` [B] (optional): per row, the stream position of its current document's first token;
+        keys before it are invisible (a row that began a new document mid-stream)."""
         T = x.shape[1]
         q = rearrange(self.wq(x), "b t (h d) -> b h t d", h=self.n_heads)
         k = rearrange(self.wk(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
@@ -72,9 +74,13 @@ class CausalSelfAttention(nn.Module):
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         p = self.dropout if self.training else 0.0
-        if S == T and (self.window is None or T <= self.window):
+        hidden = start is not None and bool((start > pos + T - S).any())  # some cached keys are out of bounds
+        if S == T and (self.window is None or T <= self.window) and not hidden:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
             mask = causal_window_mask(T, S, self.window, x.device)
+            if hidden:
+                key_pos = torch.arange(pos + T - S, pos + T, device=x.device)
+                mask = mask & (key_pos[None, :] >= start.to(x.device)[:, None])[:, None, None, :]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.wo(rearrange(o, "b h t d -> b t (h d)")), new_cache

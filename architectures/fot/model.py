@@ -22,6 +22,7 @@ from torch import nn
 
 from architectures.common import RMSNorm, SwiGLU
 from architectures.common.rotary import RotaryEmbedding
+from architectures.contract import Architecture, build_config
 from architectures.fot.config import FoTConfig
 from kernels import chunk_attention, memory_attention
 from kernels.memory_attention import memory_attention_reference
@@ -58,10 +59,11 @@ class WindowAttention(nn.Module):
         return t if self.no_pe else rearrange(self.rotary(rearrange(t, "b n h d -> b h n d"), offset),
                                               "b h n d -> b n h d")
 
-    def forward(self, x, cache, m_state: dict | None, window_pos: int):
+    def forward(self, x, cache, m_state: dict | None, window_pos: int, return_weights: bool = False):
         """x [B, n, D] continuing the current window at position ``window_pos``; ``cache`` (k, v) of the
         window's earlier tokens (memory form). ``m_state``: {"memory": KNNMemory} (inference) or
-        {"k", "v", "mask"} (dense extra keys, CrossBatch). Returns out, new cache (memory form)."""
+        {"k", "v", "mask"} (dense extra keys, CrossBatch). Returns out, new cache (memory form) and,
+        with ``return_weights`` in a memory layer, the attention weights [B, H, n, M + m + n]."""
         B, n, _ = x.shape
         q, k, v = self.project(x)
         m = 0 if cache is None else cache[0].shape[1]
@@ -69,14 +71,15 @@ class WindowAttention(nn.Module):
         v_all = v if not m else torch.cat([cache[1], v], 1)
         qr, kr = self.rotate(q, window_pos), self.rotate(k_all, window_pos - m)
         scale = 1.0 if self.no_pe else None
+        weights = None
         if not self.is_memory or m_state is None:
             o, _ = chunk_attention(qr, kr[:, m:], v, self.cfg.window, scale=scale,
                                    cache=None if not m else (kr[:, :m], v_all[:, :m]))
         else:
-            o = self._memory_attention(q, qr, kr, v_all, m, m_state, scale)
-        return self.wo(rearrange(o, "b n h d -> b n (h d)")), (k_all, v_all)
+            o, weights = self._memory_attention(q, qr, kr, v_all, m, m_state, scale, return_weights)
+        return self.wo(rearrange(o, "b n h d -> b n (h d)")), (k_all, v_all), weights
 
-    def _memory_attention(self, q, qr, kr, v_all, m, m_state, scale):
+    def _memory_attention(self, q, qr, kr, v_all, m, m_state, scale, return_weights):
         B, n = q.shape[:2]
         if m:  # the op's local part starts at the window's first token: pad the cached query slots
             qr = torch.cat([qr.new_zeros(B, m, *qr.shape[2:]), qr], 1)
@@ -93,12 +96,10 @@ class WindowAttention(nn.Module):
                     mk, mv, mask = pad(mk), pad(mv), pad(mask)
         else:
             mk, mv, mask = m_state["k"], m_state["v"], m_state.get("mask")
-        if m_state.get("return_weights"):
+        if return_weights:
             o, w = memory_attention_reference(qr, kr, v_all, mk, mv, mask, scale=scale, return_weights=True)
-            m_state["weights"] = w
-        else:
-            o = memory_attention(qr, kr, v_all, mk, mv, mask, scale=scale)
-        return o[:, m:]
+            return o[:, m:], w
+        return memory_attention(qr, kr, v_all, mk, mv, mask, scale=scale)[:, m:], None
 
 
 class TokenShift(nn.Module):
@@ -129,21 +130,23 @@ class Block(nn.Module):
         self.shift = TokenShift(cfg.d_model, cfg.token_shift) if cfg.token_shift and not is_memory else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cache, m_state, window_pos):
+    def forward(self, x, cache, m_state, window_pos, return_weights=False):
+        """-> x, (kv cache, token-shift history), memory-attention weights (or None)."""
         kv_cache, sh = (None, None) if cache is None else cache
         if self.shift is not None:
             x, sh = self.shift(x, sh)
-        h, kv = self.attn(self.attn_norm(x), kv_cache, m_state, window_pos)
+        h, kv, weights = self.attn(self.attn_norm(x), kv_cache, m_state, window_pos, return_weights)
         x = x + self.drop(h)
-        return x + self.ffn(self.ffn_norm(x)), (kv, sh)
+        return x + self.ffn(self.ffn_norm(x)), (kv, sh), weights
 
 
-class FocusedTransformer(nn.Module):
+class FocusedTransformer(Architecture):
+    # what FoT may add to a baseline Transformer checkpoint it is fine-tuned from
+    added_parameters = ("temperature", "shift.")
+
     def __init__(self, config: FoTConfig | None = None, **kwargs: Any):
         super().__init__()
-        if config is not None and kwargs:
-            raise TypeError("pass either a FoTConfig or keyword fields, not both")
-        self.config = cfg = config if config is not None else FoTConfig(**kwargs)
+        self.config = cfg = build_config(FoTConfig, config, kwargs)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i in cfg.memory_layers) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -187,7 +190,7 @@ class FocusedTransformer(nn.Module):
                 if li in cfg.memory_layers:
                     m_state = {"memory": memories[mi]}
                     mi += 1
-                x, caches[li] = layer(x, caches[li], m_state, pos % W)
+                x, caches[li], _ = layer(x, caches[li], m_state, pos % W)
             outs.append(self.head(self.norm(x)))
             pos, i = pos + n, i + n
             if pos % W == 0:  # the window is complete: write it to memory, clear the local caches
@@ -196,6 +199,10 @@ class FocusedTransformer(nn.Module):
                     memories[mi].add(rearrange(k, "b n h d -> b h n d"), rearrange(v, "b n h d -> b h n d"))
                 caches = [None] * cfg.n_layers
         return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories}
+
+    @property
+    def crossbatch_window(self) -> int:
+        return self.config.window
 
     def reset_state(self, state: dict | None, rows: torch.Tensor) -> dict | None:
         """Erase the memory of the rows where a new document starts (single-document evaluation)."""
@@ -224,7 +231,7 @@ class FocusedTransformer(nn.Module):
         x = self.embed(rearrange(prev, "b (w n) -> (b w) n", n=W))
         mem_kv = []
         for li, layer in enumerate(self.layers):
-            x, (kv, _) = layer(x, None, None, 0)
+            x, (kv, _), _ = layer(x, None, None, 0)
             if li in cfg.memory_layers:
                 mem_kv.append(tuple(rearrange(t, "(b w) n h d -> b (w n) h d", w=w) for t in kv))
         # the current window with CrossBatch extra keys
@@ -236,11 +243,10 @@ class FocusedTransformer(nn.Module):
             if li in cfg.memory_layers:
                 k, v = mem_kv[mi]
                 m_state = {"k": rearrange(k[rows], "b d n h e -> b (d n) h e"),
-                           "v": rearrange(v[rows], "b d n h e -> b (d n) h e"), "return_weights": return_distraction}
+                           "v": rearrange(v[rows], "b d n h e -> b (d n) h e")}
                 mi += 1
-            x, _ = layer(x, None, m_state, 0)
-            if m_state is not None and return_distraction:
-                wts = m_state["weights"]  # [b, H, W, d*w*W + W]
+            x, _, wts = layer(x, None, m_state, 0, return_weights=return_distraction)
+            if wts is not None:  # [b, H, W, d*w*W + W]
                 ctx = wts[..., : d * w * W].reshape(*wts.shape[:3], d, w * W).sum(-1)  # mass per context
                 stats.append((ctx[..., 0] / ctx.sum(-1).clamp_min(1e-30)).mean())
         logits = self.head(self.norm(x))

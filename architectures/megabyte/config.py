@@ -5,7 +5,7 @@ from dataclasses import dataclass
 PATCH_ENCODERS = ("concat", "conv")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MegabyteConfig:
     """MEGABYTE (arXiv 2305.07185), equations 1-6: a global transformer over patches of P bytes (width
     P * d_global) and a local transformer inside each patch (width d_local).
@@ -14,6 +14,8 @@ class MegabyteConfig:
     global" ablations), ``cross_patch_attention`` r (local layers also attend to the previous patch's
     last r positions, rotary relative positions; 0 = off), ``patch_encoder`` concat | conv (causal
     convolutions of widths 3, 5, 7 over byte embeddings before patching), ``patch_size``.
+
+    The defaults are the ``model=megabyte`` preset (compute-matched to ``model=transformer``).
     """
 
     vocab_size: int = 256
@@ -22,7 +24,7 @@ class MegabyteConfig:
     d_local: int = 256
     global_layers: int = 8
     global_heads: int = 12
-    local_layers: int = 4
+    local_layers: int = 5
     local_heads: int = 4
     max_len: int = 8192  # learned byte positions E_pos cover stream positions < max_len
     ffn_mult: int = 4

@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from architectures.common.rotary import RotaryEmbedding
+from architectures.contract import Architecture, build_config
 from architectures.megabyte.config import MegabyteConfig
 
 CONV_WIDTHS = (3, 5, 7)
@@ -123,14 +124,12 @@ class Stack(nn.Module):
         return self.norm(x), new
 
 
-class Megabyte(nn.Module):
+class Megabyte(Architecture):
     """``forward(tokens[B, T], state=None) -> (logits[B, T, 256], state)``."""
 
     def __init__(self, config: MegabyteConfig | None = None, **kwargs: Any):
         super().__init__()
-        if config is not None and kwargs:
-            raise TypeError("pass either a MegabyteConfig or keyword fields, not both")
-        self.config = cfg = config if config is not None else MegabyteConfig(**kwargs)
+        self.config = cfg = build_config(MegabyteConfig, config, kwargs)
         P, DG, DL, V = cfg.patch_size, cfg.d_global, cfg.d_local, cfg.vocab_size
         if cfg.global_model:
             self.byte_embed = nn.Embedding(V, DG)  # E_g
@@ -143,7 +142,7 @@ class Megabyte(nn.Module):
             # drowned by an O(1) global signal (a final LayerNorm here slowed early training ~2x)
             self.global_model = Stack(P * DG, cfg.global_heads, cfg.global_layers, cfg.ffn_mult, cfg.dropout,
                                       cfg.norm_eps, final_norm=cfg.global_final_norm)
-            self.w_gl = nn.Linear(DG, DL)  # shared by the P slots
+            self.w_gl = nn.Linear(DG, DL, bias=False)  # shared by the P slots; no bias (paper eq. 4)
         self.local_embed = nn.Embedding(V, DL)  # E_l, tied to the output
         if cfg.local_model:
             self.local_pad = nn.Parameter(torch.empty(DL))
@@ -157,11 +156,26 @@ class Megabyte(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Truncated normal(0, init_std) weights, zero biases, LayerNorms at (1, 0). PyTorch's default
+        U(+-1/sqrt(fan_in)) biases would add one constant vector that dominates the local model's
+        input at init (the embeddings are ~init_std)."""
         std = self.config.init_std
         for name, p in self.named_parameters():
-            if name.endswith("bias") or ".ln" in name or "norm" in name:
-                continue
-            nn.init.trunc_normal_(p, 0.0, std, -3 * std, 3 * std)
+            if ".ln" in name or "norm" in name:
+                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.trunc_normal_(p, 0.0, std, -3 * std, 3 * std)
+
+    @property
+    def max_len(self) -> int | None:
+        """Learned byte positions E_pos bound the stream (only the global model has them)."""
+        return self.config.max_len if self.config.global_model else None
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
 
     # ------------------------------------------------------------------ pieces
     def _byte_features(self, known, s0):

@@ -8,9 +8,10 @@ RESIDUAL_MODES = ("two_hop", "standard")
 ATTENTION_NORMS = ("normalized", "softmax_scaled")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MegalodonConfig:
-    """Megalodon (arXiv 2404.08801), field names as in the official ``ModelConf``.
+    """Megalodon (arXiv 2404.08801), field names as in the official ``ModelConf``. The defaults are
+the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what differs.
 
     Ablation switches (each one key): ``ema`` complex | real (MEGA's damped EMA, phase 0) | none;
     ``norm`` timestep | layer (the norm before CEMA and the final norm); ``residual`` two_hop (the FFN

@@ -162,7 +162,9 @@ class MovingAverageGatedAttention(nn.Module):
     def norm(self, x, state):
         return (self.timenorm if self.cfg.norm == "timestep" else self.layernorm)(x, state)
 
-    def forward(self, x, rope: ChunkRotary, pos: int, state: dict | None):
+    def forward(self, x, rope: ChunkRotary, pos: int, state: dict | None, start: torch.Tensor | None = None):
+        """``start`` [B] (optional): per row, the stream position where its current document began;
+        cached keys before it are hidden (see ``Megalodon.reset_state``)."""
         cfg, state = self.cfg, state or {}
         xn, norm_state = self.norm(x, state.get("norm"))
         if cfg.ema != "none":
@@ -182,7 +184,11 @@ class MovingAverageGatedAttention(nn.Module):
         q, k = rope(q, pos, cfg.chunk_size), rope(k, pos, cfg.chunk_size)
         v = rearrange(F.silu(self.wv(xn)), "b l (h d) -> b l h d", h=self.heads)  # from the norm output
         r = F.silu(self.wr(mx))
-        o, kv = chunk_attention(q, k, v, cfg.chunk_size, scale=scale, cache=state.get("kv"),
+        cache, cache_valid = state.get("kv"), None
+        if start is not None and cache is not None and cache[0].shape[1]:
+            S = cache[0].shape[1]
+            cache_valid = torch.arange(pos - S, pos, device=x.device)[None, :] >= start.to(x.device)[:, None]
+        o, kv = chunk_attention(q, k, v, cfg.chunk_size, scale=scale, cache=cache, cache_valid=cache_valid,
                                 backend=cfg.kernel_backend)
         o = self.hidden_dropout(rearrange(o, "b l h d -> b l (h d)") * r)
         out = self.dropout(self.wh1(mx) + self.wh2(o)) + x
@@ -222,7 +228,7 @@ class MegaBlock(nn.Module):
         self.mega = MovingAverageGatedAttention(cfg)
         self.nffn = NormalizedFeedForwardNetwork(cfg, layer_id)
 
-    def forward(self, x, rope, pos, state):
-        y, state = self.mega(x, rope, pos, state)
+    def forward(self, x, rope, pos, state, start=None):
+        y, state = self.mega(x, rope, pos, state, start)
         # two-hop: the FFN residual is the BLOCK input x, not the attention output y
         return self.nffn(y, x if self.two_hop else y), state

@@ -5,6 +5,7 @@ State for streaming (any segmentation gives the same logits as one pass)::
     {"pos": int,                                   # tokens seen; pos % chunk_size = KV cache length
      "layers": [{"kv": (k, v), "norm": (count, mean, var), "ema": h [B, D, N] complex}, ...],
      "final": (count, mean, var),                  # the output TimestepNorm
+     "start": per-row document start position [B] or None (set by reset_state),
      "history": tokens [B, <= window]}             # only with the TimestepNorm statistics window
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from architectures.contract import Architecture, build_config
 from architectures.megalodon.config import MegalodonConfig
 from architectures.megalodon.layers import ChunkRotary, LayerNorm, MegaBlock, TimestepNorm, init_linear_
 
@@ -35,12 +37,10 @@ class OutputLayer(nn.Module):
         return self.output(x), state
 
 
-class Megalodon(nn.Module):
+class Megalodon(Architecture):
     def __init__(self, config: MegalodonConfig | None = None, **kwargs: Any):
         super().__init__()
-        if config is not None and kwargs:
-            raise TypeError("pass either a MegalodonConfig or keyword fields, not both")
-        self.config = cfg = config if config is not None else MegalodonConfig(**kwargs)
+        self.config = cfg = build_config(MegalodonConfig, config, kwargs)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         init_linear_(self.embed.weight, "gaussian", cfg.model_dim)
         self.rope = ChunkRotary(cfg.z_head_dim, cfg.rope_base)
@@ -55,16 +55,17 @@ class Megalodon(nn.Module):
         cfg = self.config
         pos = 0 if state is None else int(state["pos"])
         layer_states = [None] * cfg.num_layers if state is None else state["layers"]
+        start = None if state is None else state.get("start")
         x = self.embed(tokens)
         if cfg.scale_emb:
             x = x * math.sqrt(cfg.model_dim)
         x = self.emb_dropout(x)
         new_states = []
         for layer, st in zip(self.layers, layer_states):
-            x, st = layer(x, self.rope, pos, st)
+            x, st = layer(x, self.rope, pos, st, start)
             new_states.append(st)
         logits, final = self.output(x, None if state is None else state["final"])
-        return logits, {"pos": pos + tokens.shape[1], "layers": new_states, "final": final}
+        return logits, {"pos": pos + tokens.shape[1], "layers": new_states, "final": final, "start": start}
 
     def forward(self, tokens: torch.Tensor, state: dict | None = None):
         if tokens.dim() != 2:
@@ -86,7 +87,7 @@ class Megalodon(nn.Module):
         while i < tokens.shape[1]:
             nxt = (pos // every + 1) * every  # the next refresh boundary
             piece = tokens[:, i : i + (nxt - pos)]
-            inner_in = None if state is None else {k: state[k] for k in ("pos", "layers", "final")}
+            inner_in = None if state is None else {k: state[k] for k in ("pos", "layers", "final", "start")}
             logits, inner = self._run(piece, inner_in)
             outs.append(logits)
             history = torch.cat([history, piece], 1)[:, -window:]
@@ -99,6 +100,41 @@ class Megalodon(nn.Module):
                 inner["final"] = fresh["final"]
             state = {**inner, "history": history}
         return torch.cat(outs, 1), state
+
+    # ------------------------------------------------------------------ document boundaries
+    def reset_state(self, state: dict | None, rows: torch.Tensor) -> dict | None:
+        """Rows that start a new document get a fresh CEMA state (zero), fresh TimestepNorm statistics
+        (the priors) and stop seeing the cached keys of the current chunk. Chunks stay aligned to the
+        stream, so a document that starts inside a chunk meets its first chunk boundary early; one that
+        starts on a chunk boundary reads exactly as with a fresh model."""
+        if state is None or not bool(rows.any()):
+            return state
+        if self.config.tsn_window_chunks:
+            raise NotImplementedError("reset_state with the TimestepNorm statistics window (tsn_window_chunks > 0) "
+                                      "is not supported: evaluate one document per row from a fresh state")
+        rows = rows.bool()
+
+        def fresh_norm(norm: nn.Module, st):
+            if st is None or not isinstance(norm, TimestepNorm):
+                return st
+            init = norm.initial_state(rows.shape[0], st[1].dtype)
+            r = rows.to(st[0].device)
+            return tuple(torch.where(r.view(-1, *[1] * (a.dim() - 1)), i.to(a.device, a.dtype), a)
+                         for a, i in zip(st, init))
+
+        layers = []
+        for layer, st in zip(self.layers, state["layers"]):
+            st = dict(st)
+            mega = layer.mega
+            st["norm"] = fresh_norm(mega.timenorm if self.config.norm == "timestep" else mega.layernorm, st["norm"])
+            if st.get("ema") is not None:
+                st["ema"] = st["ema"].masked_fill(rows.to(st["ema"].device)[:, None, None], 0)
+            layers.append(st)
+        start = state.get("start")
+        start = torch.zeros(rows.shape[0], dtype=torch.long) if start is None else start.clone()
+        start[rows.cpu()] = int(state["pos"])
+        return {**state, "layers": layers, "final": fresh_norm(self.output.final_norm, state["final"]),
+                "start": start}
 
     # ------------------------------------------------------------------ bookkeeping
     def flops_per_token(self, context: int) -> float:

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from architectures.common import CausalSelfAttention, RMSNorm, SwiGLU
+from architectures.contract import Architecture, build_config
 from architectures.transformer.config import TransformerConfig
 
-TransformerState = dict[str, Any]  # {"pos": int, "kv": [(k, v) per layer]}
+# {"pos": int, "kv": [(k, v) per layer], "start": per-row first position of the current document or None}
+TransformerState = dict[str, Any]
 
 
 class Block(nn.Module):
@@ -25,20 +27,18 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, pos, cache):
-        h, cache = self.attn(self.attn_norm(x), pos, cache)
+    def forward(self, x, pos, cache, start=None):
+        h, cache = self.attn(self.attn_norm(x), pos, cache, start)
         x = x + self.drop(h)
         return x + self.ffn(self.ffn_norm(x)), cache
 
 
-class Transformer(nn.Module):
+class Transformer(Architecture):
     """``forward(tokens[B, T], state=None) -> (logits[B, T, V], state)``; state is the KV cache."""
 
     def __init__(self, config: TransformerConfig | None = None, **kwargs: Any):
         super().__init__()
-        if config is not None and kwargs:
-            raise TypeError("pass either a TransformerConfig or keyword fields, not both")
-        self.config = cfg = config if config is not None else TransformerConfig(**kwargs)
+        self.config = cfg = build_config(TransformerConfig, config, kwargs)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -64,13 +64,25 @@ class Transformer(nn.Module):
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
         pos = 0 if state is None else int(state["pos"])
         caches = [None] * len(self.layers) if state is None else state["kv"]
+        start = None if state is None else state.get("start")
         x = self.embed(tokens)
         new_caches = []
         for layer, cache in zip(self.layers, caches):
-            x, cache = layer(x, pos, cache)
+            x, cache = layer(x, pos, cache, start)
             new_caches.append(cache)
         logits = self.head(self.norm(x))
-        return logits, {"pos": pos + tokens.shape[1], "kv": new_caches}
+        return logits, {"pos": pos + tokens.shape[1], "kv": new_caches, "start": start}
+
+    def reset_state(self, state: TransformerState | None, rows: torch.Tensor) -> TransformerState | None:
+        """Rows that start a new document stop seeing the cached keys (RoPE is relative, so the new
+        document then reads exactly as it would from position 0)."""
+        if state is None or not bool(rows.any()):
+            return state
+        B = rows.shape[0]
+        start = state.get("start")
+        start = torch.zeros(B, dtype=torch.long) if start is None else start.clone()
+        start[rows.cpu().bool()] = int(state["pos"])
+        return {**state, "start": start}
 
     def flops_per_token(self, context: int) -> float:
         """Training FLOPs per token: 6 * (non-embedding matmul params) + attention (6 * 2 * L * d * ctx/2

@@ -101,26 +101,30 @@ class DocumentStreams:
                 self._ends[i].append(end)
         self._epochs += 1
 
-    def _read(self, i: int, start: int, n: int) -> tuple[np.ndarray, bool]:
+    def _read(self, i: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stream bytes [start, start + n) of row i, and True where a document begins."""
         while not self._ends[i] or self._ends[i][-1] < start + n:
             self._extend()
         out = np.empty(n, dtype=np.int64)
+        begins = np.zeros(n, dtype=bool)
         j = bisect.bisect_right(self._ends[i], start)
-        doc_start = start == (self._ends[i][j - 1] if j > 0 else 0)
         pos, filled = start, 0
         while filled < n:
             d = self._docs[i][j]
             d_begin = self._ends[i][j] - int(self.split.lengths[d])
+            begins[filled] = pos == d_begin
             take = min(n - filled, self._ends[i][j] - pos)
             lo = self.split.offsets[d] + (pos - d_begin)
             out[filled : filled + take] = self.split.data[lo : lo + take]
             filled, pos, j = filled + take, pos + take, j + 1
-        return out, doc_start
+        return out, begins
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """tokens [B, T+1]; starts [B, T+1] True where a document begins; doc_start = starts[:, 0]."""
         start = step * self.seq_len
-        rows, starts = zip(*(self._read(i, start, self.seq_len + 1) for i in range(self.batch_size)))
-        return {"tokens": torch.from_numpy(np.stack(rows)), "doc_start": torch.tensor(starts)}
+        rows, begins = zip(*(self._read(i, start, self.seq_len + 1) for i in range(self.batch_size)))
+        starts = torch.from_numpy(np.stack(begins))
+        return {"tokens": torch.from_numpy(np.stack(rows)), "starts": starts, "doc_start": starts[:, 0].clone()}
 
     def documents(self, row: int, up_to_step: int) -> list[int]:
         """Document ids row ``row`` has entered by the end of window ``up_to_step`` (for tests)."""

@@ -11,12 +11,14 @@ from kernels.chunk_attention.reference import chunk_attention_reference
 from kernels.chunk_attention.torch_impl import chunk_attention_sdpa
 
 
-def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, backend=None):
+def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=None, backend=None):
     """Causal attention inside blocks of ``chunk_size`` tokens. q, k, v [B, T, H, d].
 
     ``cache`` = (k, v) [B, S, H, d] of the current chunk's earlier tokens (S < chunk_size): the queries
     then continue that chunk (streaming / decoding). Returns (o [B, T, H, d], cache') where cache'
     holds the unfinished last chunk, empty on a chunk boundary. ``scale`` None means 1/sqrt(d).
+    ``cache_valid`` [B, S] (optional): False hides a cached token from every query of its row (a row
+    that started a new document inside the current chunk); the Triton backend then runs the torch path.
     """
     check(q.dim() == 4 and q.shape == k.shape and v.dim() == 4 and v.shape[:3] == q.shape[:3],
           f"chunk_attention: q, k must be [B, T, H, d] and v [B, T, H, d_v], got {tuple(q.shape)}, "
@@ -28,12 +30,18 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, backend=None):
     if k_cache is not None:
         check(k_cache.shape[1] < chunk_size, f"chunk_attention: cache holds {k_cache.shape[1]} tokens, "
               f"which is not less than chunk_size={chunk_size}")
+    if cache_valid is not None:
+        S = 0 if k_cache is None else k_cache.shape[1]
+        check(tuple(cache_valid.shape) == (q.shape[0], S),
+              f"chunk_attention: cache_valid must be [B, S]=[{q.shape[0]}, {S}], got {tuple(cache_valid.shape)}")
+        if S == 0 or bool(cache_valid.all()):
+            cache_valid = None
     b = resolve_backend(backend, q, "chunk_attention")
     if b == "reference":
-        o, kc, vc = chunk_attention_reference(q, k, v, chunk_size, scale, k_cache, v_cache)
+        o, kc, vc = chunk_attention_reference(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)
         return o, (kc, vc)
-    if b == "torch":
-        o, kc, vc = chunk_attention_sdpa(q, k, v, chunk_size, scale, k_cache, v_cache)
+    if b == "torch" or cache_valid is not None:
+        o, kc, vc = chunk_attention_sdpa(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)
         return o, (kc, vc)
     from kernels.chunk_attention.triton_impl import chunk_attention_triton_forward
 

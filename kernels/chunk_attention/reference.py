@@ -22,8 +22,10 @@ def chunk_mask(T: int, C: int, device, offset: int = 0) -> torch.Tensor:
     return (kj <= qi) & (kj // C == qi // C)
 
 
-def chunk_attention_reference(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=None):
-    """q, k, v [B, T, H, d]; optional cache [B, S, H, d] of the current chunk's earlier tokens (S < C).
+def chunk_attention_reference(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=None, cache_valid=None):
+    """q, k, v [B, T, H, d]; optional cache [B, S, H, d] of the current chunk's earlier tokens (S < C);
+    ``cache_valid`` [B, S] (optional) False where a cached token is invisible (a row that started a
+    new document inside the chunk).
 
     Returns (o [B, T, H, d], k_cache', v_cache') where the new cache holds the keys/values of the
     last, unfinished chunk (empty when the stream ends on a chunk boundary).
@@ -35,7 +37,11 @@ def chunk_attention_reference(q, k, v, chunk_size, scale=None, k_cache=None, v_c
     kk = k if k_cache is None else torch.cat([k_cache.to(k.dtype), k], 1)
     vv = v if v_cache is None else torch.cat([v_cache.to(v.dtype), v], 1)
     scores = torch.einsum("bthd,bshd->bhts", q.to(dt), kk.to(dt)) * scale
-    scores = scores.masked_fill(~chunk_mask(T, chunk_size, q.device, S), float("-inf"))
+    allowed = chunk_mask(T, chunk_size, q.device, S)
+    if cache_valid is not None and S:
+        keys = torch.cat([cache_valid.to(q.device).bool(), cache_valid.new_ones(B, T, dtype=torch.bool)], 1)
+        allowed = allowed & keys[:, None, None, :]
+    scores = scores.masked_fill(~allowed, float("-inf"))
     o = torch.einsum("bhts,bshd->bthd", torch.softmax(scores, -1), vv.to(dt)).to(q.dtype)
     keep = (S + T) % chunk_size
     return o, kk[:, S + T - keep :], vv[:, S + T - keep :]

@@ -27,10 +27,32 @@ def _sdpa(q, k, v, scale):
     return F.scaled_dot_product_attention(q, k, vp, is_causal=True, scale=scale)[..., :dv]
 
 
-def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=None):
+def _continue_masked(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid):
+    """The queries that continue the cached chunk, with some cached keys hidden per row: one SDPA call
+    with an explicit mask; the queries after the chunk boundary go through the fast path."""
+    B, T, H, d = q.shape
+    S = k_cache.shape[1]
+    first = min(chunk_size - S, T)
+    kk = torch.cat([k_cache.to(k.dtype), k[:, :first]], 1).transpose(1, 2)
+    vv = torch.cat([v_cache.to(v.dtype), v[:, :first]], 1).transpose(1, 2)
+    causal = torch.ones(first, S + first, dtype=torch.bool, device=q.device).tril(S)
+    keys = torch.cat([cache_valid.to(q.device).bool(), cache_valid.new_ones(B, first, dtype=torch.bool)], 1)
+    mask = causal[None, None] & keys[:, None, None, :]
+    o1 = F.scaled_dot_product_attention(q[:, :first].transpose(1, 2), kk, vv, attn_mask=mask, scale=scale)
+    o1 = o1.transpose(1, 2)
+    if first == T:
+        keep = (S + T) % chunk_size
+        return o1, kk.transpose(1, 2)[:, S + T - keep :], vv.transpose(1, 2)[:, S + T - keep :]
+    o2, kc, vc = chunk_attention_sdpa(q[:, first:], k[:, first:], v[:, first:], chunk_size, scale)
+    return torch.cat([o1, o2], 1), kc, vc
+
+
+def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=None, cache_valid=None):
     B, T, H, d = q.shape
     C = chunk_size
     S = 0 if k_cache is None else k_cache.shape[1]
+    if S and cache_valid is not None and not bool(cache_valid.all()):
+        return _continue_masked(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)
     if S:  # v may have its own head width d_v
         q = torch.cat([q.new_zeros(B, S, H, d), q], 1)
         k = torch.cat([k_cache.to(k.dtype), k], 1)

@@ -107,3 +107,97 @@ def test_detached_state_still_continues(model):
     _, state = net(x[:, :20])
     out, _ = net(x[:, 20:], detach_state(state))
     out.sum().backward()  # no graph through the first segment, and no error
+
+
+# ---------------------------------------------------------------------------------------------- the written contract
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from architectures.contract import LanguageModel, check  # noqa: E402
+from experiments.config import field_defaults  # noqa: E402
+from tests.conftest import CONFIGS, REPO, compose  # noqa: E402
+
+ALL_MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_every_preset_honours_the_written_contract(model):
+    with torch.device("meta"):
+        net = build_net(model)
+    assert isinstance(check(net), LanguageModel)
+    fpt = net.flops_per_token(1024)
+    assert math.isfinite(fpt) and fpt > 0
+    assert net.max_len is None or net.max_len > 0
+    assert isinstance(net.added_parameters, tuple)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        net.config.vocab_size = 3  # configs are frozen: nothing writes into a built model's config
+
+
+def _preset(model):
+    return yaml.safe_load((CONFIGS / "model" / f"{model}.yaml").read_text())
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_presets_list_only_what_differs_from_their_defaults(model):
+    """One source of defaults: a preset built on an architecture's schema never repeats the dataclass
+    default, and a preset built on another preset never repeats that preset's value."""
+    raw = _preset(model)
+    parent = [d for d in raw.get("defaults", []) if d != "_self_"]
+    assert len(parent) == 1, f"{model}: expected one parent (a schema or a preset), got {parent}"
+    parent = parent[0]
+    if isinstance(parent, dict):  # the schema: {"/schema/net@net": <arch>}
+        net = build_net(model)
+        defaults = field_defaults(type(net.config))
+    else:
+        defaults = dict(compose("train", [f"model={parent}"]).model.net)
+    for key, value in (raw.get("net") or {}).items():
+        if isinstance(value, str) and value.startswith("${"):
+            continue  # interpolations tie a field to data.* (vocab_size, the training length)
+        assert key in defaults, f"{model}: net.{key} is not a field of its parent"
+        assert defaults[key] != value, f"{model}: net.{key}={value!r} repeats its parent's default"
+
+
+def test_experiments_never_probe_a_model_with_hasattr():
+    for path in sorted((REPO / "experiments").rglob("*.py")):
+        text = Path(path).read_text()
+        assert "hasattr(" not in text, f"{path.relative_to(REPO)} uses hasattr: use architectures.contract"
+
+
+def test_a_new_document_in_a_transformer_row_reads_as_a_fresh_model():
+    net = _net("transformer_tiny", torch.float64)
+    x = _tokens(T=40)
+    _, state = net(x[:, :23])  # row 0 continues, row 1 starts a new document at position 23
+    state = net.reset_state(state, torch.tensor([False, True]))
+    out, _ = net(x[:, 23:], state)
+    fresh, _ = net(x[1:, 23:])
+    torch.testing.assert_close(out[1:], fresh, atol=1e-10, rtol=0)
+    cont, _ = net(x)
+    torch.testing.assert_close(out[:1], cont[:1, 23:], atol=1e-10, rtol=0)
+
+
+def test_a_new_megalodon_document_on_a_chunk_boundary_reads_as_a_fresh_model():
+    net = _net("megalodon_tiny", torch.float64)  # chunks of 16
+    x = _tokens(T=48)
+    _, state = net(x[:, :32])
+    state = net.reset_state(state, torch.tensor([False, True]))
+    out, _ = net(x[:, 32:], state)
+    fresh, _ = net(x[1:, 32:])
+    torch.testing.assert_close(out[1:], fresh, atol=1e-10, rtol=0)
+    cont, _ = net(x)
+    torch.testing.assert_close(out[:1], cont[:1, 32:], atol=1e-10, rtol=0)
+
+
+def test_a_megalodon_document_starting_inside_a_chunk_sees_nothing_before_it():
+    net = _net("megalodon_tiny", torch.float64)
+    x = _tokens(T=40)
+    outs = []
+    for prefix_seed in (5, 6):  # two different previous documents
+        y = x.clone()
+        y[:, :21] = _tokens(T=21, seed=prefix_seed)
+        _, state = net(y[:, :21])  # position 21 is inside the second chunk
+        state = net.reset_state(state, torch.tensor([True, True]))
+        outs.append(net(y[:, 21:], state)[0])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=0)

@@ -138,7 +138,7 @@ def test_cached_generation_equals_full_forward(trained_run):
 
 def test_non_finite_loss_fails_clearly(tiny_corpus, tmp_path):
     cfg = _cfg(tmp_path, tiny_corpus)
-    from experiments.train import build_module
+    from experiments.training import build_module
 
     module = build_module(cfg)
     with torch.no_grad():

@@ -1,0 +1,136 @@
+"""The leaf helpers every entry point shares: config composition, the structured config schemas,
+plain-container conversion and atomic JSON writes. Imports nothing else from ``experiments``.
+
+One source of defaults. An architecture's defaults are its config dataclass; ``register_schemas``
+turns each into a Hydra node (``schema/net/<arch>``) that a preset YAML pulls in with
+``- /schema/net@net: <arch>`` and then lists only what differs. The optimiser's defaults are
+``OptimConfig`` (the ``optim: adamw`` group), a typed structured config: a misspelt or mistyped
+``optim.*`` override fails at composition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``, one for every architecture."""
+
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_all: bool = False  # true: decay norms and biases too (Megalodon's recipe)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    max_steps: int | None = None  # schedule length; None = trainer.max_steps
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"optim.lr={self.lr} must be > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if self.weight_decay < 0:
+            problems.append(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if self.warmup_steps < 0:
+            problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"optim.max_steps={self.max_steps} must be >= 1 or null")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _architectures() -> dict[str, tuple[str, type]]:
+    from architectures.fot import FoTConfig
+    from architectures.megabyte import MegabyteConfig
+    from architectures.megalodon import MegalodonConfig
+    from architectures.transformer import TransformerConfig
+
+    return {
+        "transformer": ("architectures.transformer.Transformer", TransformerConfig),
+        "fot": ("architectures.fot.FocusedTransformer", FoTConfig),
+        "megalodon": ("architectures.megalodon.Megalodon", MegalodonConfig),
+        "megabyte": ("architectures.megabyte.Megabyte", MegabyteConfig),
+    }
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """A config dataclass's declared defaults (before ``__post_init__`` derives anything)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def net_schema(target: str, cls: type) -> DictConfig:
+    return OmegaConf.create({"_target_": target, **field_defaults(cls)})
+
+
+_registered = False
+
+
+def register_schemas() -> None:
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    for name, (target, cls) in _architectures().items():
+        cs.store(group="schema/net", name=name, node=net_schema(target, cls))
+    optim = OmegaConf.structured(OptimConfig)
+    OmegaConf.set_readonly(optim, False)  # overrides must merge into it
+    cs.store(group="optim", name="adamw", node=optim)
+    _registered = True
+
+
+register_schemas()
+
+
+def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/<name>.yaml`` with Hydra overrides, as the entry points do."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return hydra_compose(config_name=name, overrides=list(overrides or []))
+
+
+def to_plain(cfg: Any) -> Any:
+    """Configs become plain containers (resolved), so checkpoints load with ``weights_only``."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def optim_config(optim: Any) -> OptimConfig:
+    """The typed optimiser config from a composed ``optim`` node or a plain dict (checkpoints)."""
+    values = dict(to_plain(optim) or {})
+    known = {f.name for f in dataclasses.fields(OptimConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"optim has unknown keys {unknown}; the optimiser's keys are {sorted(known)}")
+    return OptimConfig(**values)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+__all__ = ["CONFIGS", "OptimConfig", "compose", "optim_config", "register_schemas", "to_plain",
+           "write_json"]

@@ -1,0 +1,58 @@
+"""The evaluations a table runs on its cells, by kind: ``EVALUATIONS[kind](cell, spec) -> dict`` (the
+dict is written to ``<cell>/<spec.name>.json``). A new kind is one function and one entry here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from experiments.config import compose
+from experiments.table_spec import EvalSpec
+
+
+def _entry_overrides(cell: Path, spec: EvalSpec) -> list[str]:
+    return [f"run_dir='{cell}'", f"out={spec.name}.json", *spec.overrides]
+
+
+def window(cell: Path, spec: EvalSpec) -> dict:
+    from experiments.evaluation import evaluate
+
+    return evaluate(compose("eval", _entry_overrides(cell, spec)))
+
+
+def stream(cell: Path, spec: EvalSpec) -> dict:
+    from experiments.evaluation import evaluate
+
+    return evaluate(compose("eval", [*_entry_overrides(cell, spec), "eval.streaming=true"]))
+
+
+def fot(cell: Path, spec: EvalSpec) -> dict:
+    from experiments.fot_evaluation import run
+
+    return run(compose("fot_eval", _entry_overrides(cell, spec)))
+
+
+@torch.no_grad()
+def generation(cell: Path, spec: EvalSpec) -> dict:
+    """Bytes per second of sampling ``spec.bytes`` bytes after a fixed prompt, batch 1."""
+    from experiments.generation import generate
+    from experiments.runs import load_run
+
+    n_bytes = int(spec.bytes or 2048)
+    _, module = load_run(cell)
+    prompt = torch.tensor([list(b"def main():\n    ")])
+    t0, c0 = time.perf_counter(), time.process_time()
+    generate(module.net, prompt, n_bytes, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"bytes": n_bytes, "bytes_per_s": n_bytes / wall, "bytes_per_cpu_s": n_bytes / cpu}
+
+
+EVALUATIONS: dict[str, Callable[[Path, EvalSpec], dict]] = {
+    "window": window,
+    "stream": stream,
+    "fot": fot,
+    "generation": generation,
+}

@@ -1,0 +1,130 @@
+"""Figures of a table: the spec's curve (an eval's list of points) and learning curves (validation
+bits per byte vs training bytes and vs training FLOPs, read from each cell's ``logs/metrics.csv``)."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+from experiments.tables import _read_json
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def curve_points(spec, row) -> dict[str, list[tuple[float, float, float | None]]]:
+    """Mean (and std) over the row's seeds of the figure's curves: {series: [(x, mean, std)]}."""
+    fig = spec.figure
+    series: dict[str, dict[float, list[float]]] = {}
+    for cell in row.cells.values():
+        data = _read_json(cell / f"{fig.file}.json")
+        if data is None:
+            continue
+        for part in fig.path.split("."):
+            data = data[part]
+        for item in data:
+            label = str(item.get(fig.series, "")) if fig.series else ""
+            series.setdefault(label, {}).setdefault(float(item[fig.x]), []).append(float(item[fig.y]))
+    out = {}
+    for k, pts in series.items():
+        out[k] = [(x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None) for x, v in sorted(pts.items())]
+    return out
+
+
+def figure_lines(spec, rows) -> list[str]:
+    lines = []
+    for r in rows:
+        for label, pts in curve_points(spec, r).items():
+            text = ", ".join(f"{spec.figure.x}={x:g}: {m:.3f}" + (f" ± {s:.3f}" if s is not None else "")
+                             for x, m, s in pts)
+            lines += ["", f"{r.label}{' / ' + label if label else ''}: {text}"]
+    return lines
+
+
+def draw_figure(spec, rows, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    f = spec.figure
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for r in rows:
+        for label, pts in curve_points(spec, r).items():
+            if not pts:
+                continue
+            xs, ms, ss = zip(*pts)
+            ax.errorbar(xs, ms, yerr=[s or 0 for s in ss], marker="o", capsize=3,
+                        label=r.label + (f" ({label})" if label else ""))
+            drawn = True
+    if drawn:
+        if f.logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(f.xlabel or f.x)
+        ax.set_ylabel(f.ylabel or f.y)
+        ax.set_title(spec.title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
+    """[(training bytes, training FLOPs, val bpb)] of one cell, from its metrics.csv."""
+    metrics = _read_json(cell / "metrics.json")
+    path = cell / "logs" / "metrics.csv"
+    if metrics is None or not path.exists():
+        return None
+    per_step = metrics["batch_size"] * metrics["seq_len"] * metrics.get("world_size", 1)
+    fpt = float(metrics.get("flops_per_token", float("nan")))
+    pts = {}
+    with open(path, newline="") as fh:
+        for rec in csv.DictReader(fh):
+            if rec.get("val/bpb"):
+                step = int(float(rec["step"])) + 1
+                pts[step] = float(rec["val/bpb"])
+    return [(s * per_step, s * per_step * fpt, v) for s, v in sorted(pts.items())]
+
+
+def draw_learning_curves(spec, rows, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for r in rows:
+        curves = [c for c in (learning_curve(cell) for cell in r.cells.values()) if c]
+        if not curves:
+            continue
+        by_x: dict[float, list[tuple[float, float]]] = {}
+        for c in curves:
+            for b, fl, v in c:
+                by_x.setdefault(b, []).append((fl, v))
+        xs = sorted(by_x)
+        bpb = [statistics.fmean(v for _, v in by_x[x]) for x in xs]
+        flops = [statistics.fmean(f for f, _ in by_x[x]) for x in xs]
+        axes[0].plot(xs, bpb, marker=".", label=r.label)
+        axes[1].plot(flops, bpb, marker=".", label=r.label)
+        drawn = True
+    if drawn:
+        for ax, xl in zip(axes, ("training bytes", "training FLOPs")):
+            ax.set_xscale("log")
+            ax.set_xlabel(xl)
+            ax.set_ylabel("validation bits per byte")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(spec.title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn

@@ -1,0 +1,126 @@
+"""Training any architecture: ``train(cfg)`` is a plain function (tests compose a config and call it;
+``experiments.train`` is its command line).
+
+A run dir holds ``config.yaml`` (the composed, resolved config), ``checkpoints/``,
+``logs/metrics.csv`` and, at the end, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint, resolve_ckpt_path
+from experiments.config import write_json
+from experiments.lm_module import CausalLMModule, peak_memory_mb
+from experiments.loggers import trim_metrics_csv
+
+
+def count_parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
+
+
+def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
+    """Load the weights of another run (a run dir or a .ckpt) into ``module.net`` before training:
+    fine-tuning, e.g. a baseline Transformer into FoT. Returns the parameters left at their init."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise FileNotFoundError(f"init_from={source!r}: no checkpoint at {path}; pass a run dir or a .ckpt file")
+    ckpt = read_checkpoint(path)
+    sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    fix = "the architectures must share parameter names and shapes (e.g. model=fot with the baseline's sizes)"
+    try:
+        missing, unexpected = module.net.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"init_from={source!r} does not fit this model ({str(e)[:300]}); {fix}") from None
+    bad = [m for m in missing if not any(n in m for n in module.net.added_parameters)]
+    if unexpected or bad:
+        raise ValueError(f"init_from={source!r} does not fit this model: missing {bad[:8]}, "
+                         f"unexpected {unexpected[:8]}; {fix}")
+    return missing
+
+
+def build_module(cfg: DictConfig) -> CausalLMModule:
+    return CausalLMModule(net=cfg.model.net, optim=cfg.optim, carry_state=cfg.task.carry_state,
+                          crossbatch=cfg.task.get("crossbatch"))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, validate once more at the end, and write ``<run_dir>/metrics.json``. Returns the metrics."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.task.carry_state and cfg.data.get("sampler") != "stream":
+        raise ValueError(
+            f"task.carry_state=true needs consecutive windows of the same documents, but data.sampler="
+            f"{cfg.data.sampler!r}; set data.sampler=stream"
+        )
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    if cfg.task.carry_state and module.net.max_len is not None:
+        raise ValueError(
+            f"task.carry_state=true streams past any length, but {type(module.net).__name__} represents at most "
+            f"max_len={module.net.max_len} positions (learned positions); train it on independent windows "
+            "(task.carry_state=false) or raise model.net.max_len"
+        )
+
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if cfg.get("init_from") and ckpt_path is None:
+        fresh = init_from_checkpoint(module, cfg.init_from)
+        print(f"[longlab] initialised from {cfg.init_from}; new parameters: {fresh or 'none'}")
+    if ckpt_path is not None:
+        ckpt = read_checkpoint(ckpt_path)
+        check_compatible(ckpt, ckpt_path, module.hparams["net"])
+        trim_metrics_csv(run_dir / "logs" / "metrics.csv", int(ckpt.get("global_step", 0)))
+        del ckpt
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    train_wall = time.perf_counter() - t0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)  # the final state, whatever the interval
+    val = trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)[0]
+
+    metrics = {
+        "val/bpb": float(val["val/bpb"]),
+        "val/loss": float(val["val/loss"]),
+        "val/ppl": float(val["val/ppl"]),
+        "val/acc": float(val["val/acc"]),
+        "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
+        "train/peak_mem_mb": peak_memory_mb(module.device),
+        "params": count_parameters(module.net),
+        "tokens_seen": int(module.tokens_seen),
+        "steps": int(trainer.global_step),
+        "wall_time_s": train_wall,
+        "model": cfg.model.get("name"),
+        "seq_len": int(cfg.data.seq_len or 0),
+        "batch_size": int(cfg.data.batch_size),
+        "world_size": int(trainer.world_size),
+        "seed": int(cfg.seed),
+    }
+    metrics["flops_per_token"] = float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1))
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        print(
+            f"[longlab] {metrics['model']}: {metrics['steps']} steps, {metrics['tokens_seen']:,} tokens, "
+            f"val bits/byte {metrics['val/bpb']:.4f}, {metrics['train/tokens_per_s']:,.0f} tokens/s "
+            f"-> {run_dir / 'metrics.json'}"
+        )
+    return metrics
