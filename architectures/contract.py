@@ -22,6 +22,9 @@ least ``vocab_size``) or that config's fields as keywords, and which offers:
     ``forward_crossbatch(prev, curr, d, return_distraction=False)``), else ``None``.
 ``patch_size``
     the patch length of a patch-based model (MEGABYTE: enables strided inference), else ``None``.
+``decays_all_parameters``
+    the architecture's optimiser recipe: weight decay on every parameter (Megalodon, whose norm
+    scales are stored as w + 1) rather than on matrices only. ``optim.decay_all`` overrides it.
 
 ``Architecture`` is a base class with the optional hooks' defaults; subclassing it is the short way
 to honour the contract. ``check(net)`` verifies any object and names what is missing.
@@ -43,6 +46,7 @@ class LanguageModel(Protocol):
     added_parameters: tuple[str, ...]
     crossbatch_window: int | None
     patch_size: int | None
+    decays_all_parameters: bool
 
     def forward(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]: ...
 
@@ -57,6 +61,7 @@ class Architecture(nn.Module):
 
     config: Any
     added_parameters: tuple[str, ...] = ()
+    decays_all_parameters: bool = False
 
     @property
     def max_len(self) -> int | None:
@@ -93,7 +98,7 @@ def build_config(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
 
 
 REQUIRED = ("config", "forward", "flops_per_token", "reset_state", "max_len", "added_parameters",
-            "crossbatch_window", "patch_size")
+            "crossbatch_window", "patch_size", "decays_all_parameters")
 
 
 def check(net: Any) -> LanguageModel:

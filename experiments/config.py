@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SCHEDULES = ("cosine", "polynomial", "constant")
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,13 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    decay_all: bool = False  # true: decay norms and biases too (Megalodon's recipe)
+    # decay norms' scales and biases too; None: the architecture's recipe (decays_all_parameters:
+    # Megalodon, whose norm scales are stored as w + 1, decays everything; the others only matrices)
+    decay_all: bool | None = None
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # after warm-up: cosine | polynomial ((1 - progress)^power) | constant
+    power: float = 1.0  # polynomial: 1 = linear decay (MEGABYTE's recipe, to min_lr_ratio = 0)
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     max_steps: int | None = None  # schedule length; None = trainer.max_steps
 
     def __post_init__(self) -> None:
@@ -51,6 +56,10 @@ class OptimConfig:
             problems.append(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"optim.schedule={self.schedule!r}; use one of {SCHEDULES}")
+        if self.power <= 0:
+            problems.append(f"optim.power={self.power} must be > 0")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"optim.max_steps={self.max_steps} must be >= 1 or null")
         if problems:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from experiments.config import to_plain, write_json
 from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
+from experiments.inference_methods import method_nll, patch_profile, window_length
 from experiments.runs import corpus_of, load_run, pick_device
 
 LN2 = math.log(2)
@@ -55,7 +56,11 @@ def strided_nll(net, u: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, to
 
 @torch.no_grad()
 def windowed_bpb(net, split: Split, context: int, batch_size: int, num_batches: int, seed: int,
-                 device: torch.device, precision="32", split_name: str = "test", strided: bool = False) -> dict:
+                 device: torch.device, precision="32", split_name: str = "test", strided: bool = False,
+                 methods: list[str] | None = None, patch_size: int | None = None) -> dict:
+    if methods:
+        return _windowed_methods(net, split, context, batch_size, num_batches, seed, device, precision, split_name,
+                                 list(methods), patch_size or net.patch_size)
     if strided:
         P = net.patch_size
         if P is None:
@@ -87,6 +92,33 @@ def _windowed_strided(net, split, context, batch_size, num_batches, seed, device
         count += st.numel()
     return {"bpb": sums["strided"] / count / LN2, "loss": sums["strided"] / count,
             "bpb_basic": sums["basic"] / count / LN2, "bytes": count, "context": context, "strided": True}
+
+
+def _windowed_methods(net, split, T, batch_size, num_batches, seed, device, precision, split_name, methods, P):
+    """Several inference methods (and the within-patch loss profile) on exactly the same target bytes."""
+    if P is None and any("strided" in m for m in methods):
+        raise ValueError(f"eval.methods={methods} includes strided inference, which needs a patch model; "
+                         f"{type(net).__name__} has no patch_size (set eval.patch_size to profile by slot only)")
+    P = P or 2
+    sampler = RandomWindows(split, window_length(T, P) - 1, batch_size, seed, split_name=split_name)
+    sums = {m: 0.0 for m in methods}
+    profile = torch.zeros(P, 2, dtype=torch.float64)
+    count = 0
+    for step in range(num_batches):
+        u = sampler.batch(step)["tokens"].to(device)
+        with autocast(device, precision):
+            nll = method_nll(net, u, T, P, methods)
+        for m in methods:
+            sums[m] += float(nll[m].double().sum())
+        if "basic" in nll:
+            profile += patch_profile(nll["basic"], T, P)
+        count += u.shape[0] * T
+    out = {"bytes": count, "context": T, "methods": {m: sums[m] / count / LN2 for m in methods}}
+    if profile[:, 1].sum() > 0:
+        out["patch_profile"] = [{"slot": p, "bpb": float(profile[p, 0] / profile[p, 1] / LN2)} for p in range(P)]
+    first = methods[0]
+    out.update(bpb=out["methods"][first], loss=sums[first] / count)
+    return out
 
 
 def position_buckets(max_len: int, base: int) -> list[tuple[int, int]]:
@@ -171,10 +203,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             print(f"  positions [{c['start']:>7}, {c['end']:>7}): {c['bpb']:.4f} bpb  ({c['bytes']:,} bytes)")
     else:
         ctx = int(e.context or seq_len)
+        methods = list(to_plain(e.methods) or [])
         r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
-                         device, cfg.precision, e.split, strided=bool(e.get("strided", False)))
+                         device, cfg.precision, e.split, strided=bool(e.strided), methods=methods,
+                         patch_size=e.patch_size)
         result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,
                        "bytes": r["bytes"]})
+        for m, v in r.get("methods", {}).items():
+            result[f"{e.split}/bpb_{m}"] = v
+            print(f"[longlab] {m:>15}: {v:.4f} bits/byte")
+        if "patch_profile" in r:
+            result["patch_profile"] = r["patch_profile"]
+            print("[longlab] bits/byte by slot in the patch: "
+                  + ", ".join(f"{p['slot']}: {p['bpb']:.3f}" for p in r["patch_profile"]))
         if r.get("strided"):
             result[f"{e.split}/bpb_basic"] = r["bpb_basic"]
             print(f"[longlab] strided inference: {r['bpb']:.4f} bits/byte (basic pass on the same bytes: "

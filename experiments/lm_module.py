@@ -27,16 +27,19 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float):
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float, schedule: str = "cosine",
+              power: float = 1.0):
+    """Linear warm-up to 1, then ``schedule`` (cosine | polynomial | constant) down to ``min_lr_ratio``
+    at ``max_steps``."""
 
     def f(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
             return (step + 1) / warmup_steps
-        if max_steps <= warmup_steps:
+        if max_steps <= warmup_steps or schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else (1 - progress) ** power
+        return min_lr_ratio + (1 - min_lr_ratio) * shape
 
     return f
 
@@ -208,17 +211,18 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim_cfg
+        decay_all = self.net.decays_all_parameters if o.decay_all is None else o.decay_all
         decay, no_decay = [], []
         for p in self.net.parameters():
             if not p.requires_grad:
                 continue
             # by default norms' scales and biases are not decayed; Megalodon decays all (w+1 storage)
-            (decay if (p.dim() >= 2 or o.decay_all) else no_decay).append(p)
+            (decay if (p.dim() >= 2 or decay_all) else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=o.betas, eps=o.eps)
         max_steps = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 0
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.warmup_steps, o.max_steps or max_steps,
-                                                                 o.min_lr_ratio))
+                                                                 o.min_lr_ratio, o.schedule, o.power))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ exact resume

@@ -12,6 +12,64 @@ from architectures.common.rotary import RotaryEmbedding
 KVCache = tuple[torch.Tensor, torch.Tensor]  # keys (after RoPE) and values, each [B, H_kv, S, d]
 
 
+class KVBuffer:
+    """A preallocated KV cache for inference (no autograd): keys/values live in ``k, v``
+    [B, H_kv, capacity, d] at slots ``[lo, hi)``. Appending writes in place after ``hi``; a full
+    buffer is compacted (kept keys moved to the front) or doubled, so a decoding step costs O(1)
+    copies amortised instead of re-concatenating the whole cache every token.
+
+    States stay values: ``append`` returns a new buffer and leaves this one as it was. Buffers made
+    from the same storage share a frontier (the highest slot written); appending to an older one
+    (a branch, e.g. several query windows from one context) first copies, so no branch overwrites
+    another's keys."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, lo: int, hi: int, frontier: list[int] | None = None):
+        self.k, self.v, self.lo, self.hi = k, v, lo, hi
+        self._frontier = frontier if frontier is not None else [hi]
+
+    @property
+    def length(self) -> int:
+        return self.hi - self.lo
+
+    @classmethod
+    def empty_like(cls, k: torch.Tensor, v: torch.Tensor, capacity: int) -> KVBuffer:
+        B, H, _, d = k.shape
+        return cls(k.new_empty(B, H, capacity, d), v.new_empty(B, H, capacity, v.shape[-1]), 0, 0)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, keep: int | None) -> tuple[KVBuffer, KVCache]:
+        """Write k, v [B, H, T, d] after the cached keys. Returns the new buffer (afterwards only its
+        last ``keep`` keys, None: all, stay cached) and views of the cached + new keys."""
+        T, cap = k.shape[2], self.k.shape[2]
+        buf = self
+        need = self.length + T
+        if self.hi != self._frontier[0] or self.hi + T > cap:
+            grow = need > cap // 2 and not (keep is not None and need <= cap)
+            buf = self._moved(max(2 * cap, 2 * need) if grow else cap)
+        lo, hi = buf.lo, buf.hi + T
+        buf.k[:, :, buf.hi : hi] = k
+        buf.v[:, :, buf.hi : hi] = v
+        buf._frontier[0] = hi
+        views = (buf.k[:, :, lo:hi], buf.v[:, :, lo:hi])
+        if keep is not None:
+            lo = max(lo, hi - keep)
+        return KVBuffer(buf.k, buf.v, lo, hi, buf._frontier), views
+
+    def _moved(self, capacity: int) -> KVBuffer:
+        n = self.length
+        k = self.k.new_empty(*self.k.shape[:2], capacity, self.k.shape[-1])
+        v = self.v.new_empty(*self.v.shape[:2], capacity, self.v.shape[-1])
+        k[:, :, :n], v[:, :, :n] = self.k[:, :, self.lo : self.hi], self.v[:, :, self.lo : self.hi]
+        return KVBuffer(k, v, 0, n)
+
+    def map_tensors(self, fn) -> KVBuffer:
+        """``fn`` (detach, a device move) applied to the live keys, in fresh storage."""
+        k, v = self.tensors()
+        return KVBuffer(fn(k).contiguous(), fn(v).contiguous(), 0, k.shape[2])
+
+    def tensors(self) -> KVCache:
+        return self.k[:, :, self.lo : self.hi], self.v[:, :, self.lo : self.hi]
+
+
 def causal_window_mask(
     q_len: int, k_len: int, window: int | None, device: torch.device
 ) -> torch.Tensor:
@@ -55,21 +113,34 @@ class CausalSelfAttention(nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, base=rope_base, convention="rotate_half")
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, cache: KVCache | None = None, start: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, KVCache]:
+        self, x: torch.Tensor, pos: int = 0, cache: KVCache | KVBuffer | None = None,
+        start: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, KVCache | KVBuffer]:
         """``start`` [B] (optional): per row, the stream position of its current document's first token;
-        keys before it are invisible (a row that began a new document mid-stream)."""
+        keys before it are invisible (a row that began a new document mid-stream). Without autograd
+        (evaluation, generation) the cache is a preallocated ``KVBuffer``; with it, a (k, v) tuple."""
         T = x.shape[1]
         q = rearrange(self.wq(x), "b t (h d) -> b h t d", h=self.n_heads)
         k = rearrange(self.wk(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
         v = rearrange(self.wv(x), "b t (h d) -> b h t d", h=self.n_kv_heads)
         q, k = self.rotary(q, offset=pos), self.rotary(k, offset=pos)
-        if cache is not None and cache[0].shape[2] > 0:
-            k = torch.cat((cache[0].to(k.dtype), k), dim=2)
-            v = torch.cat((cache[1].to(v.dtype), v), dim=2)
+        keep = None if self.window is None else self.window - 1  # the next query needs window-1 keys
+        if not torch.is_grad_enabled():
+            if not isinstance(cache, KVBuffer):
+                old = cache
+                cache = KVBuffer.empty_like(k, v, 2 * (self.window or max(T, 256)) + T)
+                if old is not None and old[0].shape[2]:
+                    cache, _ = cache.append(old[0].to(k.dtype), old[1].to(v.dtype), None)
+            new_cache, (k, v) = cache.append(k.to(cache.k.dtype), v.to(cache.v.dtype), keep)
+        else:
+            if isinstance(cache, KVBuffer):
+                cache = cache.tensors()
+            if cache is not None and cache[0].shape[2] > 0:
+                k = torch.cat((cache[0].to(k.dtype), k), dim=2)
+                v = torch.cat((cache[1].to(v.dtype), v), dim=2)
+            n = k.shape[2] if keep is None else min(k.shape[2], keep)
+            new_cache = (k[:, :, k.shape[2] - n :], v[:, :, k.shape[2] - n :])
         S = k.shape[2]
-        keep = S if self.window is None else min(S, self.window - 1)  # the next query needs window-1 keys
-        new_cache = (k[:, :, S - keep :], v[:, :, S - keep :])
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -77,6 +148,8 @@ class CausalSelfAttention(nn.Module):
         hidden = start is not None and bool((start > pos + T - S).any())  # some cached keys are out of bounds
         if S == T and (self.window is None or T <= self.window) and not hidden:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        elif T == 1 and not hidden:  # one query: every cached key is within its window
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             mask = causal_window_mask(T, S, self.window, x.device)
             if hidden:

@@ -252,10 +252,15 @@ class FocusedTransformer(Architecture):
         logits = self.head(self.norm(x))
         return (logits, stats) if return_distraction else logits
 
-    def flops_per_token(self, context: int) -> float:
+    def flops_terms(self, context: int) -> dict[str, float]:
+        """Forward FLOPs per token: dense matmuls, local attention inside the window, and memory layers'
+        attention over their extra keys (k retrieved, or the whole memory in dense mode, not counted)."""
         cfg = self.config
         n = sum(p.numel() for p in self.layers.parameters() if p.dim() >= 2) + cfg.vocab_size * cfg.d_model
         span = min(context, cfg.window)
         attn = 2 * 2 * cfg.n_layers * cfg.d_model * span / 2
-        attn += 2 * 2 * len(cfg.memory_layers) * cfg.d_model * cfg.memory_k
-        return 6.0 * n + 3.0 * attn
+        memory = 2 * 2 * len(cfg.memory_layers) * cfg.d_model * cfg.memory_k
+        return {"dense": 2.0 * n, "attention": attn, "memory": memory}
+
+    def flops_per_token(self, context: int) -> float:
+        return 3.0 * sum(self.flops_terms(context).values())

@@ -28,7 +28,8 @@ class MegabyteConfig:
     local_heads: int = 4
     max_len: int = 8192  # learned byte positions E_pos cover stream positions < max_len
     ffn_mult: int = 4
-    dropout: float = 0.0
+    dropout: float = 0.0  # inside the transformer blocks (attention weights, residual branches)
+    embed_dropout: float = 0.0  # on the global and local inputs (the paper: none on embeddings)
     init_std: float = 0.02
     norm_eps: float = 1e-5
     local_positions: bool = True
@@ -62,6 +63,7 @@ class MegabyteConfig:
             need((self.d_local // self.local_heads) % 2 == 0, "the local head dim must be even for rotary positions")
         need(self.patch_encoder in PATCH_ENCODERS, f"patch_encoder={self.patch_encoder!r}; use one of {PATCH_ENCODERS}")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        need(0.0 <= self.embed_dropout < 1.0, f"embed_dropout={self.embed_dropout} must be in [0, 1)")
         need(self.init_std > 0, f"init_std={self.init_std} must be > 0")
 
     @property

@@ -152,7 +152,7 @@ class Megabyte(Architecture):
                                      rope=cfg.cross_patch_attention > 0, rope_base=cfg.rope_base)
         else:
             self.out_norm = nn.LayerNorm(DL, eps=cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.embed_dropout)  # on the embedded inputs only
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -302,14 +302,21 @@ class Megabyte(Architecture):
         return (logits[:, 1:] if first else logits), new_state
 
     # ------------------------------------------------------------------ bookkeeping
-    def flops_per_token(self, context: int) -> float:
-        """Training FLOPs per byte, 3 x forward: 2 * (m_global / P + m_local) plus attention
-        (global over context/P patches of width P*D_G, local over P (+r) positions of width D_L)."""
+    def flops_terms(self, context: int) -> dict[str, float]:
+        """Forward FLOPs per byte (paper: 2 * (m_global / P + m_local) plus attention): the global model's
+        matmuls once per patch, the local model's, the LM head and w_GL per byte, the convolutional
+        patch encoder per byte; attention over context/P patches of width P*D_G (global) and over P (+r)
+        positions of width D_L (local)."""
         cfg = self.config
         P = cfg.patch_size
         m_g = sum(p.numel() for n, p in self.named_parameters() if n.startswith("global_model") and p.dim() == 2)
         m_l = sum(p.numel() for n, p in self.named_parameters() if n.startswith("local_model") and p.dim() == 2)
         m_l += cfg.vocab_size * cfg.d_local + (cfg.d_global * cfg.d_local if cfg.global_model else 0)
-        attn_g = 2 * cfg.global_layers * cfg.global_width * (context / P) / 2 / P if cfg.global_model else 0
-        attn_l = 2 * cfg.local_layers * cfg.d_local * (P / 2 + cfg.cross_patch_attention) if cfg.local_model else 0
-        return 3.0 * (2 * (m_g / P + m_l) + 2 * (attn_g + attn_l))
+        conv = sum(p.numel() for n, p in self.named_parameters() if n.startswith("convs") and p.dim() == 3)
+        attn_g = 2 * cfg.global_layers * cfg.global_width * (context / P) / 2 / P if cfg.global_model else 0.0
+        attn_l = 2 * cfg.local_layers * cfg.d_local * (P / 2 + cfg.cross_patch_attention) if cfg.local_model else 0.0
+        return {"dense": 2.0 * (m_g / P + m_l), "conv": 2.0 * conv, "attention": 2.0 * (attn_g + attn_l)}
+
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per byte: forward + backward = 3 x the forward terms."""
+        return 3.0 * sum(self.flops_terms(context).values())

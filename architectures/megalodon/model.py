@@ -38,6 +38,8 @@ class OutputLayer(nn.Module):
 
 
 class Megalodon(Architecture):
+    decays_all_parameters = True  # the official recipe: weight decay 0.1 on all parameters (w+1 storage)
+
     def __init__(self, config: MegalodonConfig | None = None, **kwargs: Any):
         super().__init__()
         self.config = cfg = build_config(MegalodonConfig, config, kwargs)
@@ -137,14 +139,18 @@ class Megalodon(Architecture):
                 "start": start}
 
     # ------------------------------------------------------------------ bookkeeping
-    def flops_per_token(self, context: int) -> float:
-        """Training FLOPs per token: 6 * matmul params + attention inside chunks (forward x3) +
-        the CEMA FFT convolution (~ 3 * 2 * 5 * D * log2(2L) per token, forward x3)."""
+    def flops_terms(self, context: int) -> dict[str, float]:
+        """Forward FLOPs per token: dense matmuls (2 x the 2-D parameters of the layers and the head),
+        attention inside chunks (span = min(context, C), causal: half), and the CEMA FFT convolution
+        (~ 5 * D * log2(2L) per token per layer)."""
         cfg = self.config
-        n = sum(p.numel() for name, p in self.layers.named_parameters() if p.dim() == 2 and "gamma" not in name
-                and "beta" not in name)
+        n = sum(m.weight.numel() for m in self.layers.modules() if isinstance(m, nn.Linear))
         n += cfg.vocab_size * cfg.model_dim
         span = min(context, cfg.chunk_size)
         attn = 2 * cfg.num_layers * (cfg.z_dim + cfg.value_dim) * span / 2
-        fft = cfg.num_layers * 3 * 5 * cfg.model_dim * math.log2(max(2, 2 * context)) if cfg.ema != "none" else 0
-        return 6.0 * n + 3.0 * (attn + fft)
+        fft = cfg.num_layers * 5 * cfg.model_dim * math.log2(max(2, 2 * context)) if cfg.ema != "none" else 0.0
+        return {"dense": 2.0 * n, "attention": attn, "ema": fft}
+
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per token: forward + backward = 3 x the forward terms."""
+        return 3.0 * sum(self.flops_terms(context).values())

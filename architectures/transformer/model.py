@@ -84,12 +84,14 @@ class Transformer(Architecture):
         start[rows.cpu().bool()] = int(state["pos"])
         return {**state, "start": start}
 
-    def flops_per_token(self, context: int) -> float:
-        """Training FLOPs per token: 6 * (non-embedding matmul params) + attention (6 * 2 * L * d * ctx/2
-        for causal scores and values, counted forward + backward as 3x forward)."""
+    def flops_terms(self, context: int) -> dict[str, float]:
+        """Forward FLOPs per token: ``dense`` = 2 x the matmul parameters (layers and LM head);
+        ``attention`` = scores and values of causal attention, 2 * 2 * layers * d * span / 2."""
         cfg = self.config
-        n = sum(p.numel() for n_, p in self.layers.named_parameters() if p.dim() >= 2)
-        n += cfg.vocab_size * cfg.d_model  # the LM head matmul
+        n = sum(p.numel() for p in self.layers.parameters() if p.dim() >= 2) + cfg.vocab_size * cfg.d_model
         span = context if cfg.kv_window is None else min(context, cfg.kv_window)
-        attn = 2 * 2 * cfg.n_layers * cfg.d_model * span / 2
-        return 6.0 * n + 3.0 * attn
+        return {"dense": 2.0 * n, "attention": 2 * 2 * cfg.n_layers * cfg.d_model * span / 2}
+
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per token: forward + backward = 3 x the forward terms."""
+        return 3.0 * sum(self.flops_terms(context).values())

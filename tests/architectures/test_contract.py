@@ -201,3 +201,28 @@ def test_a_megalodon_document_starting_inside_a_chunk_sees_nothing_before_it():
         state = net.reset_state(state, torch.tensor([True, True]))
         outs.append(net(y[:, 21:], state)[0])
     torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("model, extra", [("transformer_tiny", []), ("fot_tiny", []), ("megalodon_tiny", []),
+                                          ("megabyte_tiny", []), ("megabyte_tiny", ["model.net.patch_encoder=conv"])])
+def test_flop_counts_agree_with_torch_flop_counter(model, extra):
+    """The forward terms of flops_per_token against torch.utils.flop_counter where both count the same
+    ops: matmuls (and convolutions) always; attention under the math SDPA backend, which the counter
+    sees as full (non-causal) score matrices, i.e. twice our causal count. Megalodon's chunk attention
+    pads q/k to the value width for the CPU kernel, so only its matmuls are compared."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_net(model, extra).eval()
+    x = torch.randint(0, 256, (2, 256))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        net(x)
+    counts = {str(k): v / x.numel() for k, v in fc.get_flop_counts()["Global"].items()}
+    terms = net.flops_terms(256)
+    dense = counts.get("aten.mm", 0) + counts.get("aten.addmm", 0)
+    tol = 0.02 if model.startswith("megabyte") else 0.001  # MEGABYTE runs the global model on K+1 patches
+    assert dense == pytest.approx(terms["dense"], rel=tol)
+    assert counts.get("aten.convolution", 0) == pytest.approx(terms.get("conv", 0), rel=1e-6)
+    if model in ("transformer_tiny", "megabyte_tiny"):
+        assert counts["aten.bmm"] == pytest.approx(2 * terms["attention"], rel=0.05)
+    assert net.flops_per_token(256) == pytest.approx(3 * sum(terms.values()))

@@ -185,3 +185,58 @@ def test_compute_matched_preset_is_matched():
 def test_bad_config_values_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MegabyteConfig(**{**BASE, **kwargs})
+
+
+def test_initialisation_scales():
+    """Weights ~ truncated N(0, init_std), every bias zero, no bias on w_GL (paper eq. 4), LayerNorms at
+    (1, 0): at init no constant vector dominates the local model's input (with PyTorch's default
+    U(+-1/sqrt(fan_in)) biases ~90% of its energy was one constant vector)."""
+    net = Megabyte(**{**BASE, "d_global": 32, "d_local": 64, "patch_encoder": "conv"})
+    std = net.config.init_std
+    assert net.w_gl.bias is None
+    for name, p in net.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif ".ln" in name or "norm" in name:
+            assert torch.all(p == 1), name
+        elif p.numel() >= 256:
+            assert abs(p.std().item() - std * 0.987) < 0.15 * std, (name, p.std().item())  # truncated at 3 sigma
+            assert p.abs().max() <= 3 * std + 1e-7, name
+    x = tokens(B=4, T=64)
+    seen = []
+    net.local_model.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    net(x)
+    inp = seen[0].reshape(-1, seen[0].shape[-1])
+    constant = inp.mean(0).pow(2).sum() * inp.shape[0]
+    assert constant / inp.pow(2).sum() < 0.5
+
+
+def test_inference_methods_score_the_same_bytes_from_the_right_pass():
+    from experiments.inference_methods import METHODS, method_nll, patch_profile, window_length
+
+    net, T = model(), 16
+    o, h = T // 2 + P // 2, P // 2
+    u = tokens(T=window_length(T, P))
+    nll = method_nll(net, u, T, P)
+
+    def from_pass(ws, i):
+        logits, _ = net(u[:, ws : ws + T])
+        return F.cross_entropy(logits[:, i - ws - 1], u[:, i], reduction="none")
+
+    for col, i in enumerate(range(o + 1, o + T + 1)):
+        slide = o - T // 2 if i <= o + T // 2 else o
+
+        def strided_from(ws):  # the pass offset by P/2 (earlier if it reaches byte i, else later)
+            return ws if (i - ws) % P < h else (ws - h if i - (ws - h) <= T else ws + h)
+
+        expect = {"basic": o, "sliding": slide, "strided": strided_from(o), "sliding_strided": strided_from(slide)}
+        for m in ("strided", "sliding_strided"):
+            assert (i - expect[m]) % P < h  # the byte opens the first half of its patch in its pass
+        for m in METHODS:
+            torch.testing.assert_close(nll[m][:, col], from_pass(expect[m], i))
+    same = method_nll(Bigram(), u, T, P)  # a context-free model: every method gives the same numbers
+    for m in METHODS:
+        torch.testing.assert_close(same[m], same["basic"])
+    prof = patch_profile(nll["basic"], T, P)
+    assert prof[:, 1].tolist() == [2 * T / P] * P
+    assert prof[:, 0].sum() == pytest.approx(float(nll["basic"].sum()), rel=1e-9)

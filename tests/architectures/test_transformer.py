@@ -79,3 +79,29 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_ffn_hidden_default_is_llama_rounding():
     assert TransformerConfig(d_model=96).ffn_hidden == 256
     assert TransformerConfig(d_model=384).ffn_hidden == 1024
+
+
+@pytest.mark.parametrize("window", [None, 7])
+def test_preallocated_inference_cache_equals_one_forward(window):
+    """Without autograd the KV cache is a preallocated buffer (appended in place, compacted or grown):
+    one token at a time across several compactions and growths equals one forward, and a state used
+    twice (two branches from one context) gives each branch its own keys."""
+    from architectures.common.attention import KVBuffer
+
+    net = _net(kv_window=window)
+    x = torch.randint(0, 256, (2, 700), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full, _ = net(x)
+        out, state = net(x[:, :5])
+        outs = [out]
+        for t in range(5, 700):
+            out, state = net(x[:, t : t + 1], state)
+            outs.append(out)
+        assert isinstance(state["kv"][0], KVBuffer)
+        torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-9, rtol=0)
+        _, ctx = net(x[:, :300])
+        a, _ = net(x[:, 300:310], ctx)
+        b, _ = net(x[:, 400:410], ctx)  # a second branch from the same state
+        a2, _ = net(x[:, 300:310], ctx)
+    torch.testing.assert_close(a, a2, atol=0, rtol=0)
+    assert not torch.allclose(a, b)
