@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from architectures.contract import check
-from experiments.config import compose
+from experiments.config import bytes_per_update, compose
 from experiments.evaluation import evaluate
 
 DEFAULT_ARCHS = ["transformer_tiny", "megalodon_tiny", "megabyte_tiny", "fot_tiny"]
@@ -38,7 +38,7 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 def steps_for(cfg, kind: str, value: float) -> tuple[int, float]:
     """Training steps that spend the budget, and the model's FLOPs per token."""
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    tokens_per_step = bytes_per_update(cfg)
     net = check(instantiate(cfg.model.net))
     fpt = float(net.flops_per_token(int(cfg.data.seq_len)))
     tokens = value if kind == "tokens" else value / fpt

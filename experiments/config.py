@@ -133,6 +133,14 @@ def optim_config(optim: Any) -> OptimConfig:
     return OptimConfig(**values)
 
 
+def bytes_per_update(cfg: DictConfig) -> int:
+    """Training tokens one optimiser step consumes on one rank: batch x window (``data.sample_len``
+    when windows are drawn longer and cut into rows) x gradient accumulation."""
+    d = cfg.data
+    window = int(d.get("sample_len") or d.get("seq_len") or 0)
+    return int(d.batch_size) * window * int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of it."""
     path = Path(path)

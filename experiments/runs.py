@@ -69,7 +69,8 @@ def corpus_of(cfg: DictConfig) -> ByteCorpus:
     return ByteCorpus.build_or_load(
         path=d.path, pattern=d.pattern, exclude=list(d.get("exclude") or []), cache_dir=d.cache_dir,
         name=d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-        max_doc_bytes=d.get("max_doc_bytes"),
+        max_doc_bytes=d.get("max_doc_bytes"), documents=d.get("documents", "file"),
+        min_doc_bytes=d.get("min_doc_bytes"),
     )
 
 

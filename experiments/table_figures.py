@@ -85,7 +85,7 @@ def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
     path = cell / "logs" / "metrics.csv"
     if metrics is None or not path.exists():
         return None
-    per_step = metrics["batch_size"] * metrics["seq_len"] * metrics.get("world_size", 1)
+    per_step = metrics["tokens_per_step"]
     fpt = float(metrics.get("flops_per_token", float("nan")))
     pts = {}
     with open(path, newline="") as fh:

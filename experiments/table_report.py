@@ -32,6 +32,7 @@ class RowResult:
     label: str
     paper: dict
     seeds: list[int]
+    not_applicable: tuple[str, ...] = ()
     values: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> seed -> value
     steps: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -56,11 +57,12 @@ def fmt(mean: float, std: float | None, digits: int = 4) -> str:
 
 
 def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> list[RowResult]:
-    requested = list(spec.seeds_for(scale))
     out = []
     for row in spec.rows:
         cells = row_cells(spec, row, scale, results, extra)
-        r = RowResult(row.name, row.title, dict(row.paper), sorted(set(requested) | set(cells)), cells=cells)
+        requested = list(spec.seeds_for(scale, row))
+        r = RowResult(row.name, row.title, dict(row.paper), sorted(set(requested) | set(cells)), row.not_applicable,
+                      cells=cells)
         for seed, cell in cells.items():
             for m in spec.metrics:
                 v = lookup(cell, m.key)
@@ -134,6 +136,9 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
     for r in rows:
         cells = []
         for m in spec.metrics:
+            if m.key in r.not_applicable:
+                cells.append("n/a")
+                continue
             st = r.stats(m.key)
             text = "—" if st is None else fmt(st[0], st[1], m.digits)
             missing = [s for s in r.seeds if s not in r.values.get(m.key, {})]

@@ -75,6 +75,12 @@ class EvalSpec:
     kind: str  # a key of experiments.table_evals.EVALUATIONS
     overrides: tuple[str, ...] = ()  # Hydra overrides of the kind's entry config
     bytes: int | None = None  # generation: bytes to sample
+    scale_overrides: dict = field(default_factory=dict)  # {scale: [overrides]} appended at that scale
+
+    def at(self, scale: str) -> EvalSpec:
+        """This evaluation as run at ``scale``."""
+        extra = tuple(self.scale_overrides.get(scale, ()))
+        return dataclasses.replace(self, overrides=self.overrides + extra, scale_overrides={})
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ class RowSpec:
     evals: tuple[EvalSpec, ...] = ()  # run on this row's cells besides the table's
     skip_table_evals: bool = False
     init_from_row: str | None = None  # fine-tune from that row's cell of the same seed
+    seeds: tuple[int, ...] | None = None  # this row's seeds (None: the table's): secondary rows may run fewer
+    not_applicable: tuple[str, ...] = ()  # metric keys undefined for this row (shown as n/a, not missing)
 
     @property
     def title(self) -> str:
@@ -112,7 +120,7 @@ class TableSpec:
     title: str
     rows: tuple[RowSpec, ...]
     metrics: tuple[MetricSpec, ...]
-    scales: dict  # {scale: [Hydra overrides for every cell]}
+    scales: dict = field(default_factory=dict)  # {scale: [Hydra overrides for every cell]}; cells_from: the source's
     note: str = ""  # what the table measures and how (generated part); the finding is separate
     command: str | None = None
     seeds: tuple[int, ...] = (0,)
@@ -124,8 +132,12 @@ class TableSpec:
     cells_from: str | None = None  # read the cells of another table (its rows must exist there)
     default_scale: str = "cpu"  # the scale published as results/<name>.md
 
-    def seeds_for(self, scale: str) -> tuple[int, ...]:
-        return tuple(self.scale_seeds.get(scale, self.seeds))
+    def seeds_for(self, scale: str, row: RowSpec | None = None) -> tuple[int, ...]:
+        """The seeds of a scale: ``scale_seeds`` if given, the first seed only for smoke, else ``seeds``."""
+        seeds = tuple(self.scale_seeds.get(scale, self.seeds[:1] if scale == "smoke" else self.seeds))
+        if row is not None and row.seeds is not None and scale == self.default_scale:
+            seeds = tuple(s for s in seeds if s in row.seeds)
+        return seeds
 
     def row(self, name: str) -> RowSpec:
         for r in self.rows:
@@ -133,8 +145,9 @@ class TableSpec:
                 return r
         raise ValueError(f"table {self.name!r} has no row {name!r}; rows are {[r.name for r in self.rows]}")
 
-    def evals_for(self, row: RowSpec) -> tuple[EvalSpec, ...]:
-        return (() if row.skip_table_evals else self.evals) + row.evals
+    def evals_for(self, row: RowSpec, scale: str | None = None) -> tuple[EvalSpec, ...]:
+        evals = (() if row.skip_table_evals else self.evals) + row.evals
+        return evals if scale is None else tuple(ev.at(scale) for ev in evals)
 
 
 def known_tables() -> list[str]:
@@ -149,6 +162,17 @@ def load_table(name: str) -> TableSpec:
     spec = _build(TableSpec, raw, f"configs/table/{name}.yaml")
     if spec.name != name:
         raise ValueError(f"configs/table/{name}.yaml has name: {spec.name!r}; the name must be the file's stem")
+    if spec.cells_from:
+        source = load_table(spec.cells_from)
+        if spec.scales:
+            raise ValueError(f"table {name!r} reads the cells of {spec.cells_from!r}: its scales are that table's; "
+                             "remove its scales")
+        missing = [r.name for r in spec.rows if r.name not in [s.name for s in source.rows]]
+        if missing:
+            raise ValueError(f"table {name!r} rows {missing} are not rows of {spec.cells_from!r}")
+        spec = dataclasses.replace(spec, scales=source.scales, default_scale=source.default_scale)
+    elif not spec.scales:
+        raise ValueError(f"configs/table/{name}.yaml has no scales; give at least smoke and cpu")
     names = [r.name for r in spec.rows]
     if len(set(names)) != len(names):
         raise ValueError(f"table {name!r} repeats row names: {names}")

@@ -99,8 +99,8 @@ def cell_finished(cell: Path, evals: tuple[EvalSpec, ...]) -> bool:
     return all((_read_json(cell / f"{ev.name}.json") or {}).get("_eval_key") == eval_key(ev) for ev in evals)
 
 
-def run_evals(spec: TableSpec, row: RowSpec, cell: Path) -> None:
-    for ev in spec.evals_for(row):
+def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str) -> None:
+    for ev in spec.evals_for(row, scale):
         out = cell / f"{ev.name}.json"
         if (_read_json(out) or {}).get("_eval_key") == eval_key(ev):
             continue
@@ -113,25 +113,33 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path) -> None:
 
 
 def run_table(name: str, scale: str | None = None, seeds: list[int] | None = None, results: str | None = None,
-              extra: list[str] | None = None) -> list[Path]:
+              extra: list[str] | None = None, rows: list[str] | None = None) -> list[Path]:
+    """Train (or resume) every cell of the table (or of ``rows``) and run its evaluations. A table with
+    ``cells_from`` trains nothing of its own: it runs the source table's cells for its rows, then its
+    own evaluations on them."""
     from experiments.training import train
 
     spec = load_table(name)
-    if spec.cells_from:
-        print(f"[table] {name} reads the cells of {spec.cells_from}: running that table")
-        return run_table(spec.cells_from, scale, seeds, results, extra)
     scale = scale or spec.default_scale
     results = results or default_results(scale)
     seeds = list(seeds) if seeds is not None else list(spec.seeds_for(scale))
+    if spec.cells_from:
+        print(f"[table] {name} reads the cells of {spec.cells_from}")
+        cells = run_table(spec.cells_from, scale, seeds, results, extra, rows=[r.name for r in spec.rows])
+        for cell in cells:  # .../<row>/<key>/seed=<n>
+            run_evals(spec, spec.row(cell.parent.parent.name), cell, scale)
+        return cells
     code = git_commit()
     cells = []
     for row in spec.rows:
+        if rows is not None and row.name not in rows:
+            continue
         key = row_key(spec, row, scale, extra)
-        for seed in seeds:
+        for seed in [s for s in seeds if s in spec.seeds_for(scale, row) or s not in spec.seeds_for(scale)]:
             cell = cell_dir(results, name, scale, row.name, key, seed)
             cells.append(cell)
             tag = f"{name}/{scale}/{row.name}/seed={seed}"
-            if cell_finished(cell, spec.evals_for(row)):
+            if cell_finished(cell, spec.evals_for(row, scale)):
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
             overrides = [*row_overrides(spec, row, scale, extra), f"seed={seed}", f"run_dir='{cell}'",
@@ -150,7 +158,7 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
             if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
                 print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
                 train(cfg)
-            run_evals(spec, row, cell)
+            run_evals(spec, row, cell, scale)
             meta["finished"] = _now()
             write_json(cell / "meta.json", meta)
     return cells

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint, resolve_ckpt_path
-from experiments.config import write_json
+from experiments.config import bytes_per_update, write_json
 from experiments.lm_module import CausalLMModule, peak_memory_mb
 from experiments.loggers import trim_metrics_csv
 
@@ -104,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/ppl": float(val["val/ppl"]),
         "val/acc": float(val["val/acc"]),
         "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
+        "train/s_per_update": float(bytes_per_update(cfg) * trainer.world_size / module.tokens_per_s),
         "train/peak_mem_mb": peak_memory_mb(module.device),
         "params": count_parameters(module.net),
         "tokens_seen": int(module.tokens_seen),
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.get("name"),
         "seq_len": int(cfg.data.seq_len or 0),
         "batch_size": int(cfg.data.batch_size),
+        "tokens_per_step": bytes_per_update(cfg) * int(trainer.world_size),
         "world_size": int(trainer.world_size),
         "seed": int(cfg.seed),
     }

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+BLOCK_FAMILIES = ("llama", "megabyte")
+
 
 def require(owner: str, cond: bool, msg: str) -> None:
     if not cond:
@@ -34,6 +36,9 @@ class TransformerConfig:
     dropout: float = 0.0
     kv_window: int | None = None
     init_std: float = 0.02
+    # llama: RMSNorm + SwiGLU (no biases) | megabyte: LayerNorm + ReLU MLP of 4 d_model with biases, the
+    # block family of the MEGABYTE paper, so a comparison can hold the block fixed (RoPE either way)
+    block_family: str = "llama"
 
     def __post_init__(self) -> None:
         need = lambda cond, msg: require(type(self).__name__, cond, msg)  # noqa: E731
@@ -48,9 +53,11 @@ class TransformerConfig:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         need(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
              f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        need(self.block_family in BLOCK_FAMILIES, f"block_family={self.block_family!r}; use one of {BLOCK_FAMILIES}")
         if self.ffn_hidden is None:
             m = self.ffn_multiple_of
-            object.__setattr__(self, "ffn_hidden", m * ((int(8 * self.d_model / 3) + m - 1) // m))
+            llama = m * ((int(8 * self.d_model / 3) + m - 1) // m)
+            object.__setattr__(self, "ffn_hidden", llama if self.block_family == "llama" else 4 * self.d_model)
         need(self.ffn_hidden > 0, f"ffn_hidden={self.ffn_hidden} must be positive")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(self.rope_base > 1.0, f"rope_base={self.rope_base} must be > 1")

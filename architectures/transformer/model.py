@@ -16,15 +16,34 @@ from architectures.transformer.config import TransformerConfig
 TransformerState = dict[str, Any]
 
 
+class ReluMLP(nn.Module):
+    """The MEGABYTE paper's MLP: fc2(ReLU(fc1 x)), with biases."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc2(torch.relu(self.fc1(x))))
+
+
+def make_norm(cfg: TransformerConfig) -> nn.Module:
+    if cfg.block_family == "llama":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, cfg.norm_eps)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = make_norm(cfg)
         self.attn = CausalSelfAttention(
             cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.rope_base, cfg.kv_window, cfg.dropout
         )
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
+        self.ffn_norm = make_norm(cfg)
+        mlp = SwiGLU if cfg.block_family == "llama" else ReluMLP
+        self.ffn = mlp(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, pos, cache, start=None):
@@ -41,7 +60,7 @@ class Transformer(Architecture):
         self.config = cfg = build_config(TransformerConfig, config, kwargs)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings:
@@ -52,10 +71,13 @@ class Transformer(Architecture):
         for name, p in self.named_parameters():
             if p.dim() >= 2:
                 # GPT-2 / Llama practice: residual output projections shrink with depth.
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1
+                out_proj = name.endswith(("wo.weight", "w2.weight", "fc2.weight"))
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if out_proj else 1
                 nn.init.normal_(p, mean=0.0, std=std * scale)
             elif name.endswith("weight"):
                 nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)  # biases (block_family=megabyte)
 
     def forward(
         self, tokens: torch.Tensor, state: TransformerState | None = None

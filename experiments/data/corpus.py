@@ -8,8 +8,12 @@ Layout of a built corpus (one folder per source fingerprint)::
         train.idx.npy  val.idx.npy  test.idx.npy  int64 offsets, n_docs + 1 (doc i = bin[o[i]:o[i+1]])
         train.paths.json ...                      source path of each document, in order
 
-Each file is one document. The split of a document is a pure function of its path relative to the
-source root (a SHA-1 hash), so adding files never moves existing documents between splits.
+By default each file is one document (``documents: file``); ``documents: directory`` joins the files
+of each directory into one document, and ``documents: concat`` joins consecutive files (in path
+order) until a document holds at least ``min_doc_bytes`` (long documents from a corpus of small
+files, e.g. for long-context evaluation). The split of a document is a pure function of its id (the
+relative path of the file, directory or first file: a SHA-1 hash), so adding files never moves
+existing documents between splits.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
+DOCUMENT_MODES = ("file", "directory", "concat")
 _GLOB_CHARS = set("*?[")
 
 
@@ -93,6 +98,33 @@ def list_sources(path: str | None, pattern: str, exclude: list[str] | None = Non
             "point data.path at a directory with text files or change data.pattern"
         )
     return root, sorted(keep)
+
+
+def group_documents(root: Path, files: list[Path], mode: str = "file", min_doc_bytes: int | None = None
+                    ) -> list[tuple[str, list[Path]]]:
+    """(document id, its files in order) for the ``documents`` mode."""
+    if mode not in DOCUMENT_MODES:
+        raise ValueError(f"data.documents={mode!r} is unknown; use one of {DOCUMENT_MODES}")
+    rel = [(str(f.relative_to(root)), f) for f in files]
+    if mode == "file":
+        return [(r, [f]) for r, f in rel]
+    if mode == "directory":
+        groups: dict[str, list[Path]] = {}
+        for r, f in rel:
+            groups.setdefault(str(Path(r).parent), []).append(f)
+        return [(d, fs) for d, fs in sorted(groups.items())]
+    if not min_doc_bytes or min_doc_bytes < 1:
+        raise ValueError(f"data.documents=concat needs data.min_doc_bytes >= 1, got {min_doc_bytes!r}")
+    docs, current, size = [], [], 0
+    for r, f in rel:
+        current.append((r, f))
+        size += f.stat().st_size
+        if size >= min_doc_bytes:
+            docs.append((current[0][0], [f for _, f in current]))
+            current, size = [], 0
+    if current:
+        docs.append((current[0][0], [f for _, f in current]))
+    return docs
 
 
 def fingerprint(root: Path, files: list[Path], val_fraction: float, test_fraction: float) -> str:
@@ -163,6 +195,8 @@ class ByteCorpus:
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         max_doc_bytes: int | None = None,
+        documents: str = "file",
+        min_doc_bytes: int | None = None,
     ) -> ByteCorpus:
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= frac < 1.0:
@@ -173,9 +207,12 @@ class ByteCorpus:
                 "training documents; keep their sum below 1"
             )
         root, files = list_sources(path, pattern, exclude)
+        docs = group_documents(root, files, documents, min_doc_bytes)
         fp = fingerprint(root, files, val_fraction, test_fraction)
         if max_doc_bytes:
             fp = hashlib.sha256(f"{fp}|max{max_doc_bytes}".encode()).hexdigest()
+        if documents != "file":
+            fp = hashlib.sha256(f"{fp}|{documents}|{min_doc_bytes}".encode()).hexdigest()
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         folder = cache / f"{name}-{fp[:12]}"
         if (folder / "meta.json").exists():
@@ -183,7 +220,7 @@ class ByteCorpus:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
         try:
-            _write_corpus(tmp, root, files, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern)
+            _write_corpus(tmp, root, docs, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern)
             try:
                 os.rename(tmp, folder)  # atomic: a reader sees a whole corpus or none
             except OSError:
@@ -194,17 +231,16 @@ class ByteCorpus:
         return cls(folder)
 
 
-def _write_corpus(out, root, files, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern):
+def _write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern):
     assign = {s: [] for s in SPLITS}
-    for f in files:
-        rel = str(f.relative_to(root))
-        assign[split_of(rel, val_fraction, test_fraction)].append((rel, f))
+    for doc_id, fs in docs:
+        assign[split_of(doc_id, val_fraction, test_fraction)].append((doc_id, fs))
     meta_splits = {}
     for s in SPLITS:
         offsets, paths = [0], []
         with open(out / f"{s}.bin", "wb") as fh:
-            for rel, f in assign[s]:
-                blob = f.read_bytes()
+            for rel, fs in assign[s]:
+                blob = b"".join(f.read_bytes() for f in fs)
                 if max_doc_bytes:
                     blob = blob[:max_doc_bytes]
                 if not blob:

@@ -24,7 +24,10 @@ class ByteDataModule(L.LightningDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         max_doc_bytes: int | None = None,
+        documents: str = "file",
+        min_doc_bytes: int | None = None,
         seq_len: int = 256,
+        sample_len: int | None = None,
         batch_size: int = 16,
         sampler: str = "random",
         seed: int = 0,
@@ -40,8 +43,12 @@ class ByteDataModule(L.LightningDataModule):
         self.corpus_kwargs = dict(
             path=path, pattern=pattern, exclude=list(exclude or []), cache_dir=cache_dir, name=name,
             val_fraction=val_fraction, test_fraction=test_fraction, max_doc_bytes=max_doc_bytes,
+            documents=documents, min_doc_bytes=min_doc_bytes,
         )
+        if sample_len is not None and sampler != "random":
+            raise ValueError(f"data.sample_len={sample_len} needs data.sampler=random (got {sampler!r})")
         self.seq_len, self.batch_size, self.sampler_name = seq_len, batch_size, sampler
+        self.sample_len = sample_len
         self.seed, self.val_batches, self.eval_seed = seed, val_batches, eval_seed
         self.corpus: ByteCorpus | None = None
 
@@ -49,7 +56,8 @@ class ByteDataModule(L.LightningDataModule):
         if self.corpus is None:
             self.corpus = ByteCorpus.build_or_load(**self.corpus_kwargs)
             # fail now, with the message, rather than at the first batch
-            RandomWindows(self.corpus.split("train"), self.seq_len, self.batch_size, self.seed)
+            RandomWindows(self.corpus.split("train"), self.seq_len, self.batch_size, self.seed,
+                          sample_len=self.sample_len)
 
     def _rank(self) -> tuple[int, int]:
         t = self.trainer
@@ -57,8 +65,9 @@ class ByteDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
+        kwargs = {"sample_len": self.sample_len} if self.sample_len else {}
         sampler = SAMPLERS[self.sampler_name](
-            self.corpus.split("train"), self.seq_len, self.batch_size, self.seed, rank, world
+            self.corpus.split("train"), self.seq_len, self.batch_size, self.seed, rank, world, **kwargs
         )
         start = 0
         if self.trainer is not None:
@@ -68,7 +77,7 @@ class ByteDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank()
         sampler = RandomWindows(self.corpus.split("val"), self.seq_len, self.batch_size, self.eval_seed,
-                                split_name="val")
+                                split_name="val", sample_len=self.sample_len)
         # the same windows whatever the world size: rank r takes batches r, r + world, ...
         count = len(range(rank, self.val_batches, world))
         return DataLoader(StepBatches(sampler, count=count, stride=world, offset=rank), batch_size=None)

@@ -21,19 +21,27 @@ from experiments.data.corpus import Split
 
 
 class RandomWindows:
+    """``batch_size`` windows of ``sample_len`` (default ``seq_len``) bytes per step, each cut into
+    ``sample_len / seq_len`` consecutive rows of ``seq_len`` (+1) bytes: models trained at different
+    contexts on the same ``sample_len`` then see exactly the same bytes in the same order."""
+
     def __init__(self, split: Split, seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, split_name: str = "train"):
+                 world_size: int = 1, split_name: str = "train", sample_len: int | None = None):
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"data.seq_len={seq_len} and data.batch_size={batch_size} must be >= 1")
+        sample_len = sample_len or seq_len
+        if sample_len % seq_len:
+            raise ValueError(f"data.sample_len={sample_len} must be a multiple of data.seq_len={seq_len}")
+        self.rows_per_sample = sample_len // seq_len
         lengths = split.lengths
-        valid = np.maximum(lengths - seq_len, 0)  # starts s with s + seq_len + 1 <= len
+        valid = np.maximum(lengths - sample_len, 0)  # starts s with s + sample_len + 1 <= len
         if valid.sum() == 0:
             raise ValueError(
-                f"data.seq_len={seq_len} is longer than every {split_name} document (a window needs "
-                f"seq_len + 1 = {seq_len + 1} bytes; the longest document has {int(lengths.max())}); "
-                "lower data.seq_len or use a corpus with longer documents"
+                f"data.seq_len={sample_len} is longer than every {split_name} document (a window needs "
+                f"{sample_len + 1} bytes; the longest document has {int(lengths.max())}); "
+                "lower data.seq_len (or data.sample_len) or use a corpus with longer documents"
             )
-        self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
+        self.split, self.seq_len, self.batch_size, self.sample_len = split, seq_len, batch_size, sample_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.cum_valid = np.concatenate([[0], np.cumsum(valid)])
         self.eligible_bytes = int(lengths[valid > 0].sum())
@@ -43,6 +51,8 @@ class RandomWindows:
         u = rng.integers(0, self.cum_valid[-1], size=self.batch_size)
         doc = np.searchsorted(self.cum_valid, u, side="right") - 1
         starts = self.split.offsets[doc] + (u - self.cum_valid[doc])
+        if self.rows_per_sample > 1:  # each window -> consecutive rows sharing one byte at the cuts
+            starts = (starts[:, None] + np.arange(self.rows_per_sample) * self.seq_len).reshape(-1)
         idx = starts[:, None] + np.arange(self.seq_len + 1)
         return {"tokens": torch.from_numpy(self.split.data[idx].astype(np.int64))}
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from experiments.data import ByteCorpus, DocumentStreams, RandomWindows, split_of
 from tests.conftest import write_corpus
@@ -113,3 +114,17 @@ def test_too_few_documents_for_streams_fails_clearly(tiny_corpus, tmp_path):
     sp = _build(tiny_corpus, tmp_path).split("train")
     with pytest.raises(ValueError, match="lower data.batch_size"):
         DocumentStreams(sp, 32, sp.n_docs + 1, seed=0)
+
+
+def test_long_windows_cut_into_rows_give_every_context_the_same_bytes(tiny_corpus):
+    """data.sample_len: a model at 1/4 of the context trains on exactly the same bytes, in the same
+    order, as rows of a quarter window (consecutive rows share the byte at each cut)."""
+    corpus = ByteCorpus.build_or_load(path=str(tiny_corpus), pattern="**/*.txt")
+    split = corpus.split("train")
+    long = RandomWindows(split, 256, 3, seed=5).batch(7)["tokens"]
+    cut = RandomWindows(split, 64, 3, seed=5, sample_len=256).batch(7)["tokens"]
+    assert cut.shape == (12, 65)
+    rows = cut.view(3, 4, 65)
+    for b in range(3):
+        joined = torch.cat([rows[b, 0], *[r[1:] for r in rows[b, 1:]]])
+        assert torch.equal(joined, long[b])

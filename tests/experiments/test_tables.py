@@ -66,12 +66,12 @@ def test_aggregation_mean_std_and_missing_cells(tmp_path):
 
 def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
     cells = run_table("megabyte_strided", "smoke", [0], str(tmp_path))
-    assert json.loads((cells[0] / "meta.json").read_text())["finished"] and (cells[0] / "strided.json").exists()
+    assert json.loads((cells[0] / "meta.json").read_text())["finished"] and (cells[0] / "methods.json").exists()
     stamp = (cells[0] / "metrics.json").stat().st_mtime_ns
     run_table("megabyte_strided", "smoke", [0], str(tmp_path))  # a finished cell is skipped
     assert (cells[0] / "metrics.json").stat().st_mtime_ns == stamp
     text = make_table("megabyte_strided", str(tmp_path), "smoke")
-    assert "MEGABYTE (tiny)" in text and "missing" not in text
+    assert "MEGABYTE (4096, P=8)" in text and "missing" not in text
 
 
 def test_compare_at_smoke_scale_writes_its_files(tmp_path):
