@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 r = dictionary_accuracy(model, int(size), window, int(cfg.query_windows), int(cfg.seed), device)
                 r.update(backend=backend, k=None if backend == "dense" else k)
                 out["dictionary"].append(r)
+                out.setdefault("accuracy_at", {}).setdefault(str(size), {})[str(backend or "none")] = r["accuracy"]
                 print(f"[longlab] dictionary: {r['tokens_in_memory']:>9,} tokens in memory, backend={backend}, "
                       f"k={r['k']}: accuracy {r['accuracy']:.3f} over {r['queries']} queries")
     if is_fot and cfg.distraction_d:

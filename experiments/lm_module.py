@@ -101,6 +101,7 @@ class CausalLMModule(L.LightningModule):
         self._t_last: float | None = None
         self._tokens_timed = 0
         self._time_timed = 0.0
+        self._cpu_timed = 0.0
         self.tokens_seen = 0
         self.resets = 0  # document starts inside carried or streamed windows, where reset_state ran
 
@@ -176,16 +177,23 @@ class CausalLMModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
-        self._t_last = time.perf_counter()
+        self._t_last, self._c_last = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self._t_last is not None and self.global_step > 1:  # skip warm-up steps
             self._time_timed += time.perf_counter() - self._t_last
+            self._cpu_timed += time.process_time() - self._c_last
             self._tokens_timed += self._tokens_in_step
 
     @property
     def tokens_per_s(self) -> float:
         return self._tokens_timed / self._time_timed if self._time_timed > 0 else float("nan")
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        """Tokens per second of this process's CPU time (all its threads): less sensitive than wall time
+        to other jobs sharing the machine."""
+        return self._tokens_timed / self._cpu_timed if self._cpu_timed > 0 else float("nan")
 
     def validation_step(self, batch, batch_idx):
         nll, mask, _, hits = self.nll(batch)
@@ -229,7 +237,7 @@ class CausalLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["longlab"] = {
             "tokens_seen": self.tokens_seen,
-            "timing": (self._tokens_timed, self._time_timed),
+            "timing": (self._tokens_timed, self._time_timed, self._cpu_timed),
             "torch_rng": torch.get_rng_state(),
             "carried_state": to_serializable(map_state(lambda t: t.detach().cpu(), self._state)),
             "crossbatch_d": self.cb_d,
@@ -239,7 +247,8 @@ class CausalLMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("longlab", {})
         self.tokens_seen = extra.get("tokens_seen", 0)
-        self._tokens_timed, self._time_timed = extra.get("timing", (0, 0.0))
+        timing = tuple(extra.get("timing", (0, 0.0, 0.0)))
+        self._tokens_timed, self._time_timed, self._cpu_timed = (timing + (0.0,))[:3]
         self.resets = extra.get("resets", 0)
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])

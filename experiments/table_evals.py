@@ -1,5 +1,6 @@
-"""The evaluations a table runs on its cells, by kind: ``EVALUATIONS[kind](cell, spec) -> dict`` (the
-dict is written to ``<cell>/<spec.name>.json``). A new kind is one function and one entry here."""
+"""The evaluations a table runs on its cells, by kind: ``EVALUATIONS[kind](cell, spec, out) -> dict``
+(the dict is written to ``<cell>/<out>``, a path relative to the cell). A new kind is one function and
+one entry here."""
 
 from __future__ import annotations
 
@@ -13,30 +14,30 @@ from experiments.config import compose
 from experiments.table_spec import EvalSpec
 
 
-def _entry_overrides(cell: Path, spec: EvalSpec) -> list[str]:
-    return [f"run_dir='{cell}'", f"out={spec.name}.json", *spec.overrides]
+def _entry_overrides(cell: Path, spec: EvalSpec, out: str) -> list[str]:
+    return [f"run_dir='{cell}'", f"out='{out}'", *spec.overrides]
 
 
-def window(cell: Path, spec: EvalSpec) -> dict:
+def window(cell: Path, spec: EvalSpec, out: str) -> dict:
     from experiments.evaluation import evaluate
 
-    return evaluate(compose("eval", _entry_overrides(cell, spec)))
+    return evaluate(compose("eval", _entry_overrides(cell, spec, out)))
 
 
-def stream(cell: Path, spec: EvalSpec) -> dict:
+def stream(cell: Path, spec: EvalSpec, out: str) -> dict:
     from experiments.evaluation import evaluate
 
-    return evaluate(compose("eval", [*_entry_overrides(cell, spec), "eval.streaming=true"]))
+    return evaluate(compose("eval", [*_entry_overrides(cell, spec, out), "eval.streaming=true"]))
 
 
-def fot(cell: Path, spec: EvalSpec) -> dict:
+def fot(cell: Path, spec: EvalSpec, out: str) -> dict:
     from experiments.fot_evaluation import run
 
-    return run(compose("fot_eval", _entry_overrides(cell, spec)))
+    return run(compose("fot_eval", _entry_overrides(cell, spec, out)))
 
 
 @torch.no_grad()
-def generation(cell: Path, spec: EvalSpec) -> dict:
+def generation(cell: Path, spec: EvalSpec, out: str) -> dict:
     """Bytes per second of sampling ``spec.bytes`` bytes after a fixed prompt, batch 1."""
     from experiments.generation import generate
     from experiments.runs import load_run
@@ -50,7 +51,7 @@ def generation(cell: Path, spec: EvalSpec) -> dict:
     return {"bytes": n_bytes, "bytes_per_s": n_bytes / wall, "bytes_per_cpu_s": n_bytes / cpu}
 
 
-EVALUATIONS: dict[str, Callable[[Path, EvalSpec], dict]] = {
+EVALUATIONS: dict[str, Callable[[Path, EvalSpec, str], dict]] = {
     "window": window,
     "stream": stream,
     "fot": fot,

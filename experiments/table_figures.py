@@ -7,7 +7,7 @@ import csv
 import statistics
 from pathlib import Path
 
-from experiments.tables import _read_json
+from experiments.tables import _read_json, cell_json
 
 
 def _pyplot():
@@ -81,7 +81,9 @@ def draw_figure(spec, rows, path: Path) -> bool:
 
 def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
     """[(training bytes, training FLOPs, val bpb)] of one cell, from its metrics.csv."""
-    metrics = _read_json(cell / "metrics.json")
+    metrics = cell_json(cell, "metrics")
+    if cell.parent.name == "views":
+        cell = cell.parent.parent
     path = cell / "logs" / "metrics.csv"
     if metrics is None or not path.exists():
         return None

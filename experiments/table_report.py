@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.table_spec import TableSpec, findings_path, load_table
-from experiments.tables import _read_json, default_results, lookup, row_cells
+from experiments.tables import cell_json, default_results, lookup, row_cells
 
 CLAIM = re.compile(r"<!--\s*claim:\s*(\S+)\s*([<>])\s*(\S+)\s+on\s+(\S+)\s*-->")
 
@@ -68,11 +68,11 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
                 v = lookup(cell, m.key)
                 if v is not None and not math.isnan(v):
                     r.values.setdefault(m.key, {})[seed] = v
-            metrics = _read_json(cell / "metrics.json") or {}
+            metrics = cell_json(cell, "metrics") or {}
             if "steps" in metrics:
                 r.steps.append(int(metrics["steps"]))
                 r.tokens.append(int(metrics.get("tokens_seen", 0)))
-            code = (_read_json(cell / "meta.json") or {}).get("code", {})
+            code = (cell_json(cell, "meta") or {}).get("code", {})
             r.commits.add(str(code.get("commit", "unknown"))[:10] + ("+dirty" if code.get("dirty") else ""))
         out.append(r)
     return out

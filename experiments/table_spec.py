@@ -96,6 +96,7 @@ class RowSpec:
     init_from_row: str | None = None  # fine-tune from that row's cell of the same seed
     seeds: tuple[int, ...] | None = None  # this row's seeds (None: the table's): secondary rows may run fewer
     not_applicable: tuple[str, ...] = ()  # metric keys undefined for this row (shown as n/a, not missing)
+    cells_of: str | None = None  # evaluate the cells of that (earlier) row instead of training its own
 
     @property
     def title(self) -> str:
@@ -182,6 +183,9 @@ def load_table(name: str) -> TableSpec:
         if not (CONFIGS / "experiment" / f"{row.experiment}.yaml").exists():
             raise FileNotFoundError(f"table {name!r} row {row.name!r}: configs/experiment/{row.experiment}.yaml "
                                     "does not exist")
+        if row.cells_of is not None and row.cells_of not in names[: names.index(row.name)]:
+            raise ValueError(f"table {name!r} row {row.name!r}: cells_of={row.cells_of!r} must name an earlier row "
+                             f"of {names}")
         if row.init_from_row is not None and row.init_from_row not in names[: names.index(row.name)]:
             raise ValueError(f"table {name!r} row {row.name!r}: init_from_row={row.init_from_row!r} must name an "
                              f"earlier row of {names}")

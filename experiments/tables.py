@@ -29,6 +29,10 @@ REPO = CONFIGS.parent
 PLACEHOLDER_DIR = "CELL"
 # values that never change what a cell computes
 IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_progress_bar", "data.cache_dir")
+# config keys added after cells were keyed, with the value that reproduces the behaviour from before
+# they existed: at that value a key is left out of the hash, so adding a neutral option never orphans
+# finished cells (any other value changes the key). Append here whenever a config gains a key.
+NEUTRAL_ADDITIONS: dict[str, object] = {}
 
 
 def default_results(scale: str) -> str:
@@ -54,6 +58,17 @@ def row_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | 
             *row.scale_overrides.get(scale, []), *(extra or [])]
 
 
+_MISSING = object()
+
+
+def _get(tree: dict, dotted: str, default=None):
+    for p in dotted.split("."):
+        if not isinstance(tree, dict) or p not in tree:
+            return default
+        tree = tree[p]
+    return tree
+
+
 def _drop(tree: dict, dotted: str) -> None:
     *parents, last = dotted.split(".")
     for p in parents:
@@ -70,6 +85,9 @@ def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None =
     tree = to_plain(cfg)
     for k in IGNORED_KEYS:
         _drop(tree, k)
+    for k, neutral in NEUTRAL_ADDITIONS.items():
+        if _get(tree, k, _MISSING) == neutral:
+            _drop(tree, k)
     parent = "" if row.init_from_row is None else row_key(spec, spec.row(row.init_from_row), scale, extra)
     blob = json.dumps({"config": tree, "init_from": parent}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -99,17 +117,25 @@ def cell_finished(cell: Path, evals: tuple[EvalSpec, ...]) -> bool:
     return all((_read_json(cell / f"{ev.name}.json") or {}).get("_eval_key") == eval_key(ev) for ev in evals)
 
 
-def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str) -> None:
+def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Path | None = None) -> None:
+    """Run the row's evaluations on ``cell`` into ``out_dir`` (default: the cell), skipping those done."""
+    out_dir = out_dir or cell
+    out_dir.mkdir(parents=True, exist_ok=True)
     for ev in spec.evals_for(row, scale):
-        out = cell / f"{ev.name}.json"
+        out = out_dir / f"{ev.name}.json"
         if (_read_json(out) or {}).get("_eval_key") == eval_key(ev):
             continue
         if not (cell / "checkpoints" / "last.ckpt").exists():
             raise FileNotFoundError(f"{cell}: evaluation {ev.name!r} needs the cell's checkpoint, which is gone; "
                                     f"delete {cell} to retrain the cell")
-        result = EVALUATIONS[ev.kind](cell, ev)
+        result = EVALUATIONS[ev.kind](cell, ev, str(out.relative_to(cell)))
         write_json(out, {**result, "_eval_key": eval_key(ev), "_eval": {"kind": ev.kind,
                                                                         "overrides": list(ev.overrides)}})
+
+
+def view_dir(cell: Path, row: RowSpec) -> Path:
+    """Where a ``cells_of`` row keeps its evaluations of another row's cell."""
+    return cell / "views" / row.name
 
 
 def run_table(name: str, scale: str | None = None, seeds: list[int] | None = None, results: str | None = None,
@@ -126,19 +152,36 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
     if spec.cells_from:
         print(f"[table] {name} reads the cells of {spec.cells_from}")
         cells = run_table(spec.cells_from, scale, seeds, results, extra, rows=[r.name for r in spec.rows])
-        for cell in cells:  # .../<row>/<key>/seed=<n>
+        mine = {r.name for r in spec.rows}
+        cells = [c for c in cells if c.parent.parent.name in mine]  # .../<row>/<key>/seed=<n>
+        for cell in cells:
             run_evals(spec, spec.row(cell.parent.parent.name), cell, scale)
         return cells
+    if rows is not None:  # a subset of rows also needs the rows they start from or evaluate
+        todo, rows = list(rows), set()
+        while todo:
+            r = spec.row(todo.pop())
+            rows.add(r.name)
+            todo += [p for p in (r.init_from_row, r.cells_of) if p and p not in rows]
     code = git_commit()
     cells = []
     for row in spec.rows:
         if rows is not None and row.name not in rows:
             continue
-        key = row_key(spec, row, scale, extra)
+        src = spec.row(row.cells_of) if row.cells_of else row
+        key = row_key(spec, src, scale, extra)
         for seed in [s for s in seeds if s in spec.seeds_for(scale, row) or s not in spec.seeds_for(scale)]:
-            cell = cell_dir(results, name, scale, row.name, key, seed)
-            cells.append(cell)
+            cell = cell_dir(results, name, scale, src.name, key, seed)
             tag = f"{name}/{scale}/{row.name}/seed={seed}"
+            if row.cells_of:
+                if not (_read_json(cell / "meta.json") or {}).get("finished"):
+                    raise RuntimeError(f"{tag}: the cell of row {src.name!r} is not finished; run that row first")
+                view = view_dir(cell, row)
+                run_evals(spec, row, cell, scale, view)
+                write_json(view / "meta.json", {"row": row.name, "cells_of": src.name, "finished": _now()})
+                cells.append(view)
+                continue
+            cells.append(cell)
             if cell_finished(cell, spec.evals_for(row, scale)):
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
@@ -173,20 +216,31 @@ def row_cells(spec: TableSpec, row: RowSpec, scale: str, results: str | Path, ex
     """Finished cells of the row's current key, by seed (any seed found on disk, not only the spec's)."""
     source = load_table(spec.cells_from) if spec.cells_from else spec
     src_row = source.row(row.name)
-    key = row_key(source, src_row, scale, extra)
-    base = Path(results) / "cells" / source.name / scale / row.name / key
+    trained = source.row(src_row.cells_of) if src_row.cells_of else src_row
+    key = row_key(source, trained, scale, extra)
+    base = Path(results) / "cells" / source.name / scale / trained.name / key
     found = {}
     for d in sorted(base.glob("seed=*")):
+        d = view_dir(d, src_row) if src_row.cells_of else d
         meta = _read_json(d / "meta.json")
         if meta and meta.get("finished"):
-            found[int(d.name.split("=", 1)[1])] = d
+            found[int(d.name.split("=", 1)[1]) if not src_row.cells_of else int(d.parent.parent.name[5:])] = d
     return found
+
+
+def cell_json(cell: Path, name: str) -> dict | None:
+    """<cell>/<name>.json; for a cells_of row's view, files it lacks (training metrics, meta) are the
+    evaluated cell's."""
+    data = _read_json(cell / f"{name}.json")
+    if cell.parent.name == "views" and (data is None or name == "meta"):
+        data = _read_json(cell.parent.parent / f"{name}.json")
+    return data
 
 
 def lookup(cell: Path, metric: str) -> float | None:
     """``file/key`` -> the value in <cell>/<file>.json (``metrics/val/bpb`` reads metrics.json)."""
     file, _, key = metric.partition("/")
-    data = _read_json(cell / f"{file}.json")
+    data = cell_json(cell, file)
     if data is None:
         return None
     for part in [key] if key in data else key.split("."):
@@ -229,4 +283,4 @@ def cli_make(argv=None):
     print(make_table(a.name, a.results, a.scale, a.set))
 
 
-__all__ = ["cell_dir", "cli_make", "cli_run", "lookup", "row_cells", "row_key", "run_table"]
+__all__ = ["cell_dir", "cell_json", "cli_make", "cli_run", "lookup", "row_cells", "row_key", "run_table"]

@@ -104,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/ppl": float(val["val/ppl"]),
         "val/acc": float(val["val/acc"]),
         "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
+        "train/tokens_per_cpu_s": float(module.tokens_per_cpu_s),  # this rank's process
         "train/s_per_update": float(bytes_per_update(cfg) * trainer.world_size / module.tokens_per_s),
         "train/peak_mem_mb": peak_memory_mb(module.device),
         "params": count_parameters(module.net),

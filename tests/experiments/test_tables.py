@@ -95,3 +95,98 @@ def test_compare_budget_in_flops_matches_models_by_compute(tmp_path):
     assert abs(sa * fa - sb * fb) / (sa * fa) < 0.05  # equal compute, different token counts
     with pytest.raises(ValueError, match="use tokens:<N> or flops:<N>"):
         compare_main(["--budget", "steps:10"])
+
+
+# ---------------------------------------------------------------------------------------------- the runner's keys
+def test_a_changed_scale_or_config_never_reuses_a_cell():
+    spec = load_table("megalodon_ablation")
+    row = spec.row("megalodon")
+    keys = {row_key(spec, row, s) for s in ("smoke", "tiny", "cpu")}
+    assert len(keys) == 3  # every scale keys its own cells
+    assert row_key(spec, row, "tiny") == row_key(spec, row, "tiny")  # and a key is a pure function
+    assert row_key(spec, row, "tiny", ["optim.lr=1e-3"]) != row_key(spec, row, "tiny")
+    assert row_key(spec, row, "tiny", ["model.net.chunk_size=32"]) != row_key(spec, row, "tiny")
+    assert row_key(spec, row, "tiny", ["trainer.enable_progress_bar=true"]) == row_key(spec, row, "tiny")
+    a, b = cell_dir("r", spec.name, "smoke", "megalodon", "k", 0), cell_dir("r", spec.name, "tiny", "megalodon", "k", 0)
+    assert a != b
+
+
+def test_a_fine_tuned_row_is_keyed_by_its_parent_too():
+    spec = load_table("fot_dictionary")
+    child = spec.row("fot")
+    assert child.init_from_row == "fot_stage1"
+    base = row_key(spec, child, "tiny")
+    import dataclasses
+
+    changed = dataclasses.replace(spec, rows=tuple(
+        dataclasses.replace(r, overrides=("optim.lr=1e-4",)) if r.name == "fot_stage1" else r for r in spec.rows))
+    assert row_key(changed, changed.row("fot"), "tiny") != base
+
+
+def test_every_seed_found_or_requested_is_reported(tmp_path):
+    fabricate(tmp_path, "megalodon_ablation", "megalodon", 0, 2.0)
+    fabricate(tmp_path, "megalodon_ablation", "megalodon", 5, 3.0)  # run with --seeds 5
+    spec = load_table("megalodon_ablation")
+    row = {r.name: r for r in aggregate(spec, tmp_path, "tiny")}["megalodon"]
+    assert row.seeds == [0, 1, 5] and sorted(row.values["metrics/val/bpb"]) == [0, 5]
+    text = make_table("megalodon_ablation", str(tmp_path), "tiny")
+    assert "seeds [0, 1, 5]" in text and "(missing seeds [1])" in text
+
+
+def test_cells_of_another_scale_or_config_are_not_aggregated(tmp_path):
+    fabricate(tmp_path, "megalodon_ablation", "megalodon", 0, 2.0, scale="smoke")
+    with pytest.raises(ValueError, match="no finished cell at scale 'tiny'"):
+        make_table("megalodon_ablation", str(tmp_path), "tiny")
+    assert not (tmp_path / "megalodon_ablation.tiny.md").exists()  # nothing written over a published table
+
+
+def test_a_finding_that_contradicts_its_numbers_is_flagged(tmp_path, capsys):
+    fabricate(tmp_path, "megalodon_ablation", "megalodon", 0, 2.0, scale="cpu")
+    fabricate(tmp_path, "megalodon_ablation", "megalodon", 1, 2.1, scale="cpu")
+    fabricate(tmp_path, "megalodon_ablation", "ema_real", 0, 2.5, scale="cpu")
+    fabricate(tmp_path, "megalodon_ablation", "ema_real", 1, 2.6, scale="cpu")
+    fabricate(tmp_path, "megalodon_ablation", "ema_none", 0, 2.04, scale="cpu")
+    fabricate(tmp_path, "megalodon_ablation", "ema_none", 1, 2.1, scale="cpu")
+    (tmp_path / "findings").mkdir()
+    (tmp_path / "findings" / "megalodon_ablation.md").write_text(
+        "CEMA helps.\n<!-- claim: megalodon < ema_real on metrics/val/bpb -->\n"
+        "<!-- claim: ema_real < megalodon on metrics/val/bpb -->\n"
+        "<!-- claim: megalodon < ema_none on metrics/val/bpb -->\n")
+    text = make_table("megalodon_ablation", str(tmp_path), "cpu")
+    assert "CEMA helps." in text
+    assert "claim 'ema_real < megalodon on metrics/val/bpb' DISAGREES" in text
+    assert "claim 'megalodon < ema_none on metrics/val/bpb' holds on the means but" in text
+    assert text.count("⚠ check") == 2
+    assert "DISAGREES" in capsys.readouterr().out
+
+
+def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
+    from experiments.training import train
+
+    spec = load_table("megalodon_ablation")
+    key = row_key(spec, spec.row("megalodon"), "smoke")
+    cell = cell_dir(tmp_path, "megalodon_ablation", "smoke", "megalodon", key, 0)
+    train(compose("train", ["experiment=megalodon_ablation/megalodon", "debug=smoke", "seed=0", f"run_dir='{cell}'",
+                            "trainer.max_steps=2", "optim.max_steps=3"]))  # killed after 2 of 3 steps
+    (cell / "metrics.json").unlink()
+    run_table("megalodon_ablation", "smoke", [0], str(tmp_path), rows=["megalodon"])
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and json.loads((cell / "meta.json").read_text())["finished"]
+
+
+def test_smoke_runs_never_write_into_the_committed_results():
+    from experiments.tables import default_results
+
+    assert default_results("smoke") == "runs/tables" and default_results("cpu") == "results"
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_table_has_a_cpu_scale_that_composes(name):
+    spec = load_table(name)
+    assert "cpu" in spec.scales and spec.default_scale == "cpu"
+    for row in spec.rows:
+        src = row if not spec.cells_from else load_table(spec.cells_from).row(row.name)
+        cfg = compose("train", [f"experiment={src.experiment}", *spec.scales["cpu"], *src.overrides,
+                                *src.scale_overrides.get("cpu", [])])
+        with torch.device("meta"):
+            instantiate(cfg.model.net)
