@@ -93,7 +93,7 @@ def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
     with open(path, newline="") as fh:
         for rec in csv.DictReader(fh):
             if rec.get("val/bpb"):
-                step = int(float(rec["step"])) + 1
+                step = int(float(rec["step"]))  # validation logs the number of completed steps
                 pts[step] = float(rec["val/bpb"])
     return [(s * per_step, s * per_step * fpt, v) for s, v in sorted(pts.items())]
 

@@ -190,3 +190,10 @@ def test_every_table_has_a_cpu_scale_that_composes(name):
                                 *src.scale_overrides.get("cpu", [])])
         with torch.device("meta"):
             instantiate(cfg.model.net)
+
+
+def test_compare_quick_writes_the_report_and_learning_curves_into_its_run_folder(tmp_path):
+    rows = compare_main(["--quick", "--archs", "transformer_tiny", "--out", str(tmp_path / "cmp")])
+    assert rows[0]["val_curve"] and rows[0]["val_curve"][-1]["bytes"] == rows[0]["tokens"]
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "learning curves" in md and "bytes/CPU-s" in md
