@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except OSError as e:
+            why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise OSError(e.errno, f"writing the checkpoint {str(path)!r} failed ({why}); the previous checkpoint "
+                          "is intact: free space or choose a run_dir on a disk with room and write access, then "
+                          "resume with ckpt_path=auto") from None
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -58,6 +64,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise RuntimeError(
             f"checkpoint {str(path)!r} has no 'state_dict'/'hyper_parameters': it was not written by "
             "experiments.train; pass ckpt_path= a checkpoint from a longlab run dir"
+        )
+    bad = [k for k, v in ckpt["state_dict"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} has non-finite values in {len(bad)} of {len(ckpt['state_dict'])} tensors "
+            f"(e.g. {bad[:3]}): it was written after training diverged; use an earlier checkpoint "
+            "(ckpt_path=<file>) or retrain with a lower optim.lr"
         )
     return ckpt
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from architectures.contract import check
-from experiments.config import bytes_per_update, compose
+from experiments.config import bytes_per_update, compose, val_step
 from experiments.evaluation import evaluate
 
 DEFAULT_ARCHS = ["transformer_tiny", "megalodon_tiny", "megabyte_tiny", "fot_tiny"]
@@ -58,8 +58,7 @@ def val_curve(run_dir: Path, tokens_per_step: int, fpt: float) -> list[dict]:
         with open(path, newline="") as fh:
             for rec in csv.DictReader(fh):
                 if rec.get("val/bpb"):
-                    step = int(float(rec["step"]))  # validation logs the number of completed steps
-                    points[step] = float(rec["val/bpb"])
+                    points[val_step(rec)] = float(rec["val/bpb"])
     return [{"step": s, "bytes": s * tokens_per_step, "flops": s * tokens_per_step * fpt, "bpb": v}
             for s, v in sorted(points.items())]
 

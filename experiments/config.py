@@ -141,6 +141,14 @@ def bytes_per_update(cfg: DictConfig) -> int:
     return int(d.batch_size) * window * int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
 
 
+def val_step(row: dict) -> int:
+    """Completed training steps of a validation row of ``logs/metrics.csv`` (``val/step``; older runs
+    without it: Lightning's ``step`` column, which lags validation inside fit by one)."""
+    if row.get("val/step"):
+        return int(float(row["val/step"]))
+    return int(float(row["step"])) + 1
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of it."""
     path = Path(path)

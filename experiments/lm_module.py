@@ -103,6 +103,8 @@ class CausalLMModule(L.LightningModule):
         self._time_timed = 0.0
         self._cpu_timed = 0.0
         self.tokens_seen = 0
+        self._wall_before = 0.0
+        self.resume_optim_changes: list[str] = []  # set by train when resuming with other optim values
         self.resets = 0  # document starts inside carried or streamed windows, where reset_state ran
 
     @property
@@ -207,10 +209,54 @@ class CausalLMModule(L.LightningModule):
         self.log("val/bpb", self.val_bpb.compute(), prog_bar=True, sync_dist=True)
         self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
         self.log("val/acc", self.val_acc.compute(), sync_dist=True)
+        # the number of completed training steps (Lightning's CSV "step" column is off by one for
+        # validation inside fit and shifts after a resume): what learning curves are plotted against
+        self.log("val/step", float(self.global_step), sync_dist=True)
         for m in (self.val_loss, self.val_bpb, self.val_ppl, self.val_acc):
             m.reset()
 
+    # ------------------------------------------------------------------ non-finite values never reach the weights
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Raw gradients (before clipping): a non-finite one stops training before the update, so no
+        checkpoint ever holds the weights it would have produced."""
+        bad = [n for n, p in self.net.named_parameters()
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite gradient at step {self.global_step} in {len(bad)} tensors (e.g. {bad[:3]}; "
+                f"lr={self._current_lr():.3g}); the weights were not updated and the last checkpoint is the last "
+                "finite one: lower optim.lr or raise optim.warmup_steps, keep trainer.gradient_clip_val set, or "
+                "train in float32 (trainer.precision=32-true), then resume with ckpt_path=auto (or start afresh "
+                "with ckpt_path=null if those weights have diverged too)"
+            )
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        bad = [n for n, p in self.net.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # the update itself overflowed: stop before any checkpoint of this step is written
+            raise FloatingPointError(
+                f"the update at step {self.global_step} made {len(bad)} weight tensors non-finite (e.g. {bad[:3]}; "
+                f"lr={self._current_lr():.3g}); no checkpoint of it was written: lower optim.lr and resume with "
+                "ckpt_path=auto"
+            )
+
     # ------------------------------------------------------------------ optimisation
+    def apply_optim_on_resume(self) -> None:
+        """After a checkpoint restored the optimiser and scheduler: use this run's ``optim`` values
+        (learning rate, betas, eps, weight decay, warm-up and schedule), the schedule recomputed at the
+        current step. Called by ``train`` when ``optim`` differs from the checkpoint's."""
+        o, opt = self.optim_cfg, self.optimizers(use_pl_optimizer=False)
+        sched = self.lr_schedulers()
+        for g in opt.param_groups:
+            g["betas"], g["eps"] = o.betas, o.eps
+            if g["weight_decay"] > 0 or o.decay_all:
+                g["weight_decay"] = o.weight_decay
+        f = lr_lambda(o.warmup_steps, o.max_steps or self.trainer.max_steps, o.min_lr_ratio, o.schedule, o.power)
+        sched.base_lrs = [o.lr] * len(opt.param_groups)
+        sched.lr_lambdas = [f] * len(opt.param_groups)
+        for g in opt.param_groups:
+            g["lr"] = o.lr * f(sched.last_epoch)
+
     def _current_lr(self) -> float:
         try:
             return self.optimizers().param_groups[0]["lr"]
@@ -242,6 +288,7 @@ class CausalLMModule(L.LightningModule):
             "carried_state": to_serializable(map_state(lambda t: t.detach().cpu(), self._state)),
             "crossbatch_d": self.cb_d,
             "resets": self.resets,
+            "wall_time_s": self.wall_time_s,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -250,6 +297,7 @@ class CausalLMModule(L.LightningModule):
         timing = tuple(extra.get("timing", (0, 0.0, 0.0)))
         self._tokens_timed, self._time_timed, self._cpu_timed = (timing + (0.0,))[:3]
         self.resets = extra.get("resets", 0)
+        self._wall_before = float(extra.get("wall_time_s", 0.0))
         if "torch_rng" in extra:
             torch.set_rng_state(extra["torch_rng"])
         self._state = from_serializable(extra.get("carried_state"))
@@ -257,5 +305,14 @@ class CausalLMModule(L.LightningModule):
             self.crossbatch.d = extra["crossbatch_d"]
 
     def on_train_start(self) -> None:
+        self._fit_t0 = time.perf_counter()
         if self._state is not None:
             self._state = map_state(lambda t: t.to(self.device), self._state)
+        if self.resume_optim_changes:
+            self.apply_optim_on_resume()
+
+    @property
+    def wall_time_s(self) -> float:
+        """Training wall time over every process of the run (resumed runs add up)."""
+        t0 = getattr(self, "_fit_t0", None)
+        return self._wall_before + (time.perf_counter() - t0 if t0 is not None else 0.0)

@@ -7,6 +7,7 @@ import csv
 import statistics
 from pathlib import Path
 
+from experiments.config import val_step
 from experiments.tables import _read_json, cell_json
 
 
@@ -93,8 +94,7 @@ def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
     with open(path, newline="") as fh:
         for rec in csv.DictReader(fh):
             if rec.get("val/bpb"):
-                step = int(float(rec["step"]))  # validation logs the number of completed steps
-                pts[step] = float(rec["val/bpb"])
+                pts[val_step(rec)] = float(rec["val/bpb"])
     return [(s * per_step, s * per_step * fpt, v) for s, v in sorted(pts.items())]
 
 

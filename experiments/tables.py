@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import CONFIGS, compose, to_plain, write_json
+from experiments.faults import RunLock
 from experiments.table_evals import EVALUATIONS
 from experiments.table_spec import EvalSpec, RowSpec, TableSpec, load_table
 
@@ -191,19 +192,20 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
                 parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
                 parent = cell_dir(results, name, scale, row.init_from_row, parent_key, seed)
                 overrides.append(f"init_from='{parent}'")
-            cell.mkdir(parents=True, exist_ok=True)
-            meta = _read_json(cell / "meta.json") or {"table": name, "scale": scale, "row": row.name, "seed": seed,
-                                                      "key": key, "overrides": overrides, "started": _now()}
-            meta["code"] = code
-            write_json(cell / "meta.json", meta)
-            cfg = compose("train", overrides)
-            metrics = _read_json(cell / "metrics.json")
-            if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
-                print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
-                train(cfg)
-            run_evals(spec, row, cell, scale)
-            meta["finished"] = _now()
-            write_json(cell / "meta.json", meta)
+            with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once
+                meta = _read_json(cell / "meta.json") or {"table": name, "scale": scale, "row": row.name,
+                                                          "seed": seed, "key": key, "overrides": overrides,
+                                                          "started": _now()}
+                meta["code"] = code
+                write_json(cell / "meta.json", meta)
+                cfg = compose("train", overrides)
+                metrics = _read_json(cell / "metrics.json")
+                if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
+                    print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
+                    train(cfg)
+                run_evals(spec, row, cell, scale)
+                meta["finished"] = _now()
+                write_json(cell / "meta.json", meta)
     return cells
 
 

@@ -7,17 +7,19 @@ A run dir holds ``config.yaml`` (the composed, resolved config), ``checkpoints/`
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint, resolve_ckpt_path
 from experiments.config import bytes_per_update, write_json
+from experiments.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.lm_module import CausalLMModule, peak_memory_mb
 from experiments.loggers import trim_metrics_csv
 
@@ -53,10 +55,33 @@ def build_module(cfg: DictConfig) -> CausalLMModule:
                           crossbatch=cfg.task.get("crossbatch"))
 
 
+def optim_changes(saved: dict | None, current: dict) -> list[str]:
+    """``key: old -> new`` for every optimiser value that differs from the checkpoint's."""
+    saved = saved or {}
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k)]
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, validate once more at the end, and write ``<run_dir>/metrics.json``. Returns the metrics."""
+    """Fit, validate once more at the end, and write ``<run_dir>/metrics.json``. Returns the metrics.
+
+    The run dir is locked for the whole run (a second writer fails at once, naming the holder) and
+    leftovers of interrupted writes are removed first. SIGTERM or SIGUSR1 stops after the current step
+    with a resumable checkpoint and partial metrics, and exits with 128 + the signal number."""
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if launched_rank() > 0:  # a DDP worker: rank 0 holds the lock for the run
+        return _train(cfg, run_dir)
+    with RunLock(run_dir):
+        clean_stale_temp_files(run_dir)
+        return _train(cfg, run_dir)
+
+
+def launched_rank() -> int:
+    """This process's rank as set by a launcher (Lightning's DDP children, torchrun), 0 otherwise."""
+    return max(int(os.environ.get(k, 0) or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.task.carry_state and cfg.data.get("sampler") != "stream":
         raise ValueError(
             f"task.carry_state=true needs consecutive windows of the same documents, but data.sampler="
@@ -80,9 +105,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt = read_checkpoint(ckpt_path)
         check_compatible(ckpt, ckpt_path, module.hparams["net"])
         trim_metrics_csv(run_dir / "logs" / "metrics.csv", int(ckpt.get("global_step", 0)))
+        module.resume_optim_changes = optim_changes(ckpt["hyper_parameters"].get("optim"), module.hparams["optim"])
+        if module.resume_optim_changes:
+            print(f"[longlab] resuming from step {ckpt.get('global_step')} with changed optimiser settings "
+                  f"({'; '.join(module.resume_optim_changes)}): they apply from this step on, the schedule "
+                  "recomputed at it", flush=True)
         del ckpt
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    preemption = Preemption(last)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [preemption]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
@@ -91,10 +123,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    train_wall = time.perf_counter() - t0
-    last = run_dir / "checkpoints" / "last.ckpt"
+    preemption.install()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            write_json(run_dir / "metrics.json", {**run_metrics(cfg, module, trainer), "status": "preempted"})
+        raise SystemExit(preemption.exit_code) from None
+    finally:
+        preemption.uninstall()
     trainer.save_checkpoint(last, weights_only=False)  # the final state, whatever the interval
     val = trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)[0]
 
@@ -103,22 +140,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/loss": float(val["val/loss"]),
         "val/ppl": float(val["val/ppl"]),
         "val/acc": float(val["val/acc"]),
-        "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
-        "train/tokens_per_cpu_s": float(module.tokens_per_cpu_s),  # this rank's process
-        "train/s_per_update": float(bytes_per_update(cfg) * trainer.world_size / module.tokens_per_s),
-        "train/peak_mem_mb": peak_memory_mb(module.device),
-        "params": count_parameters(module.net),
-        "tokens_seen": int(module.tokens_seen),
-        "steps": int(trainer.global_step),
-        "wall_time_s": train_wall,
-        "model": cfg.model.get("name"),
-        "seq_len": int(cfg.data.seq_len or 0),
-        "batch_size": int(cfg.data.batch_size),
-        "tokens_per_step": bytes_per_update(cfg) * int(trainer.world_size),
-        "world_size": int(trainer.world_size),
-        "seed": int(cfg.seed),
+        **run_metrics(cfg, module, trainer),
+        "status": "finished",
     }
-    metrics["flops_per_token"] = float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
         print(
@@ -127,3 +151,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"-> {run_dir / 'metrics.json'}"
         )
     return metrics
+
+
+def run_metrics(cfg: DictConfig, module: CausalLMModule, trainer: L.Trainer) -> dict[str, Any]:
+    """What a run measured about itself (without the final validation)."""
+    return {
+        "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
+        "train/tokens_per_cpu_s": float(module.tokens_per_cpu_s),  # this rank's process
+        "train/s_per_update": float(bytes_per_update(cfg) * trainer.world_size / module.tokens_per_s),
+        "train/peak_mem_mb": peak_memory_mb(module.device),
+        "params": count_parameters(module.net),
+        "tokens_seen": int(module.tokens_seen),
+        "steps": int(trainer.global_step),
+        "wall_time_s": module.wall_time_s,  # every process of the run, resumed ones added up
+        "model": cfg.model.get("name"),
+        "seq_len": int(cfg.data.seq_len or 0),
+        "batch_size": int(cfg.data.batch_size),
+        "tokens_per_step": bytes_per_update(cfg) * int(trainer.world_size),
+        "world_size": int(trainer.world_size),
+        "seed": int(cfg.seed),
+        "flops_per_token": float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1)),
+    }

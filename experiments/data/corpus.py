@@ -218,7 +218,8 @@ class ByteCorpus:
         if (folder / "meta.json").exists():
             return cls(folder)
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+        remove_abandoned_builds(cache)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{os.getpid()}-", dir=cache))
         try:
             _write_corpus(tmp, root, docs, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern)
             try:
@@ -229,6 +230,24 @@ class ByteCorpus:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return cls(folder)
+
+
+def remove_abandoned_builds(cache: Path) -> list[Path]:
+    """Remove hidden build folders (``.<name>-<pid>-*``) whose builder process no longer exists: a
+    build killed half way. A live builder's folder is left alone."""
+    removed = []
+    for d in cache.glob(".*-*-*"):
+        parts = d.name.rsplit("-", 2)
+        if not d.is_dir() or len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except PermissionError:  # alive, another user's
+            pass
+    return removed
 
 
 def _write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern):
