@@ -23,10 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra.utils import instantiate
-
 from architectures.contract import check
-from experiments.config import bytes_per_update, compose, val_step
+from experiments.config import build, bytes_per_update, compose, val_step
 from experiments.evaluation import evaluate
 
 DEFAULT_ARCHS = ["transformer_tiny", "megalodon_tiny", "megabyte_tiny", "fot_tiny"]
@@ -45,7 +43,7 @@ def parse_budget(text: str) -> tuple[str, float]:
 def steps_for(cfg, kind: str, value: float) -> tuple[int, float]:
     """Training steps that spend the budget, and the model's FLOPs per token."""
     tokens_per_step = bytes_per_update(cfg)
-    net = check(instantiate(cfg.model.net))
+    net = check(build(cfg.model.net))
     fpt = float(net.flops_per_token(int(cfg.data.seq_len)))
     tokens = value if kind == "tokens" else value / fpt
     return max(1, math.ceil(tokens / tokens_per_step)), fpt
@@ -112,7 +110,7 @@ def run_arch(arch: str, a, kind: str, value: float, out: Path) -> dict:
         subprocess.run([sys.executable, "-m", "experiments.train", *overrides], check=True)
     m = json.loads(done.read_text())
     # models with learned positions (MEGABYTE) stream at most max_len bytes per document
-    max_len = check(instantiate(cfg.model.net)).max_len
+    max_len = check(build(cfg.model.net)).max_len
     doc_bytes = min(a.stream_bytes, max_len or a.stream_bytes)
     ev = evaluate(compose("eval", [f"run_dir='{run_dir}'", "eval.streaming=true", f"eval.max_docs={a.stream_docs}",
                                    f"eval.max_doc_bytes={doc_bytes}", "out=stream_metrics.json"]))

@@ -112,6 +112,22 @@ def register_schemas() -> None:
 register_schemas()
 
 
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises the constructor's own error (a config value it refused,
+    a missing file) instead of Hydra's wrapper around it, so the message a user reads is the one that
+    names the value and the fix."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ValueError, TypeError, FileNotFoundError, ImportError, OSError)):
+            raise cause from None
+        raise
+
+
 def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose ``configs/<name>.yaml`` with Hydra overrides, as the entry points do."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):

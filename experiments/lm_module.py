@@ -11,11 +11,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 
 from architectures.common import detach_state, from_serializable, map_state, to_serializable
 from architectures.contract import LanguageModel, check
-from experiments.config import optim_config, to_plain
+from experiments.config import build, optim_config, to_plain
 from experiments.crossbatch import CrossBatch
 from experiments.metrics import Accuracy, BitsPerByte, MeanNLL, Perplexity
 
@@ -90,7 +89,7 @@ class CausalLMModule(L.LightningModule):
         net, optim, crossbatch = to_plain(net), to_plain(optim) or {}, to_plain(crossbatch) or None
         self.save_hyperparameters({"net": net, "optim": optim, "carry_state": carry_state,
                                    "ignore_index": ignore_index, "crossbatch": crossbatch})
-        self.net: LanguageModel = check(instantiate(net))
+        self.net: LanguageModel = check(build(net))
         self.optim_cfg = optim_config(optim)
         self.crossbatch = CrossBatch(self.net, crossbatch) if crossbatch else None
         self.carry_state = carry_state

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from architectures.contract import LanguageModel
 from experiments.checkpointing import read_checkpoint
-from experiments.data.corpus import ByteCorpus
+from experiments.data.corpus import ByteCorpus, corpus_options
 from experiments.lm_module import CausalLMModule
 
 
@@ -65,13 +65,7 @@ def load_run(
 
 def corpus_of(cfg: DictConfig) -> ByteCorpus:
     """The same corpus the run trained on (built once, then reused)."""
-    d = cfg.data
-    return ByteCorpus.build_or_load(
-        path=d.path, pattern=d.pattern, exclude=list(d.get("exclude") or []), cache_dir=d.cache_dir,
-        name=d.name, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-        max_doc_bytes=d.get("max_doc_bytes"), documents=d.get("documents", "file"),
-        min_doc_bytes=d.get("min_doc_bytes"),
-    )
+    return ByteCorpus.build_or_load(**corpus_options(cfg.data))
 
 
 def rebuild(net: LanguageModel, **changes) -> LanguageModel:

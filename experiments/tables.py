@@ -33,7 +33,10 @@ IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_pro
 # config keys added after cells were keyed, with the value that reproduces the behaviour from before
 # they existed: at that value a key is left out of the hash, so adding a neutral option never orphans
 # finished cells (any other value changes the key). Append here whenever a config gains a key.
-NEUTRAL_ADDITIONS: dict[str, object] = {}
+NEUTRAL_ADDITIONS: dict[str, object] = {
+    "data.source": "auto", "data.text_field": "text", "data.doc_separator": None, "data.block_bytes": None,
+    "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
+}
 
 
 def default_results(scale: str) -> str:
@@ -84,6 +87,9 @@ def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None =
     """12 hex digits of a hash of the row's composed config at this scale (seed excluded)."""
     cfg = compose("train", [*row_overrides(spec, row, scale, extra), f"run_dir={PLACEHOLDER_DIR}", "seed=0"])
     tree = to_plain(cfg)
+    data = tree.get("data") or {}
+    if "pattern" in data and data["pattern"] is None and "path" in data:  # the pattern that applies
+        data["pattern"] = "**/*.py" if data["path"] is None else "**/*"
     for k in IGNORED_KEYS:
         _drop(tree, k)
     for k, neutral in NEUTRAL_ADDITIONS.items():

@@ -13,12 +13,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint, resolve_ckpt_path
-from experiments.config import bytes_per_update, write_json
+from experiments.config import build, bytes_per_update, write_json
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.lm_module import CausalLMModule, peak_memory_mb
 from experiments.loggers import trim_metrics_csv
@@ -88,7 +87,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"{cfg.data.sampler!r}; set data.sampler=stream"
         )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data)
     module = build_module(cfg)
     if cfg.task.carry_state and module.net.max_len is not None:
         raise ValueError(
@@ -114,9 +113,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     last = run_dir / "checkpoints" / "last.ckpt"
     preemption = Preemption(last)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [preemption]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [preemption]
+    logger = build(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = build(
         cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )

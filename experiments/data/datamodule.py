@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 from torch.utils.data import DataLoader
 
-from experiments.data.corpus import ByteCorpus
+from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
 from experiments.data.samplers import SAMPLERS, RandomWindows, StepBatches
 
 
@@ -16,16 +18,6 @@ class ByteDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str | None = None,
-        pattern: str = "**/*",
-        exclude: list[str] | None = None,
-        cache_dir: str | None = None,
-        name: str = "corpus",
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        max_doc_bytes: int | None = None,
-        documents: str = "file",
-        min_doc_bytes: int | None = None,
         seq_len: int = 256,
         sample_len: int | None = None,
         batch_size: int = 16,
@@ -34,17 +26,22 @@ class ByteDataModule(L.LightningDataModule):
         val_batches: int = 8,
         eval_seed: int = 1234,
         vocab_size: int = 256,
+        **corpus: Any,
     ):
+        """``corpus``: the ``ByteCorpus.build_or_load`` arguments (path, pattern, source, ...)."""
         super().__init__()
+        unknown = sorted(set(corpus) - set(CORPUS_KEYS))
+        if unknown:
+            raise ValueError(f"data has unknown keys {unknown}; a byte corpus takes {sorted(CORPUS_KEYS)} and "
+                             "seq_len, sample_len, batch_size, sampler, seed, val_batches, eval_seed, vocab_size")
         if vocab_size != 256:
             raise ValueError(f"data.vocab_size={vocab_size}: byte corpora have 256 symbols")
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler={sampler!r} is unknown; use one of {sorted(SAMPLERS)}")
-        self.corpus_kwargs = dict(
-            path=path, pattern=pattern, exclude=list(exclude or []), cache_dir=cache_dir, name=name,
-            val_fraction=val_fraction, test_fraction=test_fraction, max_doc_bytes=max_doc_bytes,
-            documents=documents, min_doc_bytes=min_doc_bytes,
-        )
+        for key, value in (("seq_len", seq_len), ("batch_size", batch_size), ("val_batches", val_batches)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value!r} must be an integer >= 1")
+        self.corpus_kwargs = corpus_options(corpus)
         if sample_len is not None and sampler != "random":
             raise ValueError(f"data.sample_len={sample_len} needs data.sampler=random (got {sampler!r})")
         self.seq_len, self.batch_size, self.sampler_name = seq_len, batch_size, sampler
