@@ -109,7 +109,19 @@ def register_schemas() -> None:
     _registered = True
 
 
+def safe_name(text: str, limit: int = 100) -> str:
+    """A folder name from override text: no path separators, long ones shortened with a hash."""
+    import hashlib
+
+    name = str(text).replace("/", "%2F").replace("\\", "%5C") or "defaults"
+    if len(name) > limit:
+        name = name[:limit] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
 register_schemas()
+if not OmegaConf.has_resolver("safe_name"):
+    OmegaConf.register_new_resolver("safe_name", safe_name)
 
 
 def build(node: Any, **kwargs: Any) -> Any:

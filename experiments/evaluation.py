@@ -21,6 +21,7 @@ from experiments.config import to_plain, write_json
 from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
 from experiments.inference_methods import method_nll, patch_profile, window_length
+from experiments.progress import Progress
 from experiments.runs import corpus_of, load_run, pick_device
 
 LN2 = math.log(2)
@@ -153,6 +154,8 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
     b_cnt = np.zeros(len(buckets), dtype=np.int64)
     pos_nll = np.zeros(longest)
     pos_cnt = np.zeros(longest, dtype=np.int64)
+    progress = Progress("stream", sum(n for _, n in docs), unit=" bytes")
+    done = 0
     for b0 in range(0, len(docs), batch_size):
         group = docs[b0 : b0 + batch_size]
         L = max(n for _, n in group)
@@ -172,6 +175,8 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
             nll = (nll * m).sum(0).double().cpu().numpy()
             pos_nll[s + 1 : e + 1] += nll
             pos_cnt[s + 1 : e + 1] += m.sum(0).cpu().numpy()
+            progress.update(done + int(valid[:, : e + 1].sum()), f"docs {b0 + 1}-{b0 + len(group)} of {len(docs)}")
+        done += sum(n for _, n in group)
     for j, (lo, hi) in enumerate(buckets):
         b_nll[j] = pos_nll[lo:hi].sum()
         b_cnt[j] = pos_cnt[lo:hi].sum()
@@ -221,5 +226,26 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             print(f"[longlab] strided inference: {r['bpb']:.4f} bits/byte (basic pass on the same bytes: "
                   f"{r['bpb_basic']:.4f})")
         print(f"[longlab] {e.split} bits/byte {r['bpb']:.4f} at context {ctx} over {r['bytes']:,} bytes")
-    write_json(Path(cfg.run_dir) / cfg.out, result)
+    run_dir = Path(cfg.run_dir)
+    write_json(run_dir / cfg.out, result)
+    if cfg.out == "eval_metrics.json":  # the default: also kept per setting, so settings never overwrite each other
+        (run_dir / "eval_metrics").mkdir(exist_ok=True)
+        write_json(run_dir / "eval_metrics" / f"{setting_name(cfg, train_cfg)}.json", result)
     return result
+
+
+def setting_name(cfg: DictConfig, train_cfg: DictConfig) -> str:
+    """A file name that says what was evaluated: stream_test_w256, window_test_ctx1024_strided, ..."""
+    e, seq = cfg.eval, int(train_cfg.data.seq_len)
+    parts = ["stream" if e.streaming else "window", str(e.split)]
+    if e.streaming:
+        parts += [f"w{int(e.window or seq)}"] + ([f"docs{e.max_docs}"] if e.max_docs else []) \
+            + ([f"max{e.max_doc_bytes}"] if e.max_doc_bytes else [])
+    else:
+        parts.append(f"ctx{int(e.context or seq)}")
+        parts += ["strided"] if e.strided else []
+        parts += list(to_plain(e.methods) or [])
+    parts += [f"{k}{v}" for k, v in sorted((to_plain(e.net_overrides) or {}).items())]
+    if str(cfg.precision) not in ("32", "32-true"):
+        parts.append(str(cfg.precision))
+    return "_".join(str(p).replace("/", "-") for p in parts)

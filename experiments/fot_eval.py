@@ -7,20 +7,13 @@ The work is ``experiments.fot_evaluation.run(cfg)``; this is its command line.
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
+from experiments.cli import hydra_entry
 from experiments.config import register_schemas
 from experiments.fot_evaluation import dictionary_accuracy, distraction_ratio, run
 
 register_schemas()
-__all__ = ["dictionary_accuracy", "distraction_ratio", "run"]
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="fot_eval")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+__all__ = ["dictionary_accuracy", "distraction_ratio", "main", "run"]
+main = hydra_entry("fot_eval", run)
 
 if __name__ == "__main__":
     main()

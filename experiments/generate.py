@@ -5,20 +5,13 @@ The work is ``experiments.generation.sample(cfg)``; this is its command line.
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
+from experiments.cli import hydra_entry
 from experiments.config import register_schemas
 from experiments.generation import sample
 
 register_schemas()
-__all__ = ["sample"]
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="generate")
-def main(cfg: DictConfig) -> None:
-    sample(cfg)
-
+__all__ = ["main", "sample"]
+main = hydra_entry("generate", sample)
 
 if __name__ == "__main__":
     main()

@@ -48,3 +48,41 @@ def trim_metrics_csv(path: Path, before_step: int) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+def plot_loss_curve(run_dir: Path) -> Path | None:
+    """``<run_dir>/loss_curve.png``: training loss and bits per byte, and validation bits per byte, by
+    step (read from logs/metrics.csv). None when matplotlib or the log is missing."""
+    path = Path(run_dir) / "logs" / "metrics.csv"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not path.is_file():
+        return None
+    series: dict[str, list[tuple[float, float]]] = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            for key in ("train/bpb", "val/bpb"):
+                if r.get(key):
+                    step = float(r["val/step"]) if key == "val/bpb" and r.get("val/step") else float(r["step"])
+                    series.setdefault(key, []).append((step, float(r[key])))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, pts in series.items():
+        xs, ys = zip(*sorted(pts))
+        ax.plot(xs, ys, marker="." if key == "val/bpb" else None, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.set_title(str(Path(run_dir).name), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "loss_curve.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

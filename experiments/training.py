@@ -20,7 +20,8 @@ from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read
 from experiments.config import build, bytes_per_update, write_json
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.lm_module import CausalLMModule, peak_memory_mb
-from experiments.loggers import trim_metrics_csv
+from experiments.loggers import plot_loss_curve, trim_metrics_csv
+from experiments.progress import LineProgress, wants_line_progress
 
 
 def count_parameters(net: torch.nn.Module) -> int:
@@ -75,6 +76,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, run_dir)
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """Values that would make a run meaningless, refused before anything is built."""
+    steps = cfg.trainer.get("max_steps")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"trainer.max_steps={steps!r} must be an integer >= 1 (the training stream is endless)")
+    warmup = int(cfg.optim.warmup_steps)
+    if warmup > (cfg.optim.get("max_steps") or steps):
+        raise ValueError(f"optim.warmup_steps={warmup} is longer than the run ({cfg.optim.get('max_steps') or steps} "
+                         "steps): the learning rate would never reach optim.lr; lower optim.warmup_steps")
+
+
 def launched_rank() -> int:
     """This process's rank as set by a launcher (Lightning's DDP children, torchrun), 0 otherwise."""
     return max(int(os.environ.get(k, 0) or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
@@ -86,8 +98,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"task.carry_state=true needs consecutive windows of the same documents, but data.sampler="
             f"{cfg.data.sampler!r}; set data.sampler=stream"
         )
+    check_run_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
+    datamodule.setup("fit")  # build (or load) the corpus and check its windows before any Trainer exists
     module = build_module(cfg)
     if cfg.task.carry_state and module.net.max_len is not None:
         raise ValueError(
@@ -115,9 +129,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     preemption = Preemption(last)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + [preemption]
     logger = build(cfg.logger) if cfg.get("logger") else False
+    extra = {}
+    if wants_line_progress(bool(cfg.trainer.get("enable_progress_bar", True))):
+        callbacks.append(LineProgress())
+        extra["enable_progress_bar"] = False  # a bar's carriage returns make a log file unreadable
     trainer: L.Trainer = build(
         cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir),
+        default_root_dir=str(run_dir), **extra,
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -144,6 +162,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
+        plot_loss_curve(run_dir)
         print(
             f"[longlab] {metrics['model']}: {metrics['steps']} steps, {metrics['tokens_seen']:,} tokens, "
             f"val bits/byte {metrics['val/bpb']:.4f}, {metrics['train/tokens_per_s']:,.0f} tokens/s "

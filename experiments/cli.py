@@ -1,0 +1,147 @@
+"""Command lines that fail in one line: ``error: <what> (<value>); <fix>`` and exit status 2.
+
+Every entry point runs through ``hydra_entry`` (the Hydra ones: train, eval, generate, fot_eval) or
+``run_cli`` (the argparse ones: compare, run_table, make_table). A user error (a bad value, a missing
+file, a config key that does not exist) prints one line; the traceback appears only with ``--debug``
+or ``HYDRA_FULL_ERROR=1``. A misspelt key is answered with the nearest existing ones. Lightning's
+start-up chatter (accelerator banners, advertisements, deprecation notices) is silenced.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError, FloatingPointError,
+                                                 RuntimeError)
+EXIT_USER_ERROR = 2
+
+
+def quiet_lightning() -> None:
+    """No advertisement, banner or deprecation notice at start-up; warnings that matter still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def debugging(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (*USER_ERRORS, HydraException, OmegaConfBaseException)
+
+
+def report(e: BaseException, hint: str = "") -> None:
+    print(f"error: {one_line(e)}{hint}", file=sys.stderr)
+    print("(run with --debug or HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+
+
+def run_cli(main: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
+    """Run an argparse entry point with one-line user errors."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging(argv)
+    argv = [a for a in argv if a != "--debug"]
+    quiet_lightning()
+    if debug:
+        main(argv)
+        return
+    try:
+        main(argv)
+    except user_error_types() as e:
+        report(e)
+        sys.exit(EXIT_USER_ERROR)
+
+
+# ---------------------------------------------------------------------------------------------- Hydra entry points
+_HYDRA_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve",
+                "--package", "-p", "--shell-completion", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--run", "-r", "--experimental-rerun", "--version")
+
+
+def suggest(message: str, config_name: str, overrides: list[str]) -> str:
+    """' (did you mean optim.lr?)' for a key Hydra could not override."""
+    m = re.search(r"Could not override '([^']+)'", message) or re.search(r"Key '([^']+)' is not in struct", message)
+    if not m:
+        return ""
+    bad = m.group(1)
+    from omegaconf import OmegaConf
+
+    from experiments.config import compose
+
+    try:
+        base = compose(config_name, [o for o in overrides if not o.split("=")[0].lstrip("+~").endswith(bad)])
+    except Exception:  # noqa: BLE001 - the suggestion is a courtesy
+        return ""
+    keys = _dotted_keys(OmegaConf.to_container(base, resolve=False))
+    close = difflib.get_close_matches(bad, keys, n=3, cutoff=0.6)
+    if not close:
+        prefix = bad.rsplit(".", 1)[0] + "."
+        close = [k for k in keys if k.startswith(prefix)][:8]
+        return f" (keys under {prefix[:-1]}: {', '.join(close)})" if close else ""
+    return f" (did you mean {' or '.join(close)}?)"
+
+
+def _dotted_keys(tree, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.append(f"{prefix}{k}")
+            out += _dotted_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def hydra_entry(config_name: str, task: Callable) -> Callable[[], None]:
+    """The ``main()`` of a Hydra entry point: composition and the task fail in one line."""
+    import hydra
+
+    from experiments.config import CONFIGS
+
+    def run(cfg) -> None:
+        try:
+            task(cfg)
+        except user_error_types() as e:
+            if _debug[0]:
+                raise
+            report(e)
+            sys.exit(EXIT_USER_ERROR)
+
+    _debug = [False]
+    wrapped = hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)(run)
+
+    def main() -> None:
+        argv = sys.argv[1:]
+        _debug[0] = debugging(argv)
+        sys.argv = [sys.argv[0], *[a for a in argv if a != "--debug"]]
+        if _debug[0]:
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+        quiet_lightning()
+        overrides = sys.argv[1:]
+        if not _debug[0] and not any(a.split("=")[0] in _HYDRA_FLAGS for a in overrides):
+            from experiments.config import compose
+
+            try:  # the same composition Hydra is about to do, so that its errors read as one line
+                compose(config_name, overrides)
+            except user_error_types() as e:
+                report(e, suggest(str(e), config_name, overrides))
+                sys.exit(EXIT_USER_ERROR)
+        wrapped()
+
+    return main
