@@ -44,6 +44,11 @@ def timestep_norm_reference(x, weight, bias, num_groups, eps=1e-5, state=None, m
     count, mean, var = state if state is not None else initial_state(B, G, x.device, dt)
     count, mean, var = count.clone(), mean.to(dt).clone(), var.to(dt).clone()
     m, v = token_group_stats(x, G)
+    # Welford on the mean's offset from a shift K (the incoming mean, or the first token's): a mean of
+    # 1e4 would otherwise swallow the updates delta / count of a long stream below float32 resolution
+    K = torch.where(count[:, None] > 0, mean, m[:, 0] if L else mean)
+    mean, m = mean - K, m - K[:, None]
+    xg_shift = K[..., None]
     xg = x.to(dt).reshape(B, L, G, D // G)
     scale = (weight.to(dt) + 1).reshape(G, D // G)
     shift = bias.to(dt).reshape(G, D // G)
@@ -59,7 +64,7 @@ def timestep_norm_reference(x, weight, bias, num_groups, eps=1e-5, state=None, m
         mean = torch.where(ok[:, None], mean_new, mean)
         var = torch.where(ok[:, None], var_new, var)
         count = c_new
-        y = (xg[:, t] - mean[..., None]) * torch.rsqrt(var[..., None] + eps) * scale + shift
+        y = (xg[:, t] - xg_shift - mean[..., None]) * torch.rsqrt(var[..., None] + eps) * scale + shift
         ys.append(torch.where(ok[:, None, None], y, torch.zeros_like(y)))
     y = torch.stack(ys, 1).reshape(B, L, D) if ys else x.new_zeros(B, 0, D)
-    return y.to(x.dtype), (count, mean, var)
+    return y.to(x.dtype), (count, mean + K, var)
