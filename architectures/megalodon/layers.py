@@ -14,7 +14,8 @@ from einops import rearrange
 from torch import nn
 
 from architectures.common.rotary import apply_rotary
-from kernels import cema, chunk_attention, timestep_norm
+from kernels import cema, cema_step, chunk_attention, timestep_norm
+from kernels.cema import cema_step_coefficients
 
 
 def init_linear_(weight: torch.Tensor, mode: str, dim: int | None = None) -> None:
@@ -114,11 +115,36 @@ class CEMA(nn.Module):
             self.gamma[:, :, 1] = 0.0
         nn.init.trunc_normal_(self.omega, 0.0, 0.25, -1.0, 1.0)
 
+    def _apply(self, fn, recurse=True):
+        """Casts to half precision never reach the EMA parameters: they stay float32 (as in
+        megalodon-jax), since |q|^L over long streams amplifies any rounding of alpha / delta / theta.
+        Device moves and casts to float64 apply."""
+        keep = {n: p.detach().clone() for n, p in self.named_parameters(recurse=False)
+                if p.dtype in (torch.float32, torch.float64)}
+        super()._apply(fn, recurse)
+        for n, p in self.named_parameters(recurse=False):
+            if n in keep and p.dtype in (torch.bfloat16, torch.float16):
+                p.data = keep[n].to(p.device)
+        return self
+
     def forward(self, x, h0=None):
-        """x [B, L, D] -> (y [B, L, D], h_L [B, D, N])."""
+        """x [B, L, D] -> (y [B, L, D], h_L [B, D, N]). One token without autograd (decoding) takes the
+        O(1) recurrence with coefficients computed once per set of weights; otherwise the op (FFT)."""
+        if x.shape[1] == 1 and not torch.is_grad_enabled():
+            y, h = cema_step(x[:, 0], h0, coefficients=self.step_coefficients())
+            return y[:, None], h
         y, h = cema(x.transpose(1, 2), self.alpha, self.delta, self.theta, self.gamma, self.omega, h0=h0,
                     return_state=True, backend=self.backend)
         return y.transpose(1, 2), h
+
+    def step_coefficients(self):
+        """(p, q, gamma_c, omega) for decoding, cached until a parameter changes (its version counter)."""
+        params = [t for t in (self.alpha, self.delta, self.theta, self.gamma, self.omega) if t is not None]
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in params)
+        if getattr(self, "_step_key", None) != key:
+            self._step_coef = cema_step_coefficients(self.alpha, self.delta, self.theta, self.gamma, self.omega)
+            self._step_key = key
+        return self._step_coef
 
 
 class ChunkRotary(nn.Module):

@@ -34,7 +34,12 @@ class OutputLayer(nn.Module):
 
     def forward(self, x, state):
         x, state = self.final_norm(x, state)
-        return self.output(x), state
+        # logits in float32 (float64 models: float64) whatever the model's dtype or autocast (as
+        # megalodon-jax keeps them)
+        dt = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            logits = torch.nn.functional.linear(x.to(dt), self.output.weight.to(dt))
+        return logits, state
 
 
 class Megalodon(Architecture):

@@ -4,7 +4,7 @@ import torch
 
 from kernels._autograd import recompute_grad
 from kernels._dispatch import check, resolve_backend
-from kernels.cema.reference import cema_reference, cema_step_reference
+from kernels.cema.reference import cema_coefficients, cema_reference
 from kernels.cema.torch_impl import cema_fft
 
 
@@ -50,10 +50,24 @@ def cema(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False, back
     return y.to(x.dtype), (h if return_state else None)
 
 
-def cema_step(x_t, h, alpha, delta, theta, gamma, omega):
-    """O(1) decoding step: x_t [B, D], h [B, D, N] complex (or None) -> (y_t [B, D], h')."""
+def cema_step_coefficients(alpha, delta, theta, gamma, omega):
+    """What a decoding step needs, computed once: (p [D, N], q [D, N] complex, gamma_c [D, N] complex,
+    omega [D]). A module caches it while its parameters are unchanged (eval-time decoding)."""
+    p, log_q, gamma_c = cema_coefficients(alpha, delta, theta, gamma)
+    return p, torch.exp(log_q), gamma_c, omega.to(p.dtype).reshape(-1)
+
+
+def cema_step(x_t, h, alpha=None, delta=None, theta=None, gamma=None, omega=None, coefficients=None):
+    """O(1) decoding step: x_t [B, D], h [B, D, N] complex (or None) -> (y_t [B, D], h').
+
+    Pass the parameters, or ``coefficients`` from ``cema_step_coefficients`` to skip recomputing them."""
     check(x_t.dim() == 2, f"cema_step: x_t must be [B, D], got {tuple(x_t.shape)}")
+    if coefficients is None:
+        coefficients = cema_step_coefficients(alpha, delta, theta, gamma, omega)
+    p, q, gamma_c, om = coefficients
     if h is None:
-        dt = torch.complex128 if x_t.dtype == torch.float64 else torch.complex64
-        h = torch.zeros(*x_t.shape, alpha.shape[1], dtype=dt, device=x_t.device)
-    return cema_step_reference(x_t, h, alpha, delta, theta, gamma, omega)
+        h = torch.zeros(*x_t.shape, p.shape[1], dtype=q.dtype, device=x_t.device)
+    xc = x_t.to(p.dtype)
+    h = q * h.to(q.dtype) + p * xc[..., None]
+    y = (gamma_c * h).sum(-1).real + om * xc
+    return y.to(x_t.dtype), h

@@ -11,6 +11,21 @@ from kernels.chunk_attention.reference import chunk_attention_reference
 from kernels.chunk_attention.torch_impl import chunk_attention_sdpa
 
 
+def common_dtype(*tensors):
+    """One dtype for q, k, v and the cache: under autocast (where q/k may arrive in float32 and v in
+    bfloat16) the autocast dtype, as SDPA itself would use; otherwise the promoted dtype. The Triton
+    path's recompute backward runs outside autocast and needs them equal."""
+    present = [t for t in tensors if t is not None]
+    device = present[0].device.type
+    if torch.is_autocast_enabled(device):
+        dt = torch.get_autocast_dtype(device)
+    else:
+        dt = present[0].dtype
+        for t in present[1:]:
+            dt = torch.promote_types(dt, t.dtype)
+    return tuple(None if t is None else t.to(dt) for t in tensors)
+
+
 def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=None, backend=None):
     """Causal attention inside blocks of ``chunk_size`` tokens. q, k, v [B, T, H, d].
 
@@ -37,6 +52,7 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=Non
         if S == 0 or bool(cache_valid.all()):
             cache_valid = None
     b = resolve_backend(backend, q, "chunk_attention")
+    q, k, v, k_cache, v_cache = common_dtype(q, k, v, k_cache, v_cache)
     if b == "reference":
         o, kc, vc = chunk_attention_reference(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)
         return o, (kc, vc)
@@ -46,7 +62,6 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=Non
     from kernels.chunk_attention.triton_impl import chunk_attention_triton_forward
 
     B, T, H, d = q.shape
-    dv = v.shape[-1]
     S = 0 if k_cache is None else k_cache.shape[1]
     sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
     qq = torch.cat([q.new_zeros(B, S, H, d), q], 1) if S else q
@@ -54,13 +69,9 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=Non
     vv = torch.cat([v_cache.to(v.dtype), v], 1) if S else v
 
     def fast(qq, kk, vv):
-        # one head width for the kernel: zero-padding q/k leaves the scores unchanged, and the
-        # padded value columns are dropped
-        w = max(d, dv)
-        flat = [rearrange(torch.nn.functional.pad(t, (0, w - t.shape[-1])), "b t h d -> (b h) t d").contiguous()
-                for t in (qq, kk, vv)]
+        flat = [rearrange(t, "b t h d -> (b h) t d").contiguous() for t in (qq, kk, vv)]
         o = chunk_attention_triton_forward(*flat, chunk_size, sc)
-        return (rearrange(o[..., :dv], "(b h) t d -> b t h d", b=B),)
+        return (rearrange(o, "(b h) t d -> b t h d", b=B),)
 
     def grad_fn(qq, kk, vv):
         return (chunk_attention_sdpa(qq, kk, vv, chunk_size, sc)[0],)

@@ -216,3 +216,24 @@ def test_bad_config_values_fail_clearly():
         Megalodon(**TINY, ema="quaternion")
     with pytest.raises(ValueError, match="norm_num_groups=5 must divide model_dim=32"):
         Megalodon(**{**TINY, "norm_num_groups": 5})
+
+
+def test_decoding_one_token_at_a_time_takes_the_recurrence_and_equals_one_pass():
+    """Without autograd a single token goes through the O(1) CEMA step with cached coefficients (the
+    FFT of length 1 costs ~2x the recurrence); the result equals the one-pass forward, and changed
+    weights invalidate the cache."""
+    net = model()
+    x = tokens(T=30)
+    full, _ = net(x)
+    with torch.no_grad():
+        out, state = net(x[:, :7])
+        outs = [out]
+        for t in range(7, 30):
+            out, state = net(x[:, t : t + 1], state)
+            outs.append(out)
+        torch.testing.assert_close(torch.cat(outs, 1), full.detach(), atol=1e-10, rtol=0)
+        cema = net.layers[0].mega.cema
+        first = cema.step_coefficients()
+        assert cema.step_coefficients() is first  # cached
+        cema.alpha.add_(0.1)
+        assert cema.step_coefficients() is not first  # recomputed for the new weights

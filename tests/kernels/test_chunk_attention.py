@@ -122,3 +122,26 @@ def test_value_width_may_differ_from_query_width(backend, dv, scale):
     o, cache = chunk_attention(q, k, v, 16, scale=scale, backend=backend)
     assert o.shape == (2, 37, 2, dv) and cache[1].shape == (2, 5, 2, dv)
     torch.testing.assert_close(o, per_chunk_naive(q, k, v, 16, 0.25 if scale is None else scale))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dz,dv", [(256, 2048), (16, 40), (40, 8)], ids=["official-mega200m", "dv>d", "dv<d"])
+def test_triton_with_its_own_value_width(dz, dv, monkeypatch):
+    """q/k at their width and values in tiles: the official widths (d_z 256, d_v 2048) at a tiny length,
+    and widths that are no power of two."""
+    from kernels.chunk_attention.triton_impl import tile_sizes
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    g = torch.Generator().manual_seed(5)
+    T, C = 12, 8
+    q, k = (torch.randn(1, T, 1, dz, generator=g) for _ in range(2))
+    v = torch.randn(1, T, 1, dv, generator=g)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    o1, c1 = chunk_attention(*leaves, C, scale=1.0 / dz ** 0.5, backend="triton")
+    o2, c2 = chunk_attention(*leaves, C, scale=1.0 / dz ** 0.5, backend="reference")
+    assert o1.shape == (1, T, 1, dv)
+    assert_close_rms(o1, o2, 1e-5, "o")
+    for a, b in zip(grads([o1], leaves), grads([o2], leaves)):
+        assert_close_rms(a, b, 1e-4, "grad")
+    blocks = tile_sizes(256, 2048, cuda=True)
+    assert blocks["BLOCK_K"] == 256 and blocks["BLOCK_V"] == 128  # no 2048-wide tile, no q/k padding to d_v
