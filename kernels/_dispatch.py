@@ -5,7 +5,12 @@
 * ``reference`` — the readable PyTorch spec (slow loops where the math is a recurrence);
 * ``torch``     — the fast PyTorch path (what runs on CPU);
 * ``triton``    — the Triton kernel (CUDA tensors, or any tensors under ``TRITON_INTERPRET=1``);
-* ``auto``      — ``triton`` for CUDA tensors when Triton is installed, ``torch`` otherwise.
+* ``auto``      — per op, the backend measured fastest on CUDA (``AUTO_ON_CUDA``), ``torch`` elsewhere.
+
+``AUTO_ON_CUDA`` holds only measured choices. Until ``benchmarks/gpu.py`` has timed the Triton
+kernels against the torch paths on a GPU, every op's auto choice is ``torch`` (cuFFT for CEMA,
+cumulative sums for TimestepNorm, fused SDPA for chunk attention); ``backend="triton"`` still
+selects a kernel explicitly.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 ENV_VAR = "LONGLAB_KERNEL_BACKEND"
+# op -> backend for CUDA tensors under "auto": only entries a GPU benchmark has shown faster (none yet)
+AUTO_ON_CUDA: dict[str, str] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +45,8 @@ def resolve_backend(backend: str | None, x: torch.Tensor, op: str) -> str:
     if choice not in BACKENDS:
         raise ValueError(f"{op}: backend={choice!r} is unknown; use one of {BACKENDS} (or set {ENV_VAR})")
     if choice == "auto":
-        return "triton" if x.is_cuda and triton_available() else "torch"
+        pick = AUTO_ON_CUDA.get(op, "torch") if x.is_cuda else "torch"
+        return pick if pick != "triton" or triton_available() else "torch"
     if choice == "triton":
         if not triton_available():
             raise ImportError(

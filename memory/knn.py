@@ -10,7 +10,8 @@ Backends:
 * ``exact`` — torch matmul + top-k on any device (the oracle);
 * ``faiss`` — one index per (row, head): ``flat`` (IndexFlatIP, exact), ``ivf`` (IndexIVFFlat with
   ``nlist``/``nprobe``; trained on the first ``ivf_train_size`` keys, searched exactly until then), or
-  ``hnsw`` (IndexHNSWFlat with ``hnsw_m``/``ef_search``; rebuilt from the ring after evictions). A GPU
+  ``hnsw`` (IndexHNSWFlat with ``hnsw_m``/``ef_search``; it cannot remove: evicted entries are over-fetched
+  and dropped, the index rebuilt from the ring once they reach half of it). A GPU
   index is used when faiss has GPU support and the tensors live on CUDA. faiss is imported lazily;
 
 Dense attention over the whole memory (FoT's ``memory_backend: dense``) needs no search: ``all()``
@@ -68,8 +69,9 @@ class KNNMemory:
         self.values = torch.zeros(batch, heads, C, head_dim, device=device, dtype=dtype)
         self.count = torch.zeros(batch, dtype=torch.int64)  # entries ever written per row (CPU)
         self._indexes: dict[tuple[int, int], object] = {}
-        self._indexed: dict[tuple[int, int], int] = {}  # entries added to each index so far
+        self._indexed: dict[tuple[int, int], tuple[int, int]] = {}  # entry numbers [lo, hi) each index holds
         self._keepalive: dict[tuple[int, int], object] = {}
+        self._on_gpu: dict[tuple[int, int], bool] = {}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -136,6 +138,7 @@ class KNNMemory:
             for h in range(self.H):
                 self._indexes.pop((b, h), None)
                 self._indexed.pop((b, h), None)
+                self._on_gpu.pop((b, h), None)
 
     # ------------------------------------------------------------------ reading
     def all(self):
@@ -156,93 +159,124 @@ class KNNMemory:
         return self.gather(ids)
 
     def gather(self, ids: torch.Tensor):
+        """Keys/values of entry numbers ``ids`` [B, H, T, k] (-1 or evicted: invalid), read from the ring
+        with one contiguous row gather (the ring viewed as [B*H*capacity, d])."""
         B, H, T, k = ids.shape
-        live_from = (self.count - self.capacity).clamp(min=0).to(ids.device)
+        dev = self.keys.device
+        ids = ids.to(dev)
+        live_from = (self.count - self.capacity).clamp(min=0).to(dev)
         valid = (ids >= live_from.view(B, 1, 1, 1)) & (ids >= 0)
-        slots = torch.where(valid, ids % self.capacity, torch.zeros_like(ids)).to(self.keys.device)
-        idx = slots.reshape(B, H, T * k, 1).expand(-1, -1, -1, self.d)
-        kk = torch.gather(self.keys, 2, idx).view(B, H, T, k, self.d)
-        vv = torch.gather(self.values, 2, idx).view(B, H, T, k, self.d)
-        valid = valid.to(self.keys.device)
-        return kk.permute(0, 2, 1, 3, 4), vv.permute(0, 2, 1, 3, 4), valid.permute(0, 2, 1, 3), \
-            torch.where(valid, ids.to(valid.device), torch.full_like(ids, -1).to(valid.device))
+        slots = torch.where(valid, ids % self.capacity, torch.zeros_like(ids))
+        row = (torch.arange(B, device=dev).view(B, 1, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1, 1))
+        flat = (row * self.capacity + slots).permute(0, 2, 1, 3).reshape(-1)  # [B, T, H, k] order
+        kk = self.keys.view(-1, self.d).index_select(0, flat).view(B, T, H, k, self.d)
+        vv = self.values.view(-1, self.d).index_select(0, flat).view(B, T, H, k, self.d)
+        return kk, vv, valid.permute(0, 2, 1, 3), torch.where(valid, ids, torch.full_like(ids, -1))
 
-    def _search_exact(self, queries, k):
-        # slots fill in order before the ring wraps: only the first max(size) slots can be live
-        n = max(1, int(self.size().max()))
-        scores = torch.einsum("bhtd,bhcd->bhtc", queries.to(self.keys.dtype), self.keys[:, :, :n])
-        scores = scores.masked_fill(~self.valid_mask()[:, None, None, :n], float("-inf"))
-        kk = min(k, n)
-        top = scores.topk(kk, dim=-1)
-        slots = top.indices
-        # slot -> entry number: the newest entry in that slot
-        count = self.count.to(slots.device).view(-1, 1, 1, 1)
-        base = (count - 1 - slots) // self.capacity * self.capacity + slots
-        ids = torch.where(torch.isfinite(top.values), base, torch.full_like(base, -1))
-        if kk < k:
-            ids = torch.cat([ids, torch.full((*ids.shape[:-1], k - kk), -1, dtype=ids.dtype, device=ids.device)], -1)
+    def _search_exact(self, queries, k, block: int = 16384):
+        """Exact top-k by blocks of slots: a matmul per block and a running top-k, so the score matrix
+        is never larger than [B, H, T, block] and each top-k runs over block + k candidates."""
+        n = max(1, int(self.size().max()))  # slots fill in order before the ring wraps
+        q = queries.to(self.keys.dtype)
+        live = self.size().to(self.keys.device).view(-1, 1, 1, 1)
+        best_v = best_s = None
+        for lo in range(0, n, block):
+            hi = min(n, lo + block)
+            scores = torch.einsum("bhtd,bhcd->bhtc", q, self.keys[:, :, lo:hi])
+            slots = torch.arange(lo, hi, device=scores.device)
+            scores = scores.masked_fill(slots.view(1, 1, 1, -1) >= live, float("-inf"))
+            kk = min(k, hi - lo)
+            top = scores.topk(kk, dim=-1)
+            cand_v, cand_s = top.values, top.indices + lo
+            if best_v is not None:
+                cand_v, cand_s = torch.cat([best_v, cand_v], -1), torch.cat([best_s, cand_s], -1)
+                top = cand_v.topk(min(k, cand_v.shape[-1]), dim=-1)
+                cand_v, cand_s = top.values, cand_s.gather(-1, top.indices)
+            best_v, best_s = cand_v, cand_s
+        count = self.count.to(best_s.device).view(-1, 1, 1, 1)
+        base = (count - 1 - best_s) // self.capacity * self.capacity + best_s  # slot -> newest entry there
+        ids = torch.where(torch.isfinite(best_v), base, torch.full_like(base, -1))
+        if ids.shape[-1] < k:
+            ids = torch.cat([ids, torch.full((*ids.shape[:-1], k - ids.shape[-1]), -1, dtype=ids.dtype,
+                                             device=ids.device)], -1)
         return ids
 
     # ------------------------------------------------------------------ faiss
+    def _new_index(self, b: int, h: int, live_from: int):
+        faiss, cfg, d = _faiss(), self.cfg, self.d
+        if cfg.index == "flat":
+            idx = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        elif cfg.index == "hnsw":
+            idx = faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+            faiss.downcast_index(idx.index).hnsw.efSearch = cfg.ef_search
+        else:
+            quant = faiss.IndexFlatIP(d)
+            idx = faiss.IndexIVFFlat(quant, d, cfg.nlist, faiss.METRIC_INNER_PRODUCT)  # ids built in
+            idx.nprobe = cfg.nprobe
+            self._keepalive[(b, h)] = quant  # the IVF index does not own its quantizer
+            ids = torch.arange(live_from, int(self.count[b]))
+            if len(ids) >= cfg.ivf_train_size:  # trained on the memory's own live keys
+                idx.train(self._rows(b, h, ids))
+        if self.keys.is_cuda and cfg.index != "hnsw" and hasattr(faiss, "StandardGpuResources"):
+            self._gpu_res = getattr(self, "_gpu_res", None) or faiss.StandardGpuResources()
+            idx = faiss.index_cpu_to_gpu(self._gpu_res, self.keys.device.index or 0, idx)
+            self._on_gpu[(b, h)] = True
+        return idx
+
     def _index_for(self, b: int, h: int):
+        """The (row, head) index, brought up to date: evicted entries leave it (flat / IVF on CPU remove
+        them; HNSW and GPU indexes, which cannot, are rebuilt from the ring once stale entries reach half
+        of them, and searched with k + stale candidates meanwhile); new entries are added."""
         faiss = _faiss()
         faiss.omp_set_num_threads(self.cfg.faiss_threads)
-        cfg, d = self.cfg, self.d
-        key = (b, h)
-        live_from = max(0, int(self.count[b]) - self.capacity)
+        cfg, key = self.cfg, (b, h)
+        count = int(self.count[b])
+        live_from = max(0, count - self.capacity)
         idx = self._indexes.get(key)
-        done = self._indexed.get(key, 0)
-        rebuild = idx is None or done < live_from and cfg.index == "hnsw"
-        if cfg.index == "ivf" and idx is not None and not idx.is_trained and int(self.count[b]) >= cfg.ivf_train_size:
-            rebuild = True
-        if rebuild:
-            done = live_from
-            if cfg.index == "flat":
-                idx = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-            elif cfg.index == "hnsw":
-                idx = faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT))
-                faiss.downcast_index(idx.index).hnsw.efSearch = cfg.ef_search
-            else:
-                quant = faiss.IndexFlatIP(d)
-                idx = faiss.IndexIVFFlat(quant, d, cfg.nlist, faiss.METRIC_INNER_PRODUCT)  # ids built in
-                idx.nprobe = cfg.nprobe
-                self._keepalive[key] = quant  # the IVF index does not own its quantizer
-                n_live = int(self.count[b]) - live_from
-                if n_live >= cfg.ivf_train_size:
-                    ids = torch.arange(live_from, int(self.count[b]))
-                    idx.train(self._rows(b, h, ids))
-            if self.keys.is_cuda and hasattr(faiss, "StandardGpuResources"):
-                self._gpu_res = getattr(self, "_gpu_res", None) or faiss.StandardGpuResources()
-                idx = faiss.index_cpu_to_gpu(self._gpu_res, self.keys.device.index or 0, idx)
-            self._indexes[key] = idx
-        elif done < live_from:  # evicted entries leave the index (flat / ivf support removal)
-            idx.remove_ids(faiss.IDSelectorRange(done, live_from))
-            done = live_from
-        if int(self.count[b]) > done and getattr(idx, "is_trained", True):
-            ids = torch.arange(max(done, live_from), int(self.count[b]))
+        lo, hi = self._indexed.get(key, (live_from, live_from))
+        stale = max(0, live_from - lo)
+        untrained_ivf = cfg.index == "ivf" and idx is not None and not idx.is_trained
+        removable = cfg.index != "hnsw" and not self._on_gpu.get(key, False)
+        if idx is None or (untrained_ivf and count - live_from >= cfg.ivf_train_size) or \
+                (stale and not removable and stale * 2 >= hi - lo):
+            self._on_gpu.pop(key, None)
+            idx, lo, hi = self._new_index(b, h, live_from), live_from, live_from
+        elif stale and removable:
+            idx.remove_ids(faiss.IDSelectorRange(lo, live_from))
+            lo = live_from
+        if getattr(idx, "is_trained", True) and count > hi:
+            ids = torch.arange(max(hi, live_from), count)
             idx.add_with_ids(self._rows(b, h, ids), ids.numpy().astype("int64"))
-        elif not getattr(idx, "is_trained", True):
-            return idx  # an untrained IVF index: searched exactly until it has enough keys
-        self._indexed[key] = int(self.count[b])
-        return idx
+            hi = count
+        self._indexes[key] = idx
+        self._indexed[key] = (lo, hi)
+        return idx, max(0, live_from - lo)
 
     def _rows(self, b, h, ids):
         return self.keys[b, h, (ids % self.capacity).to(self.keys.device)].float().cpu().contiguous().numpy()
 
     def _search_faiss(self, queries, k):
+        """One search call per (row, head) index with all of that row's queries at once; candidates
+        that were evicted after indexing are over-fetched and dropped."""
         B, H, T, _ = queries.shape
         out = torch.full((B, H, T, k), -1, dtype=torch.int64)
-        q = queries.detach().float().cpu()
+        q = queries.detach().float().cpu().contiguous()
         for b in range(B):
             if int(self.count[b]) == 0:
                 continue
+            live_from = max(0, int(self.count[b]) - self.capacity)
             for h in range(H):
-                idx = self._index_for(b, h)
+                idx, stale = self._index_for(b, h)
                 if self.cfg.index == "ivf" and not getattr(idx, "is_trained", True):
-                    out[b, h] = self._exact_row(q[b, h], b, h, k)
+                    out[b, h] = self._exact_row(q[b, h], b, h, k)  # too few keys to train yet
                     continue
-                _, ids = idx.search(q[b, h].contiguous().numpy(), k)
-                out[b, h] = torch.from_numpy(ids)
+                _, ids = idx.search(q[b, h].numpy(), k + stale)
+                ids = torch.from_numpy(ids)
+                if stale:  # keep the first k live ones per query
+                    live = ids >= live_from
+                    order = torch.argsort((~live).to(torch.int8), dim=-1, stable=True)[:, :k]
+                    ids = torch.where(live.gather(-1, order), ids.gather(-1, order), torch.full_like(order, -1))
+                out[b, h] = ids[:, :k]
         return out.to(queries.device)
 
     def _exact_row(self, q, b, h, k):
@@ -274,5 +308,5 @@ class KNNMemory:
         new = KNNMemory.__new__(KNNMemory)
         new.__dict__.update(self.__dict__)
         new.keys, new.values = fn(self.keys), fn(self.values)
-        new._indexes, new._indexed = dict(self._indexes), dict(self._indexed)
+        new._indexes, new._indexed, new._on_gpu = dict(self._indexes), dict(self._indexed), dict(self._on_gpu)
         return new

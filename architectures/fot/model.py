@@ -59,9 +59,11 @@ class WindowAttention(nn.Module):
         return t if self.no_pe else rearrange(self.rotary(rearrange(t, "b n h d -> b h n d"), offset),
                                               "b h n d -> b n h d")
 
-    def forward(self, x, cache, m_state: dict | None, window_pos: int, return_weights: bool = False):
+    def forward(self, x, cache, m_state: dict | None, window_pos: int, return_weights: bool = False,
+                cache_valid: torch.Tensor | None = None):
         """x [B, n, D] continuing the current window at position ``window_pos``; ``cache`` (k, v) of the
-        window's earlier tokens (memory form). ``m_state``: {"memory": KNNMemory} (inference) or
+        window's earlier tokens (memory form); ``cache_valid`` [B, m] False where a cached token belongs
+        to an earlier document of its row. ``m_state``: {"memory": KNNMemory} (inference) or
         {"k", "v", "mask"} (dense extra keys, CrossBatch). Returns out, new cache (memory form) and,
         with ``return_weights`` in a memory layer, the attention weights [B, H, n, M + m + n]."""
         B, n, _ = x.shape
@@ -74,12 +76,16 @@ class WindowAttention(nn.Module):
         weights = None
         if not self.is_memory or m_state is None:
             o, _ = chunk_attention(qr, kr[:, m:], v, self.cfg.window, scale=scale,
-                                   cache=None if not m else (kr[:, :m], v_all[:, :m]))
+                                   cache=None if not m else (kr[:, :m], v_all[:, :m]),
+                                   cache_valid=cache_valid if m else None)
         else:
-            o, weights = self._memory_attention(q, qr, kr, v_all, m, m_state, scale, return_weights)
+            local_valid = None
+            if m and cache_valid is not None:
+                local_valid = torch.cat([cache_valid.to(x.device), cache_valid.new_ones(B, n).to(x.device)], 1)
+            o, weights = self._memory_attention(q, qr, kr, v_all, m, m_state, scale, return_weights, local_valid)
         return self.wo(rearrange(o, "b n h d -> b n (h d)")), (k_all, v_all), weights
 
-    def _memory_attention(self, q, qr, kr, v_all, m, m_state, scale, return_weights):
+    def _memory_attention(self, q, qr, kr, v_all, m, m_state, scale, return_weights, local_valid=None):
         B, n = q.shape[:2]
         if m:  # the op's local part starts at the window's first token: pad the cached query slots
             qr = torch.cat([qr.new_zeros(B, m, *qr.shape[2:]), qr], 1)
@@ -97,9 +103,10 @@ class WindowAttention(nn.Module):
         else:
             mk, mv, mask = m_state["k"], m_state["v"], m_state.get("mask")
         if return_weights:
-            o, w = memory_attention_reference(qr, kr, v_all, mk, mv, mask, scale=scale, return_weights=True)
+            o, w = memory_attention_reference(qr, kr, v_all, mk, mv, mask, scale=scale, return_weights=True,
+                                              local_valid=local_valid)
             return o[:, m:], w
-        return memory_attention(qr, kr, v_all, mk, mv, mask, scale=scale)[:, m:], None
+        return memory_attention(qr, kr, v_all, mk, mv, mask, scale=scale, local_valid=local_valid)[:, m:], None
 
 
 class TokenShift(nn.Module):
@@ -130,12 +137,12 @@ class Block(nn.Module):
         self.shift = TokenShift(cfg.d_model, cfg.token_shift) if cfg.token_shift and not is_memory else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cache, m_state, window_pos, return_weights=False):
+    def forward(self, x, cache, m_state, window_pos, return_weights=False, cache_valid=None):
         """-> x, (kv cache, token-shift history), memory-attention weights (or None)."""
         kv_cache, sh = (None, None) if cache is None else cache
         if self.shift is not None:
             x, sh = self.shift(x, sh)
-        h, kv, weights = self.attn(self.attn_norm(x), kv_cache, m_state, window_pos, return_weights)
+        h, kv, weights = self.attn(self.attn_norm(x), kv_cache, m_state, window_pos, return_weights, cache_valid)
         x = x + self.drop(h)
         return x + self.ffn(self.ffn_norm(x)), (kv, sh), weights
 
@@ -180,36 +187,54 @@ class FocusedTransformer(Architecture):
         if state is None:
             state = {"pos": 0, "kv": [None] * cfg.n_layers, "memory": self.new_memory(B, tokens.device)}
         pos, caches, memories = int(state["pos"]), list(state["kv"]), state["memory"]
+        start = state.get("start")  # per row: where its current document began (after reset_state)
         outs, i = [], 0
         while i < T:
             n = min(T - i, W - pos % W)
             x = self.embed(tokens[:, i : i + n])
+            window_start = pos - pos % W
+            valid = None
+            if start is not None and pos % W:  # cached tokens of this window that precede a row's document
+                valid = torch.arange(window_start, pos)[None, :] >= start[:, None]
             mi = 0
             for li, layer in enumerate(self.layers):
                 m_state = None
                 if li in cfg.memory_layers:
                     m_state = {"memory": memories[mi]}
                     mi += 1
-                x, caches[li], _ = layer(x, caches[li], m_state, pos % W)
+                x, caches[li], _ = layer(x, caches[li], m_state, pos % W, cache_valid=valid)
             outs.append(self.head(self.norm(x)))
             pos, i = pos + n, i + n
             if pos % W == 0:  # the window is complete: write it to memory, clear the local caches
+                keep = None if start is None else torch.arange(window_start, pos)[None, :] >= start[:, None]
                 for mi, li in enumerate(cfg.memory_layers):
                     k, v = caches[li][0]
-                    memories[mi].add(rearrange(k, "b n h d -> b h n d"), rearrange(v, "b n h d -> b h n d"))
+                    memories[mi].add(rearrange(k, "b n h d -> b h n d"), rearrange(v, "b n h d -> b h n d"), keep)
                 caches = [None] * cfg.n_layers
-        return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories}
+        return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories, "start": start}
 
     @property
     def crossbatch_window(self) -> int:
         return self.config.window
 
     def reset_state(self, state: dict | None, rows: torch.Tensor) -> dict | None:
-        """Erase the memory of the rows where a new document starts (single-document evaluation)."""
-        if state is not None and bool(rows.any()):
-            for mem in state["memory"]:
-                mem.reset(rows.cpu())
-        return state
+        """Rows where a new document starts: their memory is erased, the current window's earlier
+        tokens are hidden from them (and never written to their memory), and their token-shift history
+        cleared. Windows stay aligned to the stream."""
+        if state is None or not bool(rows.any()):
+            return state
+        rows = rows.bool().cpu()
+        for mem in state["memory"]:
+            mem.reset(rows)
+        kv = []
+        for cache in state["kv"]:
+            if cache is not None and cache[1] is not None:
+                cache = (cache[0], cache[1].masked_fill(rows.to(cache[1].device)[:, None, None], 0.0))
+            kv.append(cache)
+        start = state.get("start")
+        start = torch.zeros(rows.shape[0], dtype=torch.long) if start is None else start.clone()
+        start[rows] = int(state["pos"])
+        return {**state, "kv": kv, "start": start}
 
     # ------------------------------------------------------------------ CrossBatch training
     def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False):

@@ -11,11 +11,14 @@ from kernels.memory_attention.reference import dense_mask, memory_attention_refe
 from kernels.memory_attention.torch_impl import memory_attention_fast
 
 
-def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=None):
+def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=None, local_valid=None):
     """FoT memory attention: one softmax over causal local keys and extra keys. q, k, v [B, T, H, d].
 
     Dense / CrossBatch: ``mem_k, mem_v`` [B, M, H, d], ``mem_mask`` [B, M] or [B, H, M].
     kNN: ``mem_k, mem_v`` [B, T, H, k, d], ``mem_mask`` [B, T, H, k]. True = valid entry.
+    ``local_valid`` [B, T] (optional): False hides a local key from its row's queries (a row that
+    started a new document inside the window; each query's own key must stay valid). The Triton
+    backend then runs the torch path.
     """
     check(q.dim() == 4 and q.shape == k.shape == v.shape,
           f"memory_attention: q, k, v must share one [B, T, H, d] shape, got {tuple(q.shape)}")
@@ -27,11 +30,16 @@ def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=N
     else:
         check(mem_k.dim() == 5 and mem_k.shape[:3] == (B, T, H) and mem_k.shape[4] == d,
               f"memory_attention: kNN memory must be [B={B}, T={T}, H={H}, k, d={d}], got {tuple(mem_k.shape)}")
+    if local_valid is not None:
+        check(tuple(local_valid.shape) == (B, T), f"memory_attention: local_valid must be [B, T]=[{B}, {T}], "
+              f"got {tuple(local_valid.shape)}")
+        if bool(local_valid.all()):
+            local_valid = None
     b = resolve_backend(backend, q, "memory_attention")
     if b == "reference":
-        return memory_attention_reference(q, k, v, mem_k, mem_v, mem_mask, scale)
-    if b == "torch":
-        return memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask, scale)
+        return memory_attention_reference(q, k, v, mem_k, mem_v, mem_mask, scale, local_valid=local_valid)
+    if b == "torch" or local_valid is not None:
+        return memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask, scale, local_valid)
     from kernels.memory_attention.triton_impl import memory_attention_triton_forward
 
     sc = 1.0 / math.sqrt(d) if scale is None else float(scale)

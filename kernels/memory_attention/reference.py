@@ -37,13 +37,24 @@ def dense_mask(mem_mask, B, H, M, device):
     return mem_mask[:, :, None, :].bool()
 
 
-def memory_attention_reference(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, return_weights=False):
+def local_mask(T: int, device, local_valid=None) -> torch.Tensor:
+    """[T, T] causal, or [B, 1, T, T] with ``local_valid`` [B, T] (False: a key hidden from its row's
+    queries; a query's own key always stays, so no row of scores is empty)."""
+    m = local_causal_mask(T, device)
+    if local_valid is None:
+        return m
+    own = torch.eye(T, dtype=torch.bool, device=device)
+    return m & (local_valid.to(device).bool()[:, None, None, :] | own)
+
+
+def memory_attention_reference(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, return_weights=False,
+                               local_valid=None):
     B, T, H, d = q.shape
     dt = compute_dtype(q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qc, kc, vc = q.to(dt), k.to(dt), v.to(dt)
     local = torch.einsum("bthd,bshd->bhts", qc, kc) * scale
-    local = local.masked_fill(~local_causal_mask(T, q.device), float("-inf"))
+    local = local.masked_fill(~local_mask(T, q.device, local_valid), float("-inf"))
     if mem_k.dim() == 4:  # dense [B, M, H, d]
         M = mem_k.shape[1]
         extra = torch.einsum("bthd,bmhd->bhtm", qc, mem_k.to(dt)) * scale

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from kernels._dispatch import compute_dtype
-from kernels.memory_attention.reference import dense_mask, local_causal_mask
+from kernels.memory_attention.reference import dense_mask, local_mask
 
 
-def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None):
+def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, local_valid=None):
     B, T, H, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if mem_k.dim() == 4:
@@ -27,7 +27,7 @@ def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None):
         vals = torch.cat([mem_v.to(v.dtype), v], 1)
         mask = torch.cat([
             dense_mask(mem_mask, B, H, M, q.device).expand(B, H, T, M),
-            local_causal_mask(T, q.device).expand(B, H, T, T),
+            local_mask(T, q.device, local_valid).expand(B, H, T, T),
         ], -1)
         o = F.scaled_dot_product_attention(
             rearrange(q, "b t h d -> b h t d"), rearrange(keys, "b s h d -> b h s d"),
@@ -37,7 +37,7 @@ def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None):
     dt = compute_dtype(q.dtype)
     qc = q.to(dt)
     local = torch.einsum("bthd,bshd->bhts", qc, k.to(dt)) * scale
-    local = local.masked_fill(~local_causal_mask(T, q.device), float("-inf"))
+    local = local.masked_fill(~local_mask(T, q.device, local_valid), float("-inf"))
     extra = torch.einsum("bthd,bthkd->bhtk", qc, mem_k.to(dt)) * scale
     if mem_mask is not None:
         extra = extra.masked_fill(~mem_mask.bool().permute(0, 2, 1, 3), float("-inf"))

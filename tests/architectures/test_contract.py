@@ -226,3 +226,20 @@ def test_flop_counts_agree_with_torch_flop_counter(model, extra):
     if model in ("transformer_tiny", "megabyte_tiny"):
         assert counts["aten.bmm"] == pytest.approx(2 * terms["attention"], rel=0.05)
     assert net.flops_per_token(256) == pytest.approx(3 * sum(terms.values()))
+
+
+@pytest.mark.parametrize("model", ["fot_tiny", "transformer_tiny", "megalodon_tiny"])
+def test_a_document_starting_inside_a_window_sees_nothing_before_it(model):
+    """reset_state mid-window: what the row read before (its memory, the window's earlier tokens,
+    token-shift history) never reaches the new document's logits, and the memory never stores it."""
+    net = _net(model, torch.float64)
+    x = _tokens(T=100)
+    outs = []
+    for prefix_seed in (5, 6):
+        y = x.clone()
+        y[:, :45] = _tokens(T=45, seed=prefix_seed)  # 45 is inside FoT's 32-token windows
+        _, state = net(y[:, :45])
+        state = net.reset_state(state, torch.tensor([True, True]))
+        out, state = net(y[:, 45:], state)
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=0)

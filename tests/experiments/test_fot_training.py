@@ -100,3 +100,39 @@ def test_tiny_fot_learns_the_dictionary_beyond_chance(tmp_path):
     _, module = load_run(tmp_path / "s2")
     r = dictionary_accuracy(module.net, 2400, 120, query_windows=8, seed=3)
     assert r["accuracy"] > 0.5, r
+
+
+def test_carried_state_training_resets_at_every_document_start_inside_a_window(tiny_corpus, tmp_path):
+    """The memorizing variant on text streams: every document start (not only those on a window's
+    first byte; once 0 resets over ~50 boundaries) resets that row's memory, its window and history."""
+    from experiments.data import ByteCorpus
+    from experiments.data.samplers import DocumentStreams
+    from experiments.training import build_module
+
+    cfg = compose("train", ["model=fot_tiny", "debug=smoke", f"data.path={tiny_corpus}", "data.pattern=**/*.txt",
+                            "data.val_fraction=0.15", "data.test_fraction=0.15", "data.sampler=stream",
+                            "task.carry_state=true", "data.seq_len=256", "data.batch_size=3",
+                            "trainer.max_steps=12", f"run_dir={tmp_path}"])
+    calls = []
+    from memory import KNNMemory
+
+    real = KNNMemory.reset
+
+    def spy(self, rows=None):
+        calls.append(int(torch.as_tensor(rows).sum()))
+        return real(self, rows)
+
+    KNNMemory.reset = spy
+    try:
+        m = train(cfg)
+    finally:
+        KNNMemory.reset = real
+    corpus = ByteCorpus.build_or_load(path=str(tiny_corpus), pattern="**/*.txt", val_fraction=0.15,
+                                      test_fraction=0.15)
+    streams = DocumentStreams(corpus.split("train"), 256, 3, seed=0)
+    starts = [streams.batch(s)["starts"][:, :-1] for s in range(12)]
+    inside = sum(int(s[:, 1:].sum()) for s in starts)
+    expected = inside + sum(int(s[:, 0].sum()) for s in starts[1:])  # step 0 starts from an empty state
+    assert inside >= 5 and m["steps"] == 12
+    n_memory_layers = len(build_module(cfg).net.config.memory_layers)
+    assert sum(calls) == expected * n_memory_layers

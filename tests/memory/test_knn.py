@@ -122,3 +122,32 @@ def test_state_round_trip():
 def test_bad_config_fails_clearly():
     with pytest.raises(ValueError, match="memory backend='annoy' is unknown"):
         MemoryConfig(backend="annoy")
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
+def test_faiss_equals_exact_while_the_memory_overflows(index):
+    """Searches between adds, capacity 16, 200 entries: evicted entries leave every index (they once
+    stayed in it, won the top-k and were masked out: fewer valid neighbours than exact, an unbounded
+    index). IVF with nprobe = nlist and HNSW on a handful of keys are exact here."""
+    g = torch.Generator().manual_seed(4)
+    cfg = dict(capacity=16, nlist=2, nprobe=2, ivf_train_size=8, hnsw_m=16, ef_search=64)
+    exact = KNNMemory(B, H, D, MemoryConfig(backend="exact", **cfg))
+    approx = KNNMemory(B, H, D, MemoryConfig(backend="faiss", index=index, **cfg))
+    for step in range(25):
+        k, v = torch.randn(B, H, 8, D, generator=g), torch.randn(B, H, 8, D, generator=g)
+        exact.add(k, v)
+        approx.add(k, v)
+        q = torch.randn(B, H, 5, D, generator=g)
+        e, a = exact.search(q, 6), approx.search(q, 6)
+        assert int(a[2].sum()) == int(e[2].sum()) == B * H * 5 * 6  # as many valid neighbours as exact
+        assert torch.equal(a[3].sort(-1).values, e[3].sort(-1).values), f"step {step}"
+    for idx in approx._indexes.values():
+        assert idx.ntotal <= 2 * approx.capacity  # bounded: evicted entries left or were rebuilt away
+
+
+def test_blocked_exact_search_equals_one_top_k():
+    mem, all_k, all_v = filled(MemoryConfig(capacity=100), n_add=6, per=20)
+    q = torch.randn(B, H, 7, D, generator=torch.Generator().manual_seed(3))
+    one = mem._search_exact(q, 9, block=10**9)
+    blocks = mem._search_exact(q, 9, block=7)
+    assert torch.equal(one.sort(-1).values, blocks.sort(-1).values)
