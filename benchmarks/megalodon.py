@@ -73,6 +73,26 @@ def streaming_rows(total: int, window: int, width: int, layers: int, chunk: int,
     return rows, params(net)
 
 
+def decode_rows(width: int, layers: int, chunk: int, prompt: int, new: int) -> list[dict]:
+    """Generation bytes/s: before (CEMA's FFT op on one token per call, chunk attention folding the
+    cached chunk with dummy queries) vs after (the O(1) CEMA step with cached coefficients, queries
+    attending to the cache directly)."""
+    from architectures.megalodon.layers import CEMA
+    from experiments.generation import generate
+    from kernels.chunk_attention import torch_impl
+
+    net = build("megalodon", width, layers, chunk).eval()
+    x = torch.randint(0, 256, (1, prompt), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for label, step in (("before: FFT per token, folded cache", False), ("after: step recurrence, direct", True)):
+        CEMA.step_recurrence = torch_impl.DIRECT_CONTINUATION = step
+        r = measure(lambda: generate(net, x, new, temperature=0), repeat=2)
+        rows.append({"path": label, "bytes_s": new / r["wall"], "cpu_bytes_s": new / r["cpu"]})
+    CEMA.step_recurrence = torch_impl.DIRECT_CONTINUATION = True
+    rows[1]["speedup"] = rows[1]["bytes_s"] / rows[0]["bytes_s"]
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
@@ -82,7 +102,14 @@ def main():
     ap.add_argument("--tokens-per-step", type=int, default=32768)
     ap.add_argument("--stream-bytes", type=int, default=1 << 20)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="only the generation table")
     a = ap.parse_args()
+    drows = decode_rows(a.width, a.layers, 256, 64, 256 if a.quick else 1024)
+    print(f"## generation (greedy, batch 1, width {a.width}, {a.layers} layers, chunk 256)")
+    print(table(drows, [("path", "decoding path", "{}"), ("bytes_s", "bytes/s", "{:,.0f}"),
+                        ("cpu_bytes_s", "bytes/CPU-s", "{:,.0f}"), ("speedup", "speed-up", "{:.2f}x")]) + "\n")
+    if a.decode_only:
+        return
     if a.quick:
         a.contexts, a.chunks, a.tokens_per_step, a.stream_bytes = [256, 1024], [128], 2048, 1 << 16
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU; one forward+backward "

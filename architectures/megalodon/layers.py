@@ -91,6 +91,8 @@ class TimestepNorm(nn.Module):
 class CEMA(nn.Module):
     """Multi-dimensional damped EMA; complex (Megalodon) or real (MEGA, no theta, real gamma)."""
 
+    step_recurrence = True  # decode single tokens by the O(1) step (False: the op, for comparisons)
+
     def __init__(self, dim: int, ndim: int, complex_: bool = True, backend: str | None = None):
         super().__init__()
         self.dim, self.ndim, self.backend = dim, ndim, backend
@@ -130,7 +132,7 @@ class CEMA(nn.Module):
     def forward(self, x, h0=None):
         """x [B, L, D] -> (y [B, L, D], h_L [B, D, N]). One token without autograd (decoding) takes the
         O(1) recurrence with coefficients computed once per set of weights; otherwise the op (FFT)."""
-        if x.shape[1] == 1 and not torch.is_grad_enabled():
+        if x.shape[1] == 1 and not torch.is_grad_enabled() and self.step_recurrence:
             y, h = cema_step(x[:, 0], h0, coefficients=self.step_coefficients())
             return y[:, None], h
         y, h = cema(x.transpose(1, 2), self.alpha, self.delta, self.theta, self.gamma, self.omega, h0=h0,

@@ -27,6 +27,9 @@ def _sdpa(q, k, v, scale):
     return F.scaled_dot_product_attention(q, k, vp, is_causal=True, scale=scale)[..., :dv]
 
 
+DIRECT_CONTINUATION = True  # False: queries continuing a cached chunk take the fold path (comparisons)
+
+
 def _continue_masked(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid):
     """The queries that continue the cached chunk, with some cached keys hidden per row: one SDPA call
     with an explicit mask; the queries after the chunk boundary go through the fast path."""
@@ -51,8 +54,11 @@ def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=
     B, T, H, d = q.shape
     C = chunk_size
     S = 0 if k_cache is None else k_cache.shape[1]
-    if S and cache_valid is not None and not bool(cache_valid.all()):
-        return _continue_masked(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)
+    if S and ((cache_valid is not None and not bool(cache_valid.all())) or (DIRECT_CONTINUATION and S + T <= C)):
+        # continuing the cached chunk (decoding, streaming): the queries attend to cache + new keys
+        # directly, without the S dummy queries and width padding of the fold below (O(S) per token)
+        return _continue_masked(q, k, v, chunk_size, scale, k_cache, v_cache,
+                                cache_valid if cache_valid is not None else k_cache.new_ones(B, S, dtype=torch.bool))
     if S:  # v may have its own head width d_v
         q = torch.cat([q.new_zeros(B, S, H, d), q], 1)
         k = torch.cat([k_cache.to(k.dtype), k], 1)
