@@ -36,6 +36,12 @@ def fot(cell: Path, spec: EvalSpec, out: str) -> dict:
     return run(compose("fot_eval", _entry_overrides(cell, spec, out)))
 
 
+def longeval(cell: Path, spec: EvalSpec, out: str) -> dict:
+    from experiments.long_context import run
+
+    return run(compose("longeval", [f"run_dir='{cell}'", f"out='{out}'", *spec.overrides]))
+
+
 @torch.no_grad()
 def generation(cell: Path, spec: EvalSpec, out: str) -> dict:
     """Bytes per second of sampling ``spec.bytes`` bytes after a fixed prompt, batch 1."""
@@ -56,4 +62,5 @@ EVALUATIONS: dict[str, Callable[[Path, EvalSpec, str], dict]] = {
     "stream": stream,
     "fot": fot,
     "generation": generation,
+    "longeval": longeval,
 }

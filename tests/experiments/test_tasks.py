@@ -1,0 +1,96 @@
+"""The long-context tasks: generators (answers recoverable, depths honoured, seeds reproducible), the
+evaluator (an oracle scores 1, a random model chance, lengths past max_len are n/a), training on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.data.tasks import TASKS, TaskBatches, make
+from experiments.long_context import run, score
+from experiments.train import train
+from tests.conftest import compose
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("length", [300, 4096])
+def test_answers_are_recoverable_from_the_context_and_depths_honoured(task, length):
+    needles = []
+    for depth in (0.0, 0.5, 1.0):
+        s = make(task, length, depth, seed=3)
+        assert len(s.tokens) == length and s.answer.sum() > 0
+        context = bytes(s.tokens[: int(np.argmax(s.answer))])
+        answer = s.answer_text
+        if task == "passkey":
+            assert context.count(answer) == 2  # written twice in the needle, asked once
+        elif task == "dictionary":
+            key = context[-5:-1]  # "?abcd:" -> the record "[abcd:" holds the answer
+            assert context.count(b"[" + key + b":" + answer + b"]") == 1
+        else:
+            queries = bytes(s.tokens[-64:])
+            for j in range(8):
+                q = queries[j * 8 : j * 8 + 8]
+                assert q[:5] + q[5:7] + b"," in bytes(s.tokens[:-64])
+        needles.append(s.needle)
+    assert needles[0] < needles[1] < needles[2] and needles[2] >= 0.5 * length  # the needle sits at the depth
+    assert needles[0] <= 0.1 * length or task != "passkey"
+    assert np.array_equal(make(task, length, 0.3, 7).tokens, make(task, length, 0.3, 7).tokens)
+    assert not np.array_equal(make(task, length, 0.3, 7).tokens, make(task, length, 0.3, 8).tokens)
+
+
+class Oracle(torch.nn.Module):
+    """Knows every document: predicts the true next byte (a model that is given the answer)."""
+
+    max_len = None
+
+    def __init__(self, docs):
+        super().__init__()
+        self.docs = docs
+
+    def forward(self, tokens, state=None):
+        pos = 0 if state is None else state
+        nxt = self.docs[:, pos + 1 : pos + 1 + tokens.shape[1]]
+        nxt = torch.cat([nxt, nxt.new_zeros(nxt.shape[0], tokens.shape[1] - nxt.shape[1])], 1)
+        return torch.nn.functional.one_hot(nxt, 256).float(), pos + tokens.shape[1]
+
+
+def test_the_evaluator_scores_an_oracle_1_and_a_random_model_at_chance():
+    depths, samples, L = [0.0, 1.0], 2, 512
+    docs = torch.from_numpy(np.stack([make("passkey", L, d, s).tokens for d in depths for s in range(samples)]))
+    r = score(Oracle(docs.long()), "passkey", [L], depths, samples, window=100, device=torch.device("cpu"))
+    assert r["accuracy"]["512"] == {"0.0": 1.0, "1.0": 1.0}
+    from architectures.transformer import Transformer
+
+    torch.manual_seed(0)
+    rand = Transformer(d_model=32, n_layers=1, n_heads=2, kv_window=128).eval()
+    r = score(rand, "passkey", [L], depths, samples, window=128, device=torch.device("cpu"))
+    assert all(v == 0.0 for v in r["accuracy"]["512"].values())
+    assert all(v < 0.3 for v in r["byte_accuracy"]["512"].values())  # ten digits: chance 0.1 per byte
+
+
+def test_lengths_past_a_models_max_len_are_not_applicable():
+    from architectures.megabyte import Megabyte
+
+    net = Megabyte(patch_size=4, d_global=8, d_local=16, global_layers=1, global_heads=2, local_layers=1,
+                   local_heads=2, max_len=600).eval()
+    r = score(net, "recall", [512, 2048], [0.5], 1, window=256, device=torch.device("cpu"))
+    assert r["accuracy"]["2048"] == {"0.5": None} and r["accuracy"]["512"]["0.5"] is not None
+
+
+def test_task_batches_score_the_answer_bytes_only():
+    b = TaskBatches(list(TASKS), 255, 6, seed=1).batch(3)
+    assert b["tokens"].shape == (6, 256) and b["loss_mask"].shape == (6, 255)
+    assert 4 <= int(b["loss_mask"].sum(1).min()) and int(b["loss_mask"].sum(1).max()) <= 16
+    assert torch.equal(b["tokens"], TaskBatches(list(TASKS), 255, 6, seed=1).batch(3)["tokens"])
+
+
+def test_any_run_is_scored_with_one_command(tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose("train", ["data=tasks", "debug=smoke", "data.seq_len=256", f"run_dir={run_dir}"]))
+    out = run(compose("longeval", [f"run_dir={run_dir}", "lengths=[300,600]", "depths=[0,1]", "samples=1"]))
+    assert set(out) == set(TASKS)
+    saved = json.loads((run_dir / "longeval" / "passkey.json").read_text())
+    assert set(saved["accuracy"]) == {"300", "600"} and (run_dir / "longeval" / "passkey.png").exists()
