@@ -60,8 +60,10 @@ def score(net, task: str, lengths: list[int], depths: list[float], samples: int,
         byte_acc[key] = {str(d): float(v) for d, v in zip(depths, per_byte.tolist())}
         done += L * len(docs)
     reached = [a for row in acc.values() for a in row.values() if a is not None]
+    by_length = {L: (None if any(v is None for v in row.values()) else float(np.mean(list(row.values()))))
+                 for L, row in acc.items()}
     return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples, "window": window,
-            "accuracy": acc, "byte_accuracy": byte_acc,
+            "accuracy": acc, "byte_accuracy": byte_acc, "mean_by_length": by_length,
             "mean_accuracy": float(np.mean(reached)) if reached else None}
 
 
@@ -114,5 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             for L, row in r["accuracy"].items()))
         results[task] = r
     if cfg.get("out"):
-        write_json(Path(cfg.run_dir) / cfg.out, {**results, "tasks": tasks})
+        curve = [{"task": t, "length": int(L), "accuracy": v} for t, r in results.items()
+                 for L, v in r["mean_by_length"].items() if v is not None]
+        write_json(Path(cfg.run_dir) / cfg.out, {**results, "tasks": tasks, "curve": curve})
     return results

@@ -83,24 +83,35 @@ class Megalodon(Architecture):
 
     # ------------------------------------------------------------------ official long-context evaluation
     def _forward_with_stat_window(self, tokens, state):
-        """Split at refresh points; at each, recompute every TimestepNorm state on the last
-        ``tsn_window_chunks`` chunks from a fresh state (the official ``inference`` procedure)."""
+        """The official ``inference`` procedure: chunks are read ``tsn_refresh_every`` at a time and,
+        once ``tsn_window_start`` chunks are done, every TimestepNorm state is replaced after each such
+        group by statistics recomputed from a fresh state on the last ``tsn_window_chunks`` chunks; when
+        the input ends in a partial chunk after an odd number of chunks, the official loop's last group
+        is a single chunk and is refreshed too. Identical to the official loop for any length when the
+        whole input is one call, or is streamed in calls that are multiples of the refresh group
+        (``tsn_refresh_every * chunk_size`` bytes). A state made with the window off has no history:
+        the window then starts from the next token."""
         cfg = self.config
         C, every, start = cfg.chunk_size, cfg.tsn_refresh_every * cfg.chunk_size, cfg.tsn_window_start * cfg.chunk_size
         window = cfg.tsn_window_chunks * C
         pos = 0 if state is None else int(state["pos"])
-        history = tokens[:, :0] if state is None else state["history"]
+        history = tokens[:, :0] if state is None or state.get("history") is None else state["history"]
+        end = pos + tokens.shape[1]
+        last_full = end // C * C  # a refresh point of the official loop when a remainder follows
+        odd_tail = end % C != 0 and last_full % every != 0 and last_full > pos
         outs, i = [], 0
         while i < tokens.shape[1]:
             nxt = (pos // every + 1) * every  # the next refresh boundary
+            if odd_tail and pos < last_full < nxt:
+                nxt = last_full
             piece = tokens[:, i : i + (nxt - pos)]
-            inner_in = None if state is None else {k: state[k] for k in ("pos", "layers", "final", "start")}
+            inner_in = None if state is None else {k: state.get(k) for k in ("pos", "layers", "final", "start")}
             logits, inner = self._run(piece, inner_in)
             outs.append(logits)
             history = torch.cat([history, piece], 1)[:, -window:]
             pos += piece.shape[1]
             i += piece.shape[1]
-            if pos % every == 0 and pos >= start:
+            if (pos % every == 0 or (odd_tail and pos == last_full)) and pos >= start:
                 _, fresh = self._run(history, None)
                 for st, fr in zip(inner["layers"], fresh["layers"]):
                     st["norm"] = fr["norm"]

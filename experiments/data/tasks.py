@@ -127,13 +127,17 @@ def make(task: str, length: int, depth: float, seed: int) -> Sample:
 class TaskBatches:
     """Training batches of task documents as a pure function of (seed, step, rank): each row one
     document of ``seq_len + 1`` bytes, its task drawn from ``tasks`` and its depth uniformly;
-    ``loss_mask`` scores the answer bytes only."""
+    ``loss_on`` = ``answers`` scores the answer bytes only, ``all`` every byte (plain language
+    modelling of the documents: the repeated pass key and the records teach copying)."""
 
     def __init__(self, tasks: list[str], seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, loss_on: str = "all"):
         unknown = sorted(set(tasks) - set(GENERATORS))
         if unknown or not tasks:
             raise ValueError(f"data.tasks={list(tasks)}: use some of {list(GENERATORS)}")
+        if loss_on not in ("all", "answers"):
+            raise ValueError(f"data.loss_on={loss_on!r}; use all or answers")
+        self.loss_on = loss_on
         self.tasks, self.seq_len, self.batch_size = list(tasks), seq_len, batch_size
         self.seed, self.rank, self.world = seed, rank, world_size
 
@@ -145,18 +149,23 @@ class TaskBatches:
             s = GENERATORS[task](self.seq_len + 1, float(rng.random()), rng)
             toks.append(s.tokens.astype(np.int64))
             masks.append(s.answer[1:])
-        return {"tokens": torch.from_numpy(np.stack(toks)), "loss_mask": torch.from_numpy(np.stack(masks))}
+        out = {"tokens": torch.from_numpy(np.stack(toks))}
+        if self.loss_on == "answers":
+            out["loss_mask"] = torch.from_numpy(np.stack(masks))
+        return out
 
 
 class TaskDataModule(L.LightningDataModule):
+    """Training on ``loss_on`` bytes; validation always on the answer bytes (val/acc: answer accuracy)."""
+
     def __init__(self, tasks: list[str] = TASKS, seq_len: int = 1024, batch_size: int = 16, seed: int = 0,
-                 val_batches: int = 4, eval_seed: int = 1234, vocab_size: int = 256):
+                 val_batches: int = 4, eval_seed: int = 1234, vocab_size: int = 256, loss_on: str = "all"):
         super().__init__()
         if vocab_size != 256:
             raise ValueError(f"data.vocab_size={vocab_size}: the long-context tasks are byte-level (256)")
-        self.tasks, self.seq_len, self.batch_size = list(tasks), seq_len, batch_size
+        self.tasks, self.seq_len, self.batch_size, self.loss_on = list(tasks), seq_len, batch_size, loss_on
         self.seed, self.val_batches, self.eval_seed = seed, val_batches, eval_seed
-        TaskBatches(self.tasks, seq_len, batch_size, seed).batch(0)  # fail now on a bad task or length
+        TaskBatches(self.tasks, seq_len, batch_size, seed, loss_on=loss_on).batch(0)  # fail now on bad values
 
     def _rank(self):
         t = self.trainer
@@ -165,11 +174,11 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self):
         rank, world = self._rank()
         start = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
-        return DataLoader(StepBatches(TaskBatches(self.tasks, self.seq_len, self.batch_size, self.seed, rank, world),
-                                      start=start), batch_size=None)
+        b = TaskBatches(self.tasks, self.seq_len, self.batch_size, self.seed, rank, world, self.loss_on)
+        return DataLoader(StepBatches(b, start=start), batch_size=None)
 
     def val_dataloader(self):
         rank, world = self._rank()
-        b = TaskBatches(self.tasks, self.seq_len, self.batch_size, self.eval_seed)
+        b = TaskBatches(self.tasks, self.seq_len, self.batch_size, self.eval_seed, loss_on="answers")
         return DataLoader(StepBatches(b, count=len(range(rank, self.val_batches, world)), stride=world, offset=rank),
                           batch_size=None)

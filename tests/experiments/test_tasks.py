@@ -81,7 +81,7 @@ def test_lengths_past_a_models_max_len_are_not_applicable():
 
 
 def test_task_batches_score_the_answer_bytes_only():
-    b = TaskBatches(list(TASKS), 255, 6, seed=1).batch(3)
+    b = TaskBatches(list(TASKS), 255, 6, seed=1, loss_on="answers").batch(3)
     assert b["tokens"].shape == (6, 256) and b["loss_mask"].shape == (6, 255)
     assert 4 <= int(b["loss_mask"].sum(1).min()) and int(b["loss_mask"].sum(1).max()) <= 16
     assert torch.equal(b["tokens"], TaskBatches(list(TASKS), 255, 6, seed=1).batch(3)["tokens"])
