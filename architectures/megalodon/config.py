@@ -39,7 +39,8 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
     init_mode: str = "he"
     dropout: float = 0.0
     hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
+    attention_dropout: float = 0.0  # on the attention weights after the softmax (official), or DropKey
+    attention_dropout_mode: str = "post_softmax"  # post_softmax | dropkey (keys dropped before the softmax)
     ema: str = "complex"
     norm: str = "timestep"
     residual: str = "two_hop"
@@ -75,9 +76,9 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
         need(self.init_mode in ("he", "bert", "gaussian", "xavier"), f"init_mode={self.init_mode!r} is unknown")
         for name in ("dropout", "hidden_dropout"):
             need(0.0 <= getattr(self, name) < 1.0, f"{name}={getattr(self, name)} must be in [0, 1)")
-        need(self.attention_dropout == 0.0,
-             f"attention_dropout={self.attention_dropout}: dropout on attention weights is not implemented "
-             "by the shared chunk_attention kernel; use dropout / hidden_dropout")
+        need(0.0 <= self.attention_dropout < 1.0, f"attention_dropout={self.attention_dropout} must be in [0, 1)")
+        need(self.attention_dropout_mode in ("post_softmax", "dropkey"),
+             f"attention_dropout_mode={self.attention_dropout_mode!r}; use post_softmax (official) or dropkey")
         need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
         need(self.tsn_window_chunks >= 0, f"tsn_window_chunks={self.tsn_window_chunks} must be >= 0")
         if self.tsn_window_chunks:

@@ -217,7 +217,9 @@ class MovingAverageGatedAttention(nn.Module):
             S = cache[0].shape[1]
             cache_valid = torch.arange(pos - S, pos, device=x.device)[None, :] >= start.to(x.device)[:, None]
         o, kv = chunk_attention(q, k, v, cfg.chunk_size, scale=scale, cache=cache, cache_valid=cache_valid,
-                                backend=cfg.kernel_backend)
+                                backend=cfg.kernel_backend,
+                                dropout_p=cfg.attention_dropout if self.training else 0.0,
+                                dropout_mode=cfg.attention_dropout_mode)
         o = self.hidden_dropout(rearrange(o, "b l h d -> b l (h d)") * r)
         out = self.dropout(self.wh1(mx) + self.wh2(o)) + x
         return out, {"kv": kv, "norm": norm_state, "ema": h}

@@ -8,7 +8,7 @@ from einops import rearrange
 from kernels._autograd import recompute_grad
 from kernels._dispatch import check, resolve_backend
 from kernels.chunk_attention.reference import chunk_attention_reference
-from kernels.chunk_attention.torch_impl import chunk_attention_sdpa
+from kernels.chunk_attention.torch_impl import chunk_attention_dropout, chunk_attention_sdpa
 
 
 def common_dtype(*tensors):
@@ -26,7 +26,8 @@ def common_dtype(*tensors):
     return tuple(None if t is None else t.to(dt) for t in tensors)
 
 
-def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=None, backend=None):
+def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=None, backend=None,
+                    dropout_p: float = 0.0, dropout_mode: str = "post_softmax"):
     """Causal attention inside blocks of ``chunk_size`` tokens. q, k, v [B, T, H, d].
 
     ``cache`` = (k, v) [B, S, H, d] of the current chunk's earlier tokens (S < chunk_size): the queries
@@ -34,7 +35,13 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=Non
     holds the unfinished last chunk, empty on a chunk boundary. ``scale`` None means 1/sqrt(d).
     ``cache_valid`` [B, S] (optional): False hides a cached token from every query of its row (a row
     that started a new document inside the current chunk); the Triton backend then runs the torch path.
+    ``dropout_p`` (training only): ``post_softmax`` drops attention weights after the softmax (the
+    official code), ``dropkey`` drops keys before it (a query always keeps its own key); both run
+    on the torch path.
     """
+    check(0.0 <= dropout_p < 1.0, f"chunk_attention: dropout_p={dropout_p} must be in [0, 1)")
+    check(dropout_mode in ("post_softmax", "dropkey"),
+          f"chunk_attention: dropout_mode={dropout_mode!r}; use post_softmax or dropkey")
     check(q.dim() == 4 and q.shape == k.shape and v.dim() == 4 and v.shape[:3] == q.shape[:3],
           f"chunk_attention: q, k must be [B, T, H, d] and v [B, T, H, d_v], got {tuple(q.shape)}, "
           f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -55,6 +62,10 @@ def chunk_attention(q, k, v, chunk_size, scale=None, cache=None, cache_valid=Non
     q, k, v, k_cache, v_cache = common_dtype(q, k, v, k_cache, v_cache)
     if b == "reference":
         o, kc, vc = chunk_attention_reference(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)
+        return o, (kc, vc)
+    if dropout_p > 0:
+        o, kc, vc = chunk_attention_dropout(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid, dropout_p,
+                                            dropout_mode)
         return o, (kc, vc)
     if b == "torch" or cache_valid is not None:
         o, kc, vc = chunk_attention_sdpa(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid)

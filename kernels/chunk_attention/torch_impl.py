@@ -79,3 +79,37 @@ def chunk_attention_sdpa(q, k, v, chunk_size, scale=None, k_cache=None, v_cache=
     o = rearrange(o, "(b n) h c d -> b (n c) h d", n=n)[:, S:total]
     keep = total % C
     return o, k[:, total - keep : total], v[:, total - keep : total]
+
+
+def chunk_attention_dropout(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid, p, mode):
+    """Chunked attention with dropout (training): the cache joined to the keys, chunks folded into the
+    batch, an explicit [C, C] mask per chunk. ``post_softmax`` drops weights after the softmax and
+    rescales by 1/(1-p); ``dropkey`` drops keys before it (never a query's own)."""
+    B, T, H, d = q.shape
+    C = chunk_size
+    S = 0 if k_cache is None else k_cache.shape[1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if S:
+        q = torch.cat([q.new_zeros(B, S, H, d), q], 1)
+        k, v = torch.cat([k_cache.to(k.dtype), k], 1), torch.cat([v_cache.to(v.dtype), v], 1)
+    total = S + T
+    n = (total + C - 1) // C
+    pad = n * C - total
+    valid = torch.ones(B, n * C, dtype=torch.bool, device=q.device)
+    if S and cache_valid is not None:
+        valid[:, :S] = cache_valid.to(q.device).bool()
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+    fold = "b (n c) h d -> (b n) h c d"
+    qf, kf, vf = (rearrange(t, fold, c=C) for t in (q, k, v))
+    mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()[None, None] & \
+        rearrange(valid, "b (n c) -> (b n) 1 1 c", c=C)
+    own = torch.eye(C, dtype=torch.bool, device=q.device)
+    if mode == "dropkey":
+        keep = torch.rand(mask.shape[0], H, C, C, device=q.device) >= p
+        o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask & (keep | own), scale=scale)
+    else:
+        o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask | own, scale=scale, dropout_p=p)
+    o = rearrange(o, "(b n) h c d -> b (n c) h d", n=n)[:, S:total]
+    keep_n = total % C
+    return o, k[:, total - keep_n : total], v[:, total - keep_n : total]

@@ -283,3 +283,29 @@ def test_the_statistics_window_is_the_official_inference_loop_for_every_length()
     _, off_state = plain(x[:, :10])
     out, _ = windowed(x[:, 10:20], off_state)  # no KeyError: the window starts from here
     assert out.shape == (2, 10, 256)
+
+
+@pytest.mark.parametrize("mode", ["post_softmax", "dropkey"])
+def test_attention_dropout_in_training_only(mode):
+    """The official recipe's attention dropout (after the softmax), and DropKey (before it)."""
+    net = model(torch.float32, attention_dropout=0.3, attention_dropout_mode=mode)
+    ref = model(torch.float32)
+    x = tokens(T=40)
+    torch.testing.assert_close(net(x)[0], ref(x)[0])  # eval: no dropout
+    net.train()
+    torch.manual_seed(0)
+    a, _ = net(x)
+    torch.manual_seed(1)
+    b, _ = net(x)
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    a.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_official_configs_with_attention_dropout_load():
+    from architectures.megalodon import config_from_official
+
+    cfg = config_from_official({"vocab_size": 256, "model_dim": 64, "num_layers": 1, "z_dim": 32, "value_dim": 64,
+                                "ffn_hidden_dim": 64, "chunk_size": 16, "norm_num_groups": 4,
+                                "attention_dropout": 0.1, "efficient_attn": "fused"})
+    assert cfg.attention_dropout == 0.1 and cfg.attention_dropout_mode == "post_softmax"
