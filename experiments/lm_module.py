@@ -17,6 +17,7 @@ from architectures.contract import LanguageModel, check
 from experiments.config import build, optim_config, to_plain
 from experiments.crossbatch import CrossBatch
 from experiments.metrics import Accuracy, BitsPerByte, MeanNLL, Perplexity
+from experiments.parallel import receive_state, send_state, sequence_group, span
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -84,11 +85,17 @@ class CausalLMModule(L.LightningModule):
         carry_state: bool = False,
         ignore_index: int = -100,
         crossbatch: dict | None = None,
+        sequence_parallel: int = 1,
     ):
         super().__init__()
+        if sequence_parallel > 1 and (carry_state or crossbatch):
+            raise ValueError(f"parallel.sequence={sequence_parallel} splits each sequence across ranks; it cannot "
+                             "be combined with task.carry_state or task.crossbatch")
+        self.sequence_parallel = int(sequence_parallel)
         net, optim, crossbatch = to_plain(net), to_plain(optim) or {}, to_plain(crossbatch) or None
         self.save_hyperparameters({"net": net, "optim": optim, "carry_state": carry_state,
-                                   "ignore_index": ignore_index, "crossbatch": crossbatch})
+                                   "ignore_index": ignore_index, "crossbatch": crossbatch,
+                                   "sequence_parallel": int(sequence_parallel)})
         self.net: LanguageModel = check(build(net))
         self.optim_cfg = optim_config(optim)
         self.crossbatch = CrossBatch(self.net, crossbatch) if crossbatch else None
@@ -138,9 +145,16 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         state = self._state if self.carry_state else None
+        group = None
+        if self.sequence_parallel > 1:  # this rank's span; the previous rank's final state
+            group = sequence_group(self.global_rank, self.trainer.world_size, self.sequence_parallel)
+            batch = {**batch, "tokens": span(batch["tokens"], group)}
+            state, link = receive_state(group, self.device)
         nll, mask, state, hits = self.nll(batch, state)
         # mean over scored targets; a batch without any (e.g. a window of definitions only) gives 0
         loss = (nll * mask).sum() / mask.sum().clamp(min=1)
+        if group is not None:  # the next rank starts from this rank's final state (and returns its gradient)
+            loss = loss + link + send_state(state, group).to(loss.device)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step} "

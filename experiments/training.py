@@ -21,6 +21,7 @@ from experiments.config import build, bytes_per_update, write_json
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.lm_module import CausalLMModule, peak_memory_mb
 from experiments.loggers import plot_loss_curve, trim_metrics_csv
+from experiments.parallel import sequence_group
 from experiments.progress import LineProgress, wants_line_progress
 
 
@@ -50,9 +51,14 @@ def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
     return missing
 
 
+def sequence_parallel(cfg: DictConfig) -> int:
+    """``parallel.sequence``: the ranks that split each sequence (1: no chunk parallelism)."""
+    return int((cfg.get("parallel") or {}).get("sequence", 1))
+
+
 def build_module(cfg: DictConfig) -> CausalLMModule:
     return CausalLMModule(net=cfg.model.net, optim=cfg.optim, carry_state=cfg.task.carry_state,
-                          crossbatch=cfg.task.get("crossbatch"))
+                          crossbatch=cfg.task.get("crossbatch"), sequence_parallel=sequence_parallel(cfg))
 
 
 def optim_changes(saved: dict | None, current: dict) -> list[str]:
@@ -85,6 +91,16 @@ def check_run_config(cfg: DictConfig) -> None:
     if warmup > (cfg.optim.get("max_steps") or steps):
         raise ValueError(f"optim.warmup_steps={warmup} is longer than the run ({cfg.optim.get('max_steps') or steps} "
                          "steps): the learning rate would never reach optim.lr; lower optim.warmup_steps")
+    n = sequence_parallel(cfg)
+    if n < 1:
+        raise ValueError(f"parallel.sequence={n} must be an integer >= 1 (the ranks that split each sequence)")
+    if n > 1:
+        seq_len = int(cfg.data.get("seq_len") or 0)
+        if seq_len % n:
+            raise ValueError(f"data.seq_len={seq_len} must be a multiple of parallel.sequence={n} (one span per rank)")
+        if cfg.data.get("sample_len"):
+            raise ValueError(f"parallel.sequence={n} splits each row of data.seq_len bytes; data.sample_len="
+                             f"{cfg.data.sample_len} cuts samples into rows first: leave data.sample_len unset")
 
 
 def launched_rank() -> int:
@@ -101,6 +117,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_run_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
+    datamodule.sequence_parallel = sequence_parallel(cfg)  # the ranks of a sequence group share rows
     datamodule.setup("fit")  # build (or load) the corpus and check its windows before any Trainer exists
     module = build_module(cfg)
     if cfg.task.carry_state and module.net.max_len is not None:
@@ -133,10 +150,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if wants_line_progress(bool(cfg.trainer.get("enable_progress_bar", True))):
         callbacks.append(LineProgress())
         extra["enable_progress_bar"] = False  # a bar's carriage returns make a log file unreadable
+    if sequence_parallel(cfg) > 1 and cfg.trainer.get("strategy") == "ddp":
+        # a later span may leave parameters unused (MEGABYTE's pad patch starts a sequence only)
+        extra["strategy"] = "ddp_find_unused_parameters_true"
     trainer: L.Trainer = build(
         cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir), **extra,
     )
+    if sequence_parallel(cfg) > 1:  # the process count must split into sequence groups: fail before fit
+        sequence_group(trainer.global_rank, trainer.world_size, sequence_parallel(cfg))
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
@@ -172,11 +194,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def run_metrics(cfg: DictConfig, module: CausalLMModule, trainer: L.Trainer) -> dict[str, Any]:
-    """What a run measured about itself (without the final validation)."""
+    """What a run measured about itself (without the final validation). With ``parallel.sequence=N``
+    the N ranks of a group read the same rows: an update consumes ``world / N`` ranks' worth of bytes."""
+    replicas = trainer.world_size // sequence_parallel(cfg)
     return {
         "train/tokens_per_s": float(module.tokens_per_s),  # all ranks together
         "train/tokens_per_cpu_s": float(module.tokens_per_cpu_s),  # this rank's process
-        "train/s_per_update": float(bytes_per_update(cfg) * trainer.world_size / module.tokens_per_s),
+        "train/s_per_update": float(bytes_per_update(cfg) * replicas / module.tokens_per_s),
         "train/peak_mem_mb": peak_memory_mb(module.device),
         "params": count_parameters(module.net),
         "tokens_seen": int(module.tokens_seen),
@@ -185,7 +209,7 @@ def run_metrics(cfg: DictConfig, module: CausalLMModule, trainer: L.Trainer) -> 
         "model": cfg.model.get("name"),
         "seq_len": int(cfg.data.seq_len or 0),
         "batch_size": int(cfg.data.batch_size),
-        "tokens_per_step": bytes_per_update(cfg) * int(trainer.world_size),
+        "tokens_per_step": bytes_per_update(cfg) * replicas,
         "world_size": int(trainer.world_size),
         "seed": int(cfg.seed),
         "flops_per_token": float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1)),

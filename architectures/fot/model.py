@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from architectures.common import RMSNorm, SwiGLU
+from architectures.common import RMSNorm, SwiGLU, run_layer
 from architectures.common.rotary import RotaryEmbedding
 from architectures.contract import Architecture, build_config
 from architectures.fot.config import FoTConfig
@@ -202,7 +202,9 @@ class FocusedTransformer(Architecture):
                 if li in cfg.memory_layers:
                     m_state = {"memory": memories[mi]}
                     mi += 1
-                x, caches[li], _ = layer(x, caches[li], m_state, pos % W, cache_valid=valid)
+                # a memory layer's retrieval reads a memory that later windows change: never recomputed
+                x, caches[li], _ = run_layer(cfg.checkpoint_layers and m_state is None, layer, x, caches[li], m_state,
+                                             pos % W, cache_valid=valid)
             outs.append(self.head(self.norm(x)))
             pos, i = pos + n, i + n
             if pos % W == 0:  # the window is complete: write it to memory, clear the local caches
@@ -256,7 +258,7 @@ class FocusedTransformer(Architecture):
         x = self.embed(rearrange(prev, "b (w n) -> (b w) n", n=W))
         mem_kv = []
         for li, layer in enumerate(self.layers):
-            x, (kv, _), _ = layer(x, None, None, 0)
+            x, (kv, _), _ = run_layer(cfg.checkpoint_layers, layer, x, None, None, 0)
             if li in cfg.memory_layers:
                 mem_kv.append(tuple(rearrange(t, "(b w) n h d -> b (w n) h d", w=w) for t in kv))
         # the current window with CrossBatch extra keys
@@ -270,7 +272,7 @@ class FocusedTransformer(Architecture):
                 m_state = {"k": rearrange(k[rows], "b d n h e -> b (d n) h e"),
                            "v": rearrange(v[rows], "b d n h e -> b (d n) h e")}
                 mi += 1
-            x, _, wts = layer(x, None, m_state, 0, return_weights=return_distraction)
+            x, _, wts = run_layer(cfg.checkpoint_layers, layer, x, None, m_state, 0, return_weights=return_distraction)
             if wts is not None:  # [b, H, W, d*w*W + W]
                 ctx = wts[..., : d * w * W].reshape(*wts.shape[:3], d, w * W).sum(-1)  # mass per context
                 stats.append((ctx[..., 0] / ctx.sum(-1).clamp_min(1e-30)).mean())

@@ -39,6 +39,7 @@ class MegabyteConfig:
     cross_patch_attention: int = 0
     patch_encoder: str = "concat"
     rope_base: float = 10000.0
+    checkpoint_layers: bool = False  # activation checkpointing per block of both models
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:

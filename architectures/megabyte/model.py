@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from architectures.common import run_layer
 from architectures.common.rotary import RotaryEmbedding
 from architectures.contract import Architecture, build_config
 from architectures.megabyte.config import MegabyteConfig
@@ -106,8 +107,10 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    def __init__(self, dim, heads, layers, ffn_mult, dropout, eps, rope=False, rope_base=10000.0, final_norm=True):
+    def __init__(self, dim, heads, layers, ffn_mult, dropout, eps, rope=False, rope_base=10000.0, final_norm=True,
+                 checkpointed=False):
         super().__init__()
+        self.checkpointed = checkpointed
         self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout, eps, rope, rope_base) for _ in range(layers))
         self.norm = nn.LayerNorm(dim, eps=eps) if final_norm else nn.Identity()
 
@@ -119,7 +122,7 @@ class Stack(nn.Module):
                 kw["grid"] = (grid, None if prefixes is None else prefixes[i], r)
             elif prefixes is not None:
                 kw["prefix"], kw["prefix_valid"] = prefixes[i], prefix_valid
-            x, kv = blk(x, **kw)
+            x, kv = run_layer(self.checkpointed, blk, x, **kw)
             new.append(kv)
         return self.norm(x), new
 
@@ -141,7 +144,8 @@ class Megabyte(Architecture):
             # un-normalised: at init it is as small as the embeddings, so the previous byte is not
             # drowned by an O(1) global signal (a final LayerNorm here slowed early training ~2x)
             self.global_model = Stack(P * DG, cfg.global_heads, cfg.global_layers, cfg.ffn_mult, cfg.dropout,
-                                      cfg.norm_eps, final_norm=cfg.global_final_norm)
+                                      cfg.norm_eps, final_norm=cfg.global_final_norm,
+                                      checkpointed=cfg.checkpoint_layers)
             self.w_gl = nn.Linear(DG, DL, bias=False)  # shared by the P slots; no bias (paper eq. 4)
         self.local_embed = nn.Embedding(V, DL)  # E_l, tied to the output
         if cfg.local_model:
@@ -149,7 +153,8 @@ class Megabyte(Architecture):
             if cfg.local_positions:
                 self.local_pos = nn.Parameter(torch.empty(P, DL))
             self.local_model = Stack(DL, cfg.local_heads, cfg.local_layers, cfg.ffn_mult, cfg.dropout, cfg.norm_eps,
-                                     rope=cfg.cross_patch_attention > 0, rope_base=cfg.rope_base)
+                                     rope=cfg.cross_patch_attention > 0, rope_base=cfg.rope_base,
+                                     checkpointed=cfg.checkpoint_layers)
         else:
             self.out_norm = nn.LayerNorm(DL, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.embed_dropout)  # on the embedded inputs only

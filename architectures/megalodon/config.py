@@ -51,6 +51,7 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
     tsn_window_start: int = 8
     tsn_refresh_every: int = 2
     kernel_backend: str | None = None  # auto | reference | torch | triton (None: env or auto)
+    checkpoint_layers: bool = False  # activation checkpointing per layer (the official layerwise_ckpt)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from architectures.common import run_layer
 from architectures.contract import Architecture, build_config
 from architectures.megalodon.config import MegalodonConfig
 from architectures.megalodon.layers import ChunkRotary, LayerNorm, MegaBlock, TimestepNorm, init_linear_
@@ -69,7 +70,7 @@ class Megalodon(Architecture):
         x = self.emb_dropout(x)
         new_states = []
         for layer, st in zip(self.layers, layer_states):
-            x, st = layer(x, self.rope, pos, st, start)
+            x, st = run_layer(cfg.checkpoint_layers, layer, x, self.rope, pos, st, start)
             new_states.append(st)
         logits, final = self.output(x, None if state is None else state["final"])
         return logits, {"pos": pos + tokens.shape[1], "layers": new_states, "final": final, "start": start}

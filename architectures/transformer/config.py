@@ -39,6 +39,7 @@ class TransformerConfig:
     # llama: RMSNorm + SwiGLU (no biases) | megabyte: LayerNorm + ReLU MLP of 4 d_model with biases, the
     # block family of the MEGABYTE paper, so a comparison can hold the block fixed (RoPE either way)
     block_family: str = "llama"
+    checkpoint_layers: bool = False  # activation checkpointing per block (recompute in the backward)
 
     def __post_init__(self) -> None:
         need = lambda cond, msg: require(type(self).__name__, cond, msg)  # noqa: E731

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from architectures.common import CausalSelfAttention, RMSNorm, SwiGLU
+from architectures.common import CausalSelfAttention, RMSNorm, SwiGLU, run_layer
 from architectures.contract import Architecture, build_config
 from architectures.transformer.config import TransformerConfig
 
@@ -90,7 +90,7 @@ class Transformer(Architecture):
         x = self.embed(tokens)
         new_caches = []
         for layer, cache in zip(self.layers, caches):
-            x, cache = layer(x, pos, cache, start)
+            x, cache = run_layer(self.config.checkpoint_layers, layer, x, pos, cache, start)
             new_caches.append(cache)
         logits = self.head(self.norm(x))
         return logits, {"pos": pos + tokens.shape[1], "kv": new_caches, "start": start}

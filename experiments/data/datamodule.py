@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 from torch.utils.data import DataLoader
 
 from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
-from experiments.data.samplers import SAMPLERS, RandomWindows, StepBatches
+from experiments.data.samplers import SAMPLERS, RandomWindows, RankedDataModule, StepBatches
 
 
-class ByteDataModule(L.LightningDataModule):
+class ByteDataModule(RankedDataModule):
     """Train batches come from ``sampler`` (random windows or document streams) starting at the
     trainer's current step, so that resuming continues the exact data order. Validation uses a
     fixed set of random windows (``eval_seed``), identical across architectures and seeds."""
@@ -55,10 +54,6 @@ class ByteDataModule(L.LightningDataModule):
             # fail now, with the message, rather than at the first batch
             RandomWindows(self.corpus.split("train"), self.seq_len, self.batch_size, self.seed,
                           sample_len=self.sample_len)
-
-    def _rank(self) -> tuple[int, int]:
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()

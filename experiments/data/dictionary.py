@@ -9,12 +9,11 @@ v1..v4 targets of query records (``loss_mask``).
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from experiments.data.samplers import StepBatches
+from experiments.data.samplers import RankedDataModule, StepBatches
 
 SYMBOLS, K_TOK, V_TOK, Q_TOK = 64, 64, 65, 66
 VOCAB = 67
@@ -101,7 +100,7 @@ class DictionaryBatches:
         return out
 
 
-class DictionaryDataModule(L.LightningDataModule):
+class DictionaryDataModule(RankedDataModule):
     def __init__(self, window: int = 120, batch_size: int = 32, seed: int = 0, sampler: str = "crossbatch",
                  val_batches: int = 4, eval_seed: int = 1234, vocab_size: int = VOCAB, seq_len: int | None = None):
         super().__init__()
@@ -111,10 +110,6 @@ class DictionaryDataModule(L.LightningDataModule):
         self.window, self.batch_size, self.seed, self.sampler = window, batch_size, seed, sampler
         self.val_batches, self.eval_seed = val_batches, eval_seed
         self.seq_len = seq_len or (2 * window if sampler == "crossbatch" else window)
-
-    def _rank(self):
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def train_dataloader(self):
         rank, world = self._rank()

@@ -14,10 +14,24 @@ from __future__ import annotations
 
 import bisect
 
+import lightning as L
 import numpy as np
 import torch
 
 from experiments.data.corpus import Split
+from experiments.parallel import data_rank
+
+
+class RankedDataModule(L.LightningDataModule):
+    """A data module whose batches depend on (rank, world) of the data: with ``parallel.sequence=N``
+    (set by train) the N ranks of a sequence group read the same rows, each taking its own span."""
+
+    sequence_parallel = 1
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
+        return data_rank(rank, world, self.sequence_parallel)
 
 
 class RandomWindows:

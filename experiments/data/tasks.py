@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from experiments.data.samplers import StepBatches
+from experiments.data.samplers import RankedDataModule, StepBatches
 
 TASKS = ("passkey", "dictionary", "recall")
 FILLER = (b"The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
@@ -155,7 +154,7 @@ class TaskBatches:
         return out
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(RankedDataModule):
     """Training on ``loss_on`` bytes; validation always on the answer bytes (val/acc: answer accuracy)."""
 
     def __init__(self, tasks: list[str] = TASKS, seq_len: int = 1024, batch_size: int = 16, seed: int = 0,
@@ -166,10 +165,6 @@ class TaskDataModule(L.LightningDataModule):
         self.tasks, self.seq_len, self.batch_size, self.loss_on = list(tasks), seq_len, batch_size, loss_on
         self.seed, self.val_batches, self.eval_seed = seed, val_batches, eval_seed
         TaskBatches(self.tasks, seq_len, batch_size, seed, loss_on=loss_on).batch(0)  # fail now on bad values
-
-    def _rank(self):
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def train_dataloader(self):
         rank, world = self._rank()

@@ -243,3 +243,18 @@ def test_a_document_starting_inside_a_window_sees_nothing_before_it(model):
         out, state = net(y[:, 45:], state)
         outs.append(out)
     torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_activation_checkpointing_changes_no_number(model):
+    """model.net.checkpoint_layers=true: the same loss and gradients (activations recomputed)."""
+    x = _tokens()
+    grads = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        net = build_net(model, ["data.seq_len=64", f"model.net.checkpoint_layers={flag}"]).train()
+        logits, _ = net(x)
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)
