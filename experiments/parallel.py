@@ -164,7 +164,8 @@ def send_state(state: Any, group: SequenceGroup) -> torch.Tensor:
     tensors: list[torch.Tensor] = []
     skeleton = _flatten(state, tensors)
     if len(tensors) >= GRAD_TAGS:
-        raise ValueError(f"parallel.sequence passes at most {GRAD_TAGS - 1} state tensors; the state has {len(tensors)}")
+        raise ValueError(f"parallel.sequence passes at most {GRAD_TAGS - 1} state tensors; "
+                         f"the state has {len(tensors)}")
     dist.send_object_list([(skeleton, [(tuple(t.shape), t.dtype) for t in tensors])], group.next)
     return _Send.apply(group.next, *tensors)
 

@@ -152,8 +152,6 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
     """Train (or resume) every cell of the table (or of ``rows``) and run its evaluations. A table with
     ``cells_from`` trains nothing of its own: it runs the source table's cells for its rows, then its
     own evaluations on them."""
-    from experiments.training import train
-
     spec = load_table(name)
     scale = scale or spec.default_scale
     results = results or default_results(scale)
@@ -163,8 +161,14 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
         cells = run_table(spec.cells_from, scale, seeds, results, extra, rows=[r.name for r in spec.rows])
         mine = {r.name for r in spec.rows}
         cells = [c for c in cells if c.parent.parent.name in mine]  # .../<row>/<key>/seed=<n>
+        source = load_table(spec.cells_from)
         for cell in cells:
-            run_evals(spec, spec.row(cell.parent.parent.name), cell, scale)
+            row = spec.row(cell.parent.parent.name)
+            if pending_evals(spec, row, cell, scale) and not (cell / "checkpoints" / "last.ckpt").exists():
+                # checkpoints are not committed: a cell trained in another session is retrained (same key)
+                _train_cell(source, source.row(row.name), scale, int(cell.name[5:]), cell, results, extra,
+                            git_commit(), retrain=True)
+            run_evals(spec, row, cell, scale)
         return cells
     if rows is not None:  # a subset of rows also needs the rows they start from or evaluate
         todo, rows = list(rows), set()
@@ -194,27 +198,65 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
             if cell_finished(cell, spec.evals_for(row, scale)):
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
-            overrides = [*row_overrides(spec, row, scale, extra), f"seed={seed}", f"run_dir='{cell}'",
-                         "ckpt_path=auto", "trainer.enable_progress_bar=false"]
-            if row.init_from_row:
-                parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
-                parent = cell_dir(results, name, scale, row.init_from_row, parent_key, seed)
-                overrides.append(f"init_from='{parent}'")
-            with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once
-                meta = _read_json(cell / "meta.json") or {"table": name, "scale": scale, "row": row.name,
-                                                          "seed": seed, "key": key, "overrides": overrides,
-                                                          "started": _now()}
-                meta["code"] = code
-                write_json(cell / "meta.json", meta)
-                cfg = compose("train", overrides)
-                metrics = _read_json(cell / "metrics.json")
-                if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
-                    print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
-                    train(cfg)
-                run_evals(spec, row, cell, scale)
-                meta["finished"] = _now()
-                write_json(cell / "meta.json", meta)
+            if pending_evals(spec, row, cell, scale) and (_read_json(cell / "metrics.json") or {}).get("status") \
+                    == "finished" and not (cell / "checkpoints" / "last.ckpt").exists():
+                _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=True)
+            _train_cell(spec, row, scale, seed, cell, results, extra, code)
     return cells
+
+
+def pending_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str) -> list[EvalSpec]:
+    return [ev for ev in spec.evals_for(row, scale)
+            if (_read_json(cell / f"{ev.name}.json") or {}).get("_eval_key") != eval_key(ev)]
+
+
+def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path, results: str | Path,
+                extra: list[str] | None, code: dict, retrain: bool = False) -> None:
+    """Train (or resume) one cell and run its evaluations. ``retrain``: the cell finished in an earlier
+    session whose checkpoint is gone (checkpoints are not committed) and an evaluation needs it: train it
+    again from scratch with the same config (the key is unchanged), keeping the first run's metrics in
+    ``metrics.first.json`` and stating any difference in validation bits per byte."""
+    from experiments.training import train
+
+    key = cell.parent.name
+    tag = f"{spec.name}/{scale}/{row.name}/seed={seed}"
+    overrides = [*row_overrides(spec, row, scale, extra), f"seed={seed}", f"run_dir='{cell}'",
+                 "ckpt_path=auto", "trainer.enable_progress_bar=false"]
+    if row.init_from_row:
+        parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
+        parent = cell_dir(results, spec.name, scale, row.init_from_row, parent_key, seed)
+        if retrain and not (parent / "checkpoints" / "last.ckpt").exists():
+            _train_cell(spec, spec.row(row.init_from_row), scale, seed, parent, results, extra, code, retrain=True)
+        overrides.append(f"init_from='{parent}'")
+    with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once
+        meta = _read_json(cell / "meta.json") or {"table": spec.name, "scale": scale, "row": row.name,
+                                                  "seed": seed, "key": key, "overrides": overrides,
+                                                  "started": _now()}
+        first = None
+        if retrain:
+            first = _read_json(cell / "metrics.json")
+            if first is not None:
+                write_json(cell / "metrics.first.json", first)
+                (cell / "metrics.json").unlink()
+            meta["retrained"] = {"started": _now(), "why": "an evaluation needs the checkpoint, not kept"}
+            print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
+                  flush=True)
+        meta["code"] = code
+        write_json(cell / "meta.json", meta)
+        cfg = compose("train", overrides)
+        metrics = _read_json(cell / "metrics.json")
+        if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
+            print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
+            metrics = train(cfg)
+        if first is not None and "val/bpb" in first:
+            diff = metrics["val/bpb"] - first["val/bpb"]
+            meta["retrained"]["val_bpb_change"] = diff
+            print(f"[table] {tag}: retrained val bits/byte {metrics['val/bpb']:.6f} (first run "
+                  f"{first['val/bpb']:.6f}, change {diff:+.2e})", flush=True)
+        if not retrain:
+            run_evals(spec, row, cell, scale)
+            meta["finished"] = _now()
+        write_json(cell / "meta.json", meta)
 
 
 def _now() -> str:

@@ -128,6 +128,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path is None:  # a fresh start: no curve of an earlier, unresumed run in this folder
+        trim_metrics_csv(run_dir / "logs" / "metrics.csv", 0)
     if cfg.get("init_from") and ckpt_path is None:
         fresh = init_from_checkpoint(module, cfg.init_from)
         print(f"[longlab] initialised from {cfg.init_from}; new parameters: {fresh or 'none'}")

@@ -53,7 +53,8 @@ def _loss_and_grads(model: str, tokens: torch.Tensor, rank: int | None, size: in
         loss = loss + link + send_state(state, group)
     loss.backward()
     # a later span may not use every parameter (MEGABYTE's pad patch starts a sequence only): zeros there
-    return float(loss), {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
+    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
+    return float(loss.detach()), grads
 
 
 def _rank_main(rank: int, size: int, port: int, model: str, tokens: torch.Tensor, out: str):

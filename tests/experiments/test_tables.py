@@ -74,6 +74,27 @@ def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
     assert "MEGABYTE (4096, P=8)" in text and "missing" not in text
 
 
+def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evaluation(tmp_path):
+    """Checkpoints are not committed: a later session that needs one for an evaluation (here the
+    strided table reading the cells of megabyte_bpb) trains the cell again from scratch, with the same
+    numbers, a clean loss curve and the first run's metrics kept."""
+    import csv
+    import shutil
+
+    cell = run_table("megabyte_bpb", "smoke", [0], str(tmp_path), rows=["megabyte"])[0]
+    first = json.loads((cell / "metrics.json").read_text())
+    shutil.rmtree(cell / "checkpoints")  # what a fresh clone has
+    run_table("megabyte_strided", "smoke", [0], str(tmp_path))
+    assert (cell / "methods.json").exists() and (cell / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((cell / "metrics.first.json").read_text()) == first
+    meta = json.loads((cell / "meta.json").read_text())
+    assert meta["finished"] and meta["retrained"]["val_bpb_change"] == 0.0  # deterministic training
+    assert json.loads((cell / "metrics.json").read_text())["val/bpb"] == first["val/bpb"]
+    with open(cell / "logs" / "metrics.csv") as fh:
+        steps = [r["step"] for r in csv.DictReader(fh) if r.get("train/loss")]
+    assert len(steps) == len(set(steps)) == 3  # one curve, not the first run's rows and the second's
+
+
 def test_compare_at_smoke_scale_writes_its_files(tmp_path):
     rows = compare_main(["--archs", "transformer_tiny", "megalodon_tiny", "--budget", "tokens:512", "--out",
                          str(tmp_path), "--set", "debug=smoke", "--stream-docs", "1", "--stream-bytes", "300"])
