@@ -61,12 +61,14 @@ def _faiss():
 
 class KNNMemory:
     def __init__(self, batch: int, heads: int, head_dim: int, config: MemoryConfig | None = None,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, value_dim: int | None = None):
+        """``value_dim``: the values' width when it differs from the keys' (Megalodon: E/H vs Z/H)."""
         self.cfg = config or MemoryConfig()
         self.B, self.H, self.d = batch, heads, head_dim
+        self.dv = head_dim if value_dim is None else value_dim
         C = self.cfg.capacity
         self.keys = torch.zeros(batch, heads, C, head_dim, device=device, dtype=dtype)
-        self.values = torch.zeros(batch, heads, C, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros(batch, heads, C, self.dv, device=device, dtype=dtype)
         self.count = torch.zeros(batch, dtype=torch.int64)  # entries ever written per row (CPU)
         self._indexes: dict[tuple[int, int], object] = {}
         self._indexed: dict[tuple[int, int], tuple[int, int]] = {}  # entry numbers [lo, hi) each index holds
@@ -84,7 +86,7 @@ class KNNMemory:
 
     def nbytes(self) -> int:
         """Bytes held by live keys and values (the ring), not counting index structures."""
-        per = self.H * self.d * self.keys.element_size() * 2
+        per = self.H * (self.d + self.dv) * self.keys.element_size()
         return int(self.size().sum()) * per
 
     def index_nbytes(self) -> int:
@@ -107,8 +109,9 @@ class KNNMemory:
         """Append keys/values [B, H, n, d] (detached); ``mask`` [B, n] False = padding, never stored."""
         keys, values = keys.detach().to(self.keys.dtype), values.detach().to(self.values.dtype)
         B, H, n, d = keys.shape
-        if (B, H, d) != (self.B, self.H, self.d):
-            raise ValueError(f"memory holds [B={self.B}, H={self.H}, d={self.d}] entries, got {tuple(keys.shape)}")
+        if (B, H, d) != (self.B, self.H, self.d) or values.shape != (B, H, n, self.dv):
+            raise ValueError(f"memory holds keys [B={self.B}, H={self.H}, d={self.d}] and values of width {self.dv}, "
+                             f"got keys {tuple(keys.shape)} and values {tuple(values.shape)}")
         for b in range(B):
             sel = slice(None) if mask is None else mask[b].to(torch.bool).cpu()
             kb, vb = keys[b][:, sel], values[b][:, sel]
@@ -170,7 +173,7 @@ class KNNMemory:
         row = (torch.arange(B, device=dev).view(B, 1, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1, 1))
         flat = (row * self.capacity + slots).permute(0, 2, 1, 3).reshape(-1)  # [B, T, H, k] order
         kk = self.keys.view(-1, self.d).index_select(0, flat).view(B, T, H, k, self.d)
-        vv = self.values.view(-1, self.d).index_select(0, flat).view(B, T, H, k, self.d)
+        vv = self.values.view(-1, self.dv).index_select(0, flat).view(B, T, H, k, self.dv)
         return kk, vv, valid.permute(0, 2, 1, 3), torch.where(valid, ids, torch.full_like(ids, -1))
 
     def _search_exact(self, queries, k, block: int = 16384):
@@ -297,7 +300,8 @@ class KNNMemory:
     @classmethod
     def from_state_dict(cls, sd: dict) -> KNNMemory:
         B, H, C, d = sd["keys"].shape
-        mem = cls(B, H, d, MemoryConfig(**sd["config"]), device=sd["keys"].device, dtype=sd["keys"].dtype)
+        mem = cls(B, H, d, MemoryConfig(**sd["config"]), device=sd["keys"].device, dtype=sd["keys"].dtype,
+                  value_dim=sd["values"].shape[-1])
         mem.keys.copy_(sd["keys"])
         mem.values.copy_(sd["values"])
         mem.count.copy_(sd["count"])

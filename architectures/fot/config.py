@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from architectures.common.memory_layer import MemorySettings
 from architectures.transformer.config import TransformerConfig, require
 
 POSITIONAL = ("none", "rope_pos0")
-MEMORY_BACKENDS = ("exact", "faiss", "dense")
 
 
 @dataclass(frozen=True)
-class FoTConfig(TransformerConfig):
+class FoTConfig(TransformerConfig, MemorySettings):
     """Focused Transformer (arXiv 2307.03170): the baseline Transformer whose ``memory_layers`` also
     attend, in one softmax, to keys retrieved from a memory of earlier windows.
 
@@ -17,21 +17,13 @@ class FoTConfig(TransformerConfig):
     names are the baseline's (``positional: none`` adds one temperature per head and memory layer;
     ``token_shift`` > 0 adds a depthwise convolution per non-memory layer: an option for the
     dictionary task, not in the paper, off by default). Attention never crosses a window of
-    ``window`` tokens, so the baseline's ``kv_window`` must stay null.
+    ``window`` tokens, so the baseline's ``kv_window`` must stay null. The memory's fields
+    (``memory_backend``, ``memory_k``, ``memory_capacity``, ...) are ``MemorySettings``'.
     """
 
     window: int = 256  # local context: attention never crosses a window boundary
     memory_layers: tuple[int, ...] | None = None  # default: one layer at two thirds of the depth
     positional: str = "rope_pos0"  # rope_pos0 (LongLLaMA) | none (paper's small models)
-    memory_backend: str = "exact"  # exact | faiss (kNN retrieval of memory_k keys) | dense (whole memory)
-    memory_index: str = "flat"  # faiss: flat | ivf | hnsw
-    memory_capacity: int = 65536  # entries (tokens) per row and memory layer; oldest evicted first
-    memory_k: int = 128  # retrieved keys per query and head (paper: 128 for LM, 32 for the dictionary)
-    memory_nlist: int = 64
-    memory_nprobe: int = 8
-    memory_hnsw_m: int = 32
-    memory_ef_search: int = 64
-    memory_threads: int = 1
     token_shift: int = 0
     temperature_init: float | None = None  # positional=none: initial per-head scale (None: sqrt(head_dim))
 
@@ -48,9 +40,6 @@ class FoTConfig(TransformerConfig):
              "set model.net.window instead")
         need(self.window >= 1, f"window={self.window} must be >= 1")
         need(self.positional in POSITIONAL, f"positional={self.positional!r}; use one of {POSITIONAL}")
-        need(self.memory_backend in MEMORY_BACKENDS,
-             f"memory_backend={self.memory_backend!r}; use one of {MEMORY_BACKENDS}")
-        need(self.memory_k >= 1 and self.memory_capacity >= 1,
-             f"memory_k={self.memory_k} and memory_capacity={self.memory_capacity} must be >= 1")
+        self.check_memory_settings()
         need(self.token_shift >= 0, f"token_shift={self.token_shift} must be >= 0")
         need(self.n_kv_heads == self.n_heads, "FoT memory layers need n_kv_heads == n_heads (one memory per head)")

@@ -21,11 +21,11 @@ from einops import rearrange
 from torch import nn
 
 from architectures.common import RMSNorm, SwiGLU, run_layer
+from architectures.common.memory_layer import attend, crossbatch_extra, crossbatch_rows, write_window
 from architectures.common.rotary import RotaryEmbedding
 from architectures.contract import Architecture, build_config
 from architectures.fot.config import FoTConfig
-from kernels import chunk_attention, memory_attention
-from kernels.memory_attention import memory_attention_reference
+from kernels import chunk_attention
 from memory import KNNMemory, MemoryConfig
 
 
@@ -82,32 +82,8 @@ class WindowAttention(nn.Module):
             local_valid = None
             if m and cache_valid is not None:
                 local_valid = torch.cat([cache_valid.to(x.device), cache_valid.new_ones(B, n).to(x.device)], 1)
-            o, weights = self._memory_attention(q, qr, kr, v_all, m, m_state, scale, return_weights, local_valid)
+            o, weights = attend(qr, kr, v_all, m, m_state, self.cfg, scale, return_weights, local_valid)
         return self.wo(rearrange(o, "b n h d -> b n (h d)")), (k_all, v_all), weights
-
-    def _memory_attention(self, q, qr, kr, v_all, m, m_state, scale, return_weights, local_valid=None):
-        B, n = q.shape[:2]
-        if m:  # the op's local part starts at the window's first token: pad the cached query slots
-            qr = torch.cat([qr.new_zeros(B, m, *qr.shape[2:]), qr], 1)
-        if "memory" in m_state:
-            mem: KNNMemory = m_state["memory"]
-            if self.cfg.memory_backend == "dense":
-                mk, mv, mask = mem.all()
-                mk, mv = mk.to(qr.dtype), mv.to(qr.dtype)
-            else:
-                mk, mv, mask, _ = mem.search(rearrange(qr[:, m:], "b n h d -> b h n d"), self.cfg.memory_k)
-                mk, mv = mk.to(qr.dtype), mv.to(qr.dtype)
-                if m:
-                    pad = lambda t: torch.cat([t.new_zeros(B, m, *t.shape[2:]), t], 1)  # noqa: E731
-                    mk, mv, mask = pad(mk), pad(mv), pad(mask)
-        else:
-            mk, mv, mask = m_state["k"], m_state["v"], m_state.get("mask")
-        if return_weights:
-            o, w = memory_attention_reference(qr, kr, v_all, mk, mv, mask, scale=scale, return_weights=True,
-                                              local_valid=local_valid)
-            return o[:, m:], w
-        return memory_attention(qr, kr, v_all, mk, mv, mask, scale=scale, local_valid=local_valid)[:, m:], None
-
 
 class TokenShift(nn.Module):
     """Residual causal depthwise convolution (not in the paper; helps small models form n-grams)."""
@@ -167,16 +143,11 @@ class FocusedTransformer(Architecture):
             self.head.weight = self.embed.weight
 
     def memory_config(self) -> MemoryConfig:
-        c = self.config
-        backend = "exact" if c.memory_backend == "dense" else c.memory_backend
-        return MemoryConfig(capacity=c.memory_capacity, backend=backend,
-                            index=c.memory_index, nlist=c.memory_nlist, nprobe=c.memory_nprobe, hnsw_m=c.memory_hnsw_m,
-                            ef_search=c.memory_ef_search, faiss_threads=c.memory_threads)
+        return self.config.memory_config()
 
     def new_memory(self, batch: int, device) -> list[KNNMemory]:
         c = self.config
-        return [KNNMemory(batch, c.n_heads, c.head_dim, self.memory_config(), device=device)
-                for _ in c.memory_layers]
+        return c.new_memories(len(c.memory_layers), batch, c.n_heads, c.head_dim, device)
 
     # ------------------------------------------------------------------ streaming forward
     def forward(self, tokens: torch.Tensor, state: dict | None = None):
@@ -210,8 +181,7 @@ class FocusedTransformer(Architecture):
             if pos % W == 0:  # the window is complete: write it to memory, clear the local caches
                 keep = None if start is None else torch.arange(window_start, pos)[None, :] >= start[:, None]
                 for mi, li in enumerate(cfg.memory_layers):
-                    k, v = caches[li][0]
-                    memories[mi].add(rearrange(k, "b n h d -> b h n d"), rearrange(v, "b n h d -> b h n d"), keep)
+                    write_window(memories[mi], *caches[li][0], keep)
                 caches = [None] * cfg.n_layers
         return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories, "start": start}
 
@@ -264,13 +234,11 @@ class FocusedTransformer(Architecture):
         # the current window with CrossBatch extra keys
         x = self.embed(curr)
         mi, stats = 0, []
-        rows = (torch.arange(b, device=curr.device)[:, None] + torch.arange(d, device=curr.device)) % b  # [b, d]
+        rows = crossbatch_rows(b, d, curr.device)
         for li, layer in enumerate(self.layers):
             m_state = None
             if li in cfg.memory_layers:
-                k, v = mem_kv[mi]
-                m_state = {"k": rearrange(k[rows], "b d n h e -> b (d n) h e"),
-                           "v": rearrange(v[rows], "b d n h e -> b (d n) h e")}
+                m_state = crossbatch_extra(*mem_kv[mi], rows)
                 mi += 1
             x, _, wts = run_layer(cfg.checkpoint_layers, layer, x, None, m_state, 0, return_weights=return_distraction)
             if wts is not None:  # [b, H, W, d*w*W + W]

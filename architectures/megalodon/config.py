@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from architectures.common.memory_layer import MemorySettings
+
 EMA_MODES = ("complex", "real", "none")
 NORM_MODES = ("timestep", "layer")
 RESIDUAL_MODES = ("two_hop", "standard")
@@ -9,7 +11,7 @@ ATTENTION_NORMS = ("normalized", "softmax_scaled")
 
 
 @dataclass(frozen=True)
-class MegalodonConfig:
+class MegalodonConfig(MemorySettings):
     """Megalodon (arXiv 2404.08801), field names as in the official ``ModelConf``. The defaults are
 the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what differs.
 
@@ -18,6 +20,11 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
     adds the block input X, official) | standard (adds its own input); ``attention_norm`` normalized
     (per-head RMS-normalised shared Z, no 1/sqrt(d), official) | softmax_scaled (un-normalised Q/K,
     1/sqrt(d) softmax).
+
+    kNN memory (FoT's memory attention on this backbone, not in the paper): ``memory_layers`` lists the
+    layers whose chunk attention also attends, in one softmax, to keys retrieved from a memory of the
+    row's earlier chunks (memory_k, memory_capacity, memory_backend, ...: ``MemorySettings``); with
+    ``task.crossbatch`` those layers train on CrossBatch, one chunk being FoT's window.
     """
 
     vocab_size: int = 256
@@ -52,6 +59,7 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
     tsn_refresh_every: int = 2
     kernel_backend: str | None = None  # auto | reference | torch | triton (None: env or auto)
     checkpoint_layers: bool = False  # activation checkpointing per layer (the official layerwise_ckpt)
+    memory_layers: tuple[int, ...] = ()  # layers with FoT memory attention (none: the official model)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -82,6 +90,15 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
              f"attention_dropout_mode={self.attention_dropout_mode!r}; use post_softmax (official) or dropkey")
         need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
         need(self.tsn_window_chunks >= 0, f"tsn_window_chunks={self.tsn_window_chunks} must be >= 0")
+        object.__setattr__(self, "memory_layers", tuple(sorted(int(i) for i in self.memory_layers or ())))
+        need(all(0 <= i < self.num_layers for i in self.memory_layers),
+             f"memory_layers={list(self.memory_layers)} must be layer indices in [0, {self.num_layers})")
+        if self.memory_layers:
+            self.check_memory_settings()
+            need(self.attention_dropout == 0.0, f"attention_dropout={self.attention_dropout}: memory layers attend "
+                 "without attention dropout; set attention_dropout=0 or memory_layers=[]")
+            need(self.tsn_window_chunks == 0, "memory_layers with the TimestepNorm statistics window "
+                 "(tsn_window_chunks > 0) is not supported")
         if self.tsn_window_chunks:
             need(self.norm == "timestep", "tsn_window_chunks needs norm=timestep")
             need(self.tsn_refresh_every >= 1 and self.tsn_window_start >= self.tsn_window_chunks,

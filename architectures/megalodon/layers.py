@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from architectures.common.memory_layer import attend, write_window
 from architectures.common.rotary import apply_rotary
 from kernels import cema, cema_step, chunk_attention, timestep_norm
 from kernels.cema import cema_step_coefficients
@@ -164,8 +165,9 @@ class ChunkRotary(nn.Module):
 
 
 class MovingAverageGatedAttention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, is_memory: bool = False):
         super().__init__()
+        self.is_memory = is_memory  # FoT memory attention in place of plain chunk attention
         D, Z, E, H = cfg.model_dim, cfg.z_dim, cfg.value_dim, cfg.num_heads
         self.cfg = cfg
         if cfg.norm == "timestep":
@@ -190,9 +192,13 @@ class MovingAverageGatedAttention(nn.Module):
     def norm(self, x, state):
         return (self.timenorm if self.cfg.norm == "timestep" else self.layernorm)(x, state)
 
-    def forward(self, x, rope: ChunkRotary, pos: int, state: dict | None, start: torch.Tensor | None = None):
+    def forward(self, x, rope: ChunkRotary, pos: int, state: dict | None, start: torch.Tensor | None = None,
+                memory=None):
         """``start`` [B] (optional): per row, the stream position where its current document began;
-        cached keys before it are hidden (see ``Megalodon.reset_state``)."""
+        cached keys before it are hidden (see ``Megalodon.reset_state``). ``memory`` (memory layers only):
+        None streams with the kNN memory of the state (created when absent); "local" attends inside the
+        chunk only and returns this call's keys and values (position 0) as state["keys"]; a dict
+        {"k", "v"} gives dense extra keys (CrossBatch)."""
         cfg, state = self.cfg, state or {}
         xn, norm_state = self.norm(x, state.get("norm"))
         if cfg.ema != "none":
@@ -209,20 +215,61 @@ class MovingAverageGatedAttention(nn.Module):
         else:
             scale = 1.0 / math.sqrt(cfg.z_head_dim)
         q, k = z * gamma[0] + beta[0], z * gamma[1] + beta[1]
-        q, k = rope(q, pos, cfg.chunk_size), rope(k, pos, cfg.chunk_size)
         v = rearrange(F.silu(self.wv(xn)), "b l (h d) -> b l h d", h=self.heads)  # from the norm output
         r = F.silu(self.wr(mx))
-        cache, cache_valid = state.get("kv"), None
-        if start is not None and cache is not None and cache[0].shape[1]:
-            S = cache[0].shape[1]
-            cache_valid = torch.arange(pos - S, pos, device=x.device)[None, :] >= start.to(x.device)[:, None]
-        o, kv = chunk_attention(q, k, v, cfg.chunk_size, scale=scale, cache=cache, cache_valid=cache_valid,
-                                backend=cfg.kernel_backend,
-                                dropout_p=cfg.attention_dropout if self.training else 0.0,
-                                dropout_mode=cfg.attention_dropout_mode)
+        new_state = {"norm": norm_state, "ema": h}
+        if self.is_memory and memory != "local":
+            o, new_state["kv"], new_state["memory"] = self._memory_attention(q, k, v, rope, pos, state, start, memory,
+                                                                            scale)
+        else:
+            if self.is_memory:  # "local": the keys and values a CrossBatch step hands to other rows
+                new_state["keys"] = (k, v)
+            q, k = rope(q, pos, cfg.chunk_size), rope(k, pos, cfg.chunk_size)
+            cache, cache_valid = state.get("kv"), None
+            if start is not None and cache is not None and cache[0].shape[1]:
+                S = cache[0].shape[1]
+                cache_valid = torch.arange(pos - S, pos, device=x.device)[None, :] >= start.to(x.device)[:, None]
+            o, new_state["kv"] = chunk_attention(q, k, v, cfg.chunk_size, scale=scale, cache=cache,
+                                                 cache_valid=cache_valid, backend=cfg.kernel_backend,
+                                                 dropout_p=cfg.attention_dropout if self.training else 0.0,
+                                                 dropout_mode=cfg.attention_dropout_mode)
         o = self.hidden_dropout(rearrange(o, "b l h d -> b l (h d)") * r)
         out = self.dropout(self.wh1(mx) + self.wh2(o)) + x
-        return out, {"kv": kv, "norm": norm_state, "ema": h}
+        return out, new_state
+
+    def _memory_attention(self, q, k, v, rope, pos, state, start, extra, scale):
+        """Chunk by chunk: each query attends, in one softmax, to its chunk's earlier keys and to extra
+        keys (retrieved from the memory of the row's earlier chunks, or ``extra``); a completed chunk's
+        keys (unrotated) and values are then written to the memory. q, k unrotated [B, L, H, Z/H].
+        Returns the output, the partial chunk's (unrotated) keys and values, and the memory."""
+        cfg, C = self.cfg, self.cfg.chunk_size
+        B, L, H = q.shape[:3]
+        memory = state.get("memory")
+        if memory is None and extra is None:
+            memory = cfg.new_memories(1, B, H, q.shape[-1], q.device, value_dim=v.shape[-1], dtype=q.dtype)[0]
+        cache = state.get("kv")
+        outs, i, p = [], 0, pos
+        while i < L:
+            n = min(L - i, C - p % C)
+            k_all, v_all = k[:, i : i + n], v[:, i : i + n]
+            if cache is not None:
+                k_all, v_all = torch.cat([cache[0], k_all], 1), torch.cat([cache[1], v_all], 1)
+            m = k_all.shape[1] - n
+            local_valid = None
+            if start is not None and m:
+                local_valid = torch.arange(p - m, p + n, device=q.device)[None, :] >= start.to(q.device)[:, None]
+            m_state = extra if extra is not None else {"memory": memory}
+            o, _ = attend(rope(q[:, i : i + n], p, C), rope(k_all, p - m, C), v_all, m, m_state, cfg, scale,
+                          local_valid=local_valid)
+            outs.append(o)
+            p, i = p + n, i + n
+            cache = (k_all, v_all)
+            if p % C == 0:  # the chunk is complete: into the memory (never tokens before a row's document)
+                if memory is not None:
+                    keep = None if start is None else torch.arange(p - C, p)[None, :] >= start.cpu()[:, None]
+                    write_window(memory, k_all, v_all, keep)
+                cache = None
+        return torch.cat(outs, 1), cache, memory
 
 
 class NormalizedFeedForwardNetwork(nn.Module):
@@ -255,10 +302,10 @@ class MegaBlock(nn.Module):
     def __init__(self, cfg, layer_id: int):
         super().__init__()
         self.two_hop = cfg.residual == "two_hop"
-        self.mega = MovingAverageGatedAttention(cfg)
+        self.mega = MovingAverageGatedAttention(cfg, layer_id in cfg.memory_layers)
         self.nffn = NormalizedFeedForwardNetwork(cfg, layer_id)
 
-    def forward(self, x, rope, pos, state, start=None):
-        y, state = self.mega(x, rope, pos, state, start)
+    def forward(self, x, rope, pos, state, start=None, memory=None):
+        y, state = self.mega(x, rope, pos, state, start, memory)
         # two-hop: the FFN residual is the BLOCK input x, not the attention output y
         return self.nffn(y, x if self.two_hop else y), state

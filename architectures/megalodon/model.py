@@ -3,7 +3,8 @@
 State for streaming (any segmentation gives the same logits as one pass)::
 
     {"pos": int,                                   # tokens seen; pos % chunk_size = KV cache length
-     "layers": [{"kv": (k, v), "norm": (count, mean, var), "ema": h [B, D, N] complex}, ...],
+     "layers": [{"kv": (k, v), "norm": (count, mean, var), "ema": h [B, D, N] complex,
+                 "memory": KNNMemory (memory layers only; their kv unrotated)}, ...],
      "final": (count, mean, var),                  # the output TimestepNorm
      "start": per-row document start position [B] or None (set by reset_state),
      "history": tokens [B, <= window]}             # only with the TimestepNorm statistics window
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from architectures.common import run_layer
+from architectures.common.memory_layer import crossbatch_extra, crossbatch_rows
 from architectures.contract import Architecture, build_config
 from architectures.megalodon.config import MegalodonConfig
 from architectures.megalodon.layers import ChunkRotary, LayerNorm, MegaBlock, TimestepNorm, init_linear_
@@ -59,8 +61,11 @@ class Megalodon(Architecture):
         self.emb_dropout = nn.Dropout(cfg.dropout)
 
     # ------------------------------------------------------------------ forward
-    def _run(self, tokens, state):
+    def _run(self, tokens, state, memory=None):
+        """``memory``: per layer, what a memory layer attends to besides its chunk (None: the state's kNN
+        memory; see ``MovingAverageGatedAttention.forward``)."""
         cfg = self.config
+        memory = memory or [None] * cfg.num_layers
         pos = 0 if state is None else int(state["pos"])
         layer_states = [None] * cfg.num_layers if state is None else state["layers"]
         start = None if state is None else state.get("start")
@@ -69,8 +74,10 @@ class Megalodon(Architecture):
             x = x * math.sqrt(cfg.model_dim)
         x = self.emb_dropout(x)
         new_states = []
-        for layer, st in zip(self.layers, layer_states):
-            x, st = run_layer(cfg.checkpoint_layers, layer, x, self.rope, pos, st, start)
+        for layer, st, mem in zip(self.layers, layer_states, memory):
+            # a streaming memory layer reads a memory that later chunks change: never recomputed
+            ckpt = cfg.checkpoint_layers and not (layer.mega.is_memory and mem is None)
+            x, st = run_layer(ckpt, layer, x, self.rope, pos, st, start, mem)
             new_states.append(st)
         logits, final = self.output(x, None if state is None else state["final"])
         return logits, {"pos": pos + tokens.shape[1], "layers": new_states, "final": final, "start": start}
@@ -148,12 +155,43 @@ class Megalodon(Architecture):
             st["norm"] = fresh_norm(mega.timenorm if self.config.norm == "timestep" else mega.layernorm, st["norm"])
             if st.get("ema") is not None:
                 st["ema"] = st["ema"].masked_fill(rows.to(st["ema"].device)[:, None, None], 0)
+            if st.get("memory") is not None:  # the kNN memory of a memory layer forgets the old document
+                st["memory"].reset(rows.cpu())
             layers.append(st)
         start = state.get("start")
         start = torch.zeros(rows.shape[0], dtype=torch.long) if start is None else start.clone()
         start[rows.cpu()] = int(state["pos"])
         return {**state, "layers": layers, "final": fresh_norm(self.output.final_norm, state["final"]),
                 "start": start}
+
+    # ------------------------------------------------------------------ CrossBatch (memory layers)
+    @property
+    def crossbatch_window(self) -> int | None:
+        """With memory layers, FoT's CrossBatch trains them with one chunk as the window."""
+        return self.config.chunk_size if self.config.memory_layers else None
+
+    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False):
+        """FoT's CrossBatch on this backbone: ``prev`` [b, w*C] (the w previous chunks of each row's
+        document) runs as usual, its memory layers attending inside their chunks; ``curr`` [b, C]
+        continues each row's state, and its memory layers attend, in one softmax, to their chunk plus the
+        previous chunks' keys and values of rows {i, ..., i+d-1} mod b (own document first, then d-1
+        negatives), all in one graph so gradients reach them. Returns the logits of ``curr`` [b, C, V]."""
+        cfg, C = self.config, self.config.chunk_size
+        b = curr.shape[0]
+        if return_distraction:
+            raise ValueError("the distraction ratio is measured on FoT only (model=fot)")
+        if prev.shape[1] % C or curr.shape[1] != C:
+            raise ValueError(f"CrossBatch needs whole chunks of {C} tokens: got prev {tuple(prev.shape)}, "
+                             f"curr {tuple(curr.shape)}")
+        if not 1 <= d <= b:
+            raise ValueError(f"CrossBatch d={d} must be in [1, batch size {b}]")
+        local = ["local" if li in cfg.memory_layers else None for li in range(cfg.num_layers)]
+        _, state = self._run(prev, None, local)
+        rows = crossbatch_rows(b, d, curr.device)
+        extra = [crossbatch_extra(*st.pop("keys"), rows) if li in cfg.memory_layers else None
+                 for li, st in enumerate(state["layers"])]
+        logits, _ = self._run(curr, state, extra)
+        return logits
 
     # ------------------------------------------------------------------ bookkeeping
     def flops_terms(self, context: int) -> dict[str, float]:
@@ -166,7 +204,8 @@ class Megalodon(Architecture):
         span = min(context, cfg.chunk_size)
         attn = 2 * cfg.num_layers * (cfg.z_dim + cfg.value_dim) * span / 2
         fft = cfg.num_layers * 5 * cfg.model_dim * math.log2(max(2, 2 * context)) if cfg.ema != "none" else 0.0
-        return {"dense": 2.0 * n, "attention": attn, "ema": fft}
+        memory = 2 * len(cfg.memory_layers) * (cfg.z_dim + cfg.value_dim) * cfg.memory_k  # retrieved keys
+        return {"dense": 2.0 * n, "attention": attn, "ema": fft, "memory": memory}
 
     def flops_per_token(self, context: int) -> float:
         """Training FLOPs per token: forward + backward = 3 x the forward terms."""

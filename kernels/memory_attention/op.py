@@ -12,7 +12,8 @@ from kernels.memory_attention.torch_impl import memory_attention_fast
 
 
 def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=None, local_valid=None):
-    """FoT memory attention: one softmax over causal local keys and extra keys. q, k, v [B, T, H, d].
+    """FoT memory attention: one softmax over causal local keys and extra keys. q, k [B, T, H, d], v
+    [B, T, H, d_v] (d_v != d: Megalodon's values; the Triton backend then runs the torch path).
 
     Dense / CrossBatch: ``mem_k, mem_v`` [B, M, H, d], ``mem_mask`` [B, M] or [B, H, M].
     kNN: ``mem_k, mem_v`` [B, T, H, k, d], ``mem_mask`` [B, T, H, k]. True = valid entry.
@@ -20,10 +21,12 @@ def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=N
     started a new document inside the window; each query's own key must stay valid). The Triton
     backend then runs the torch path.
     """
-    check(q.dim() == 4 and q.shape == k.shape == v.shape,
-          f"memory_attention: q, k, v must share one [B, T, H, d] shape, got {tuple(q.shape)}")
+    check(q.dim() == 4 and q.shape == k.shape and v.shape[:3] == q.shape[:3],
+          f"memory_attention: q, k must share one [B, T, H, d] shape and v be [B, T, H, d_v], got "
+          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, T, H, d = q.shape
-    check(mem_k.shape == mem_v.shape, "memory_attention: mem_k and mem_v must have the same shape")
+    check(mem_k.shape[:-1] == mem_v.shape[:-1] and mem_v.shape[-1] == v.shape[-1],
+          "memory_attention: mem_k and mem_v must have the same shape but for the value width of v")
     if mem_k.dim() == 4:
         check(mem_k.shape[0] == B and mem_k.shape[2:] == (H, d),
               f"memory_attention: dense memory must be [B={B}, M, H={H}, d={d}], got {tuple(mem_k.shape)}")
@@ -38,7 +41,7 @@ def memory_attention(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, backend=N
     b = resolve_backend(backend, q, "memory_attention")
     if b == "reference":
         return memory_attention_reference(q, k, v, mem_k, mem_v, mem_mask, scale, local_valid=local_valid)
-    if b == "torch" or local_valid is not None:
+    if b == "torch" or local_valid is not None or v.shape[-1] != d:  # the Triton kernel: one width
         return memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask, scale, local_valid)
     from kernels.memory_attention.triton_impl import memory_attention_triton_forward
 

@@ -1,0 +1,114 @@
+"""FoT's memory attention on another backbone: Megalodon with ``memory_layers`` (a kNN memory of the
+row's earlier chunks). The contract tests (causality, segments = one pass, document resets, gradients,
+overfitting) run on ``megalodon_memory_tiny`` with every other tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from architectures.megalodon import Megalodon
+from experiments.train import train
+from tests.conftest import compose
+
+TINY = dict(model_dim=32, num_layers=2, num_heads=2, z_dim=16, value_dim=64, ffn_hidden_dim=64, chunk_size=8,
+            norm_num_groups=4, cema_ndim=4)
+
+
+def model(dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return Megalodon(**{**TINY, "memory_layers": [1], "memory_k": 4, **kw}).to(dtype).eval()
+
+
+def tokens(B=2, T=40, seed=1):
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_first_chunk_is_the_official_megalodon_and_later_chunks_use_the_memory():
+    """An empty memory adds nothing: the first chunk equals the model without memory layers (same
+    weights: memory layers add no parameters); from the second chunk on the memory is read."""
+    x = tokens()
+    with_memory, plain = model(), model(memory_layers=[])
+    assert plain.load_state_dict(with_memory.state_dict()) is not None  # strict: the same parameters
+    a, b = with_memory(x)[0], plain(x)[0]
+    torch.testing.assert_close(a[:, :8], b[:, :8], atol=1e-10, rtol=0)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_knn_with_k_at_least_the_memory_size_equals_dense_and_a_small_k_restricts():
+    x = tokens()
+    a = model(memory_k=64)(x)[0]  # at most 32 entries per row and head ever in memory
+    b = model(memory_backend="dense")(x)[0]
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    c = model(memory_k=2)(x)[0]
+    assert not torch.allclose(a[:, 16:], c[:, 16:])
+
+
+def test_faiss_flat_retrieves_what_exact_search_does():
+    x = tokens()
+    torch.testing.assert_close(model(memory_backend="faiss")(x)[0], model()(x)[0], atol=1e-8, rtol=0)
+
+
+def test_a_chunk_never_retrieves_itself():
+    net, x, state, sizes = model(), tokens(T=24), None, []
+    for s in range(0, 24, 4):
+        _, state = net(x[:, s : s + 4], state)
+        sizes.append(int(state["layers"][1]["memory"].size()[0]))
+    assert sizes == [0, 8, 8, 16, 16, 24]  # a chunk enters the memory once complete
+
+
+def test_crossbatch_positive_is_own_row_negatives_are_the_next_rows_and_gradients_reach_them():
+    net = model(torch.float32).train()
+    b, C, d = 5, 8, 3
+    prev, curr = tokens(B=b, T=2 * C, seed=3), tokens(B=b, T=C, seed=4)
+    captured = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = net.embed.register_forward_hook(keep)
+    logits = net.forward_crossbatch(prev, curr, d)
+    hook.remove()
+    assert logits.shape == (b, C, 256)
+    prev_emb = captured[0]  # [b, 2C, D]: the previous chunks, in this graph
+    for row in range(b):
+        prev_emb.grad = None
+        logits[row].sum().backward(retain_graph=True)
+        reached = prev_emb.grad.abs().sum((1, 2)) > 0
+        expected = torch.zeros(b, dtype=torch.bool)
+        expected[[(row + j) % b for j in range(d)]] = True
+        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
+
+
+def test_crossbatch_with_only_the_own_row_is_streaming_with_the_previous_chunk_in_memory():
+    """d=1 and one previous chunk (which streaming reads with an empty memory too) equals streaming the
+    same bytes with a memory that holds that chunk (memory_backend=dense: all of it)."""
+    net = model(memory_backend="dense")
+    x = tokens(T=16)
+    crossbatch = net.forward_crossbatch(x[:, :8], x[:, 8:], 1)
+    streamed = net(x)[0][:, 8:]
+    torch.testing.assert_close(crossbatch, streamed, atol=1e-10, rtol=0)
+
+
+def test_bad_memory_settings_fail_clearly():
+    with pytest.raises(ValueError, match=r"memory_layers=\[2\] must be layer indices in \[0, 2\)"):
+        model(memory_layers=[2])
+    with pytest.raises(ValueError, match="memory layers attend without attention dropout"):
+        model(attention_dropout=0.1)
+    with pytest.raises(ValueError, match="memory_backend='knn'"):
+        model(memory_backend="knn")
+    with pytest.raises(ValueError, match=r"whole chunks of 8 tokens"):
+        model().forward_crossbatch(tokens(T=12), tokens(T=8), 1)
+    assert model(memory_layers=[]).crossbatch_window is None and model().crossbatch_window == 8
+
+
+def test_crossbatch_training_runs_through_the_shared_objective(tiny_corpus, tmp_path):
+    """task.crossbatch with Megalodon: the window is a chunk (16 bytes for megalodon_memory_tiny)."""
+    cfg = compose("train", ["debug=smoke", f"run_dir={tmp_path}", f"data.path={tiny_corpus}", "data.pattern=**/*.txt",
+                            "data.val_fraction=0.15", "model=megalodon_memory_tiny", "data.sampler=crossbatch",
+                            "data.seq_len=32", "task.crossbatch={d: 2, w: 1}"])
+    metrics = train(cfg)
+    assert metrics["steps"] == 3 and json.loads((tmp_path / "metrics.json").read_text())["val/bpb"] > 0
