@@ -59,6 +59,27 @@ def _faiss():
         raise ImportError("memory backend 'faiss' needs faiss: `pip install faiss-cpu` (or faiss-gpu-cu12)") from e
 
 
+def _block_topk(scores: torch.Tensor, k: int, group: int = 64):
+    """``scores.topk(min(k, n), -1)`` (values, indices) over the last dim n, exactly, with less work: the
+    maxima of groups of ``group`` scores select k groups, and the top-k is taken among their members.
+    Every top-k score lies in one of the k groups with the largest maxima (a group left out has k groups
+    of larger maxima above it, so k larger scores), so nothing is lost; a top-k over n becomes a max over
+    n, a top-k over n / group and one over k * group."""
+    n = scores.shape[-1]
+    kk = min(k, n)
+    if n <= 4 * k * group:  # small: a plain top-k is as cheap
+        top = scores.topk(kk, dim=-1)
+        return top.values, top.indices
+    pad = -n % group
+    if pad:
+        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
+    groups = scores.unflatten(-1, (-1, group))  # [..., n / group, group]
+    best_groups = groups.amax(-1).topk(kk, dim=-1).indices  # [..., kk]
+    members = (best_groups.unsqueeze(-1) * group + torch.arange(group, device=scores.device)).flatten(-2)
+    top = scores.gather(-1, members).topk(kk, dim=-1)
+    return top.values, members.gather(-1, top.indices)
+
+
 class KNNMemory:
     def __init__(self, batch: int, heads: int, head_dim: int, config: MemoryConfig | None = None,
                  device=None, dtype=torch.float32, value_dim: int | None = None):
@@ -176,21 +197,24 @@ class KNNMemory:
         vv = self.values.view(-1, self.dv).index_select(0, flat).view(B, T, H, k, self.dv)
         return kk, vv, valid.permute(0, 2, 1, 3), torch.where(valid, ids, torch.full_like(ids, -1))
 
-    def _search_exact(self, queries, k, block: int = 16384):
-        """Exact top-k by blocks of slots: a matmul per block and a running top-k, so the score matrix
-        is never larger than [B, H, T, block] and each top-k runs over block + k candidates."""
+    def _search_exact(self, queries, k, block: int | None = None, budget: int = 1 << 25):
+        """Exact top-k by blocks of slots: a matmul per block and a running top-k (by group maxima, see
+        ``_block_topk``), so the score matrix never holds more than ``budget`` scores ([B, H, T, block];
+        fewer, larger blocks cost less merging)."""
         n = max(1, int(self.size().max()))  # slots fill in order before the ring wraps
+        if block is None:
+            block = max(4096, budget // max(1, queries.shape[0] * queries.shape[1] * queries.shape[2]))
         q = queries.to(self.keys.dtype)
         live = self.size().to(self.keys.device).view(-1, 1, 1, 1)
         best_v = best_s = None
         for lo in range(0, n, block):
             hi = min(n, lo + block)
             scores = torch.einsum("bhtd,bhcd->bhtc", q, self.keys[:, :, lo:hi])
-            slots = torch.arange(lo, hi, device=scores.device)
-            scores = scores.masked_fill(slots.view(1, 1, 1, -1) >= live, float("-inf"))
-            kk = min(k, hi - lo)
-            top = scores.topk(kk, dim=-1)
-            cand_v, cand_s = top.values, top.indices + lo
+            if hi > int(live.min()):  # some row has fewer live slots than this block reaches
+                slots = torch.arange(lo, hi, device=scores.device)
+                scores = scores.masked_fill(slots.view(1, 1, 1, -1) >= live, float("-inf"))
+            cand_v, cand_s = _block_topk(scores, k)
+            cand_s = cand_s + lo
             if best_v is not None:
                 cand_v, cand_s = torch.cat([best_v, cand_v], -1), torch.cat([best_s, cand_s], -1)
                 top = cand_v.topk(min(k, cand_v.shape[-1]), dim=-1)

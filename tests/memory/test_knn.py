@@ -151,3 +151,32 @@ def test_blocked_exact_search_equals_one_top_k():
     one = mem._search_exact(q, 9, block=10**9)
     blocks = mem._search_exact(q, 9, block=7)
     assert torch.equal(one.sort(-1).values, blocks.sort(-1).values)
+
+
+def test_top_k_by_group_maxima_is_exact():
+    """Exact search selects k groups of 64 scores by their maxima, then the top-k among their members:
+    the same values and positions as a plain top-k, also with -inf (empty slots) and ragged ends."""
+    from memory.knn import _block_topk
+
+    g = torch.Generator().manual_seed(4)
+    for n in (40, 8193, 20000):
+        scores = torch.randn(2, 3, 5, n, generator=g)
+        scores[..., ::37] = float("-inf")
+        values, idx = _block_topk(scores, 32)
+        ref = scores.topk(min(32, n), -1)
+        assert torch.equal(values, ref.values) and torch.equal(scores.gather(-1, idx), ref.values)
+
+
+def test_exact_search_over_a_large_partly_filled_wrapped_memory_equals_brute_force():
+    """Large enough for the grouped top-k (> 8192 slots), rows filled to different sizes, one wrapped."""
+    g = torch.Generator().manual_seed(5)
+    mem = KNNMemory(B, H, D, MemoryConfig(capacity=12000))
+    k0, v0 = torch.randn(B, H, 15000, D, generator=g), torch.randn(B, H, 15000, D, generator=g)
+    mem.add(k0, v0, mask=torch.stack([torch.ones(15000, dtype=torch.bool), torch.arange(15000) < 9000]))
+    q = torch.randn(B, H, 6, D, generator=g)
+    kk, _, valid, _ = mem.search(q, 16)
+    assert valid.all()
+    for b, live in ((0, k0[0, :, -12000:]), (1, k0[1, :, :9000])):
+        ref = torch.einsum("htd,hnd->htn", q[b], live).topk(16, -1).values.sort(-1).values
+        got = torch.einsum("thd,thkd->htk", q[b].transpose(0, 1), kk[b]).sort(-1).values
+        torch.testing.assert_close(got, ref)
