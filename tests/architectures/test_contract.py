@@ -228,7 +228,7 @@ def test_flop_counts_agree_with_torch_flop_counter(model, extra):
     assert net.flops_per_token(256) == pytest.approx(3 * sum(terms.values()))
 
 
-@pytest.mark.parametrize("model", ["fot_tiny", "transformer_tiny", "megalodon_tiny"])
+@pytest.mark.parametrize("model", ["fot_tiny", "transformer_tiny", "megalodon_tiny", "megalodon_memory_tiny"])
 def test_a_document_starting_inside_a_window_sees_nothing_before_it(model):
     """reset_state mid-window: what the row read before (its memory, the window's earlier tokens,
     token-shift history) never reaches the new document's logits, and the memory never stores it."""
