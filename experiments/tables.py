@@ -39,6 +39,16 @@ NEUTRAL_ADDITIONS: dict[str, object] = {
     "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
     "data.loss_on": "all", "parallel.sequence": 1,
 }
+# the same for fields an architecture's config gained (at their defaults), by the net's _target_
+_MEMORY_DEFAULTS: dict[str, object] = {
+    "memory_layers": [], "memory_backend": "exact", "memory_index": "flat", "memory_capacity": 65536,
+    "memory_k": 128, "memory_nlist": 64, "memory_nprobe": 8, "memory_hnsw_m": 32, "memory_ef_search": 64,
+    "memory_threads": 1,
+}
+NEUTRAL_NET_ADDITIONS: dict[str, dict[str, object]] = {
+    "architectures.megalodon.Megalodon": _MEMORY_DEFAULTS,
+    "architectures.megabyte.Megabyte": {**_MEMORY_DEFAULTS, "global_window": 0},
+}
 
 
 def default_results(scale: str) -> str:
@@ -76,13 +86,20 @@ def _get(tree: dict, dotted: str, default=None):
 
 
 def _drop(tree: dict, dotted: str) -> None:
+    """Remove ``dotted`` from ``tree``, and any parent it leaves empty (a group that only held it)."""
     *parents, last = dotted.split(".")
+    path = [tree]
     for p in parents:
-        tree = tree.get(p) if isinstance(tree, dict) else None
-        if tree is None:
+        node = path[-1].get(p) if isinstance(path[-1], dict) else None
+        if node is None:
             return
-    if isinstance(tree, dict):
-        tree.pop(last, None)
+        path.append(node)
+    if not isinstance(path[-1], dict):
+        return
+    path[-1].pop(last, None)
+    for node, key in zip(reversed(path[:-1]), reversed(parents)):
+        if node.get(key) == {}:
+            node.pop(key)
 
 
 def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None) -> str:
@@ -94,7 +111,8 @@ def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None =
         data["pattern"] = "**/*.py" if data["path"] is None else "**/*"
     for k in IGNORED_KEYS:
         _drop(tree, k)
-    for k, neutral in NEUTRAL_ADDITIONS.items():
+    neutral_net = NEUTRAL_NET_ADDITIONS.get(str(_get(tree, "model.net._target_")), {})
+    for k, neutral in [*NEUTRAL_ADDITIONS.items(), *((f"model.net.{f}", v) for f, v in neutral_net.items())]:
         if _get(tree, k, _MISSING) == neutral:
             _drop(tree, k)
     parent = "" if row.init_from_row is None else row_key(spec, spec.row(row.init_from_row), scale, extra)

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from architectures.common.memory_layer import MemorySettings
+
 PATCH_ENCODERS = ("concat", "conv")
 
 
 @dataclass(frozen=True)
-class MegabyteConfig:
+class MegabyteConfig(MemorySettings):
     """MEGABYTE (arXiv 2305.07185), equations 1-6: a global transformer over patches of P bytes (width
     P * d_global) and a local transformer inside each patch (width d_local).
 
@@ -16,6 +18,13 @@ class MegabyteConfig:
     convolutions of widths 3, 5, 7 over byte embeddings before patching), ``patch_size``.
 
     The defaults are the ``model=megabyte`` preset (compute-matched to ``model=transformer``).
+
+    kNN memory in the global model (FoT's memory attention, not in the MEGABYTE paper):
+    ``global_window`` W > 0 keeps global attention inside aligned windows of W patches and makes the
+    learned byte positions window-relative (so streams are unbounded); ``memory_layers`` lists global
+    layers that also attend, in one softmax, to keys retrieved from a memory of the row's earlier
+    windows (``MemorySettings``); with ``task.crossbatch`` they train on CrossBatch, a window of W * P
+    bytes being FoT's window.
     """
 
     vocab_size: int = 256
@@ -40,6 +49,8 @@ class MegabyteConfig:
     patch_encoder: str = "concat"
     rope_base: float = 10000.0
     checkpoint_layers: bool = False  # activation checkpointing per block of both models
+    global_window: int = 0  # patches per global attention window (0: full causal attention, the paper)
+    memory_layers: tuple[int, ...] = ()  # global layers with FoT memory attention (needs global_window)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -66,6 +77,19 @@ class MegabyteConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         need(0.0 <= self.embed_dropout < 1.0, f"embed_dropout={self.embed_dropout} must be in [0, 1)")
         need(self.init_std > 0, f"init_std={self.init_std} must be > 0")
+        need(self.global_window >= 0, f"global_window={self.global_window} must be >= 0 (0: no windows)")
+        object.__setattr__(self, "memory_layers", tuple(sorted(int(i) for i in self.memory_layers or ())))
+        need(all(0 <= i < self.global_layers for i in self.memory_layers),
+             f"memory_layers={list(self.memory_layers)} must be global layer indices in [0, {self.global_layers})")
+        if self.global_window:
+            need(self.global_model, "global_window needs global_model=true")
+            need(self.max_len >= self.global_window * self.patch_size,
+                 f"global_window={self.global_window} patches of {self.patch_size} bytes need max_len >= "
+                 f"{self.global_window * self.patch_size} (window-relative positions)")
+        if self.memory_layers:
+            need(self.global_window > 0, f"memory_layers={list(self.memory_layers)} needs global_window > 0: "
+                 "memory holds the earlier windows of the global model")
+            self.check_memory_settings()
 
     @property
     def global_width(self) -> int:

@@ -22,9 +22,11 @@ from einops import rearrange
 from torch import nn
 
 from architectures.common import run_layer
+from architectures.common.memory_layer import attend
 from architectures.common.rotary import RotaryEmbedding
 from architectures.contract import Architecture, build_config
 from architectures.megabyte.config import MegabyteConfig
+from architectures.megabyte.windows import GlobalWindows
 
 CONV_WIDTHS = (3, 5, 7)
 CONV_FIELD = sum(k - 1 for k in CONV_WIDTHS)  # bytes of history the encoder looks back
@@ -42,17 +44,24 @@ class Attention(nn.Module):
     def _rot(self, x, offset):
         return x if self.rope is None else self.rope(x, offset)
 
-    def forward(self, x, cache=None, prefix=None, prefix_valid=None, grid=None):
+    memory_settings = None  # MemorySettings when this is a memory layer of the global model
+
+    def forward(self, x, cache=None, prefix=None, prefix_valid=None, grid=None, memory=None):
         """x [N, L, dim]. ``cache`` (k, v) [N, H, m, d]: earlier positions of the same rows (keys kept
         unrotated). ``prefix`` (k, v) [N, H, r, d]: the previous patch's last r positions, attended by
         every query (``prefix_valid`` [N] masks rows without a previous patch). ``grid`` = (patches per
         batch row, first prefix or None): rows are consecutive patches and each row's prefix is taken
-        from the previous row's keys in this same call (training-time cross-patch attention)."""
+        from the previous row's keys in this same call (training-time cross-patch attention). ``memory``
+        (a memory layer of the global model): extra keys for FoT's memory attention, {"memory": KNNMemory}
+        or dense {"k", "v"} (see ``architectures.common.memory_layer.attend``); no attention dropout."""
         N, L, _ = x.shape
         q, k, v = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.heads)
         m = 0 if cache is None else cache[0].shape[2]
         if m:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        if memory is not None:  # the global model has no rotary positions: keys are stored as they are
+            o, _ = attend(*(rearrange(t, "n h l d -> n l h d") for t in (q, k, v)), m, memory, self.memory_settings)
+            return self.out(rearrange(o, "n l h d -> n l (h d)")), (k, v)
         if grid is not None:
             prefix, prefix_valid = self._grid_prefix(k, v, *grid)
         qr, kr, vv = self._rot(q, m), self._rot(k, 0), v
@@ -114,20 +123,25 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout, eps, rope, rope_base) for _ in range(layers))
         self.norm = nn.LayerNorm(dim, eps=eps) if final_norm else nn.Identity()
 
-    def forward(self, x, caches=None, prefixes=None, prefix_valid=None, grid=None, r=0):
+    def forward(self, x, caches=None, prefixes=None, prefix_valid=None, grid=None, r=0, memories=None):
+        """``memories``: per block, the extra keys of a memory layer (or None)."""
         new = []
         for i, blk in enumerate(self.blocks):
             kw: dict[str, Any] = {"cache": None if caches is None else caches[i]}
+            if memories is not None and memories[i] is not None:
+                kw["memory"] = memories[i]
             if grid is not None:
                 kw["grid"] = (grid, None if prefixes is None else prefixes[i], r)
             elif prefixes is not None:
                 kw["prefix"], kw["prefix_valid"] = prefixes[i], prefix_valid
-            x, kv = run_layer(self.checkpointed, blk, x, **kw)
+            # a streaming memory layer reads a memory that later windows change: never recomputed
+            streaming = "memory" in (kw.get("memory") or {})
+            x, kv = run_layer(self.checkpointed and not streaming, blk, x, **kw)
             new.append(kv)
         return self.norm(x), new
 
 
-class Megabyte(Architecture):
+class Megabyte(GlobalWindows, Architecture):
     """``forward(tokens[B, T], state=None) -> (logits[B, T, 256], state)``."""
 
     def __init__(self, config: MegabyteConfig | None = None, **kwargs: Any):
@@ -147,6 +161,8 @@ class Megabyte(Architecture):
                                       cfg.norm_eps, final_norm=cfg.global_final_norm,
                                       checkpointed=cfg.checkpoint_layers)
             self.w_gl = nn.Linear(DG, DL, bias=False)  # shared by the P slots; no bias (paper eq. 4)
+            for li in cfg.memory_layers:
+                self.global_model.blocks[li].attn.memory_settings = cfg
         self.local_embed = nn.Embedding(V, DL)  # E_l, tied to the output
         if cfg.local_model:
             self.local_pad = nn.Parameter(torch.empty(DL))
@@ -175,8 +191,10 @@ class Megabyte(Architecture):
 
     @property
     def max_len(self) -> int | None:
-        """Learned byte positions E_pos bound the stream (only the global model has them)."""
-        return self.config.max_len if self.config.global_model else None
+        """Learned byte positions E_pos bound the stream (only the global model has them), unless they are
+        relative to global attention windows."""
+        cfg = self.config
+        return cfg.max_len if cfg.global_model and not cfg.global_window else None
 
     @property
     def patch_size(self) -> int:
@@ -187,6 +205,8 @@ class Megabyte(Architecture):
         """Global per-byte features (E_g[x] + E_pos[j], then the optional causal conv encoder) for the
         bytes ``known`` at stream positions s0, s0+1, ... Exact from s0 + CONV_FIELD on (all of it if s0 = 0)."""
         pos = torch.arange(s0, s0 + known.shape[1], device=known.device)
+        if self.config.global_window:  # positions inside the current global window
+            pos = pos % (self.config.global_window * self.config.patch_size)
         h = self.byte_embed(known) + self.pos_embed(pos)
         if self.config.patch_encoder == "conv":
             c = h.transpose(1, 2)
@@ -227,13 +247,16 @@ class Megabyte(Architecture):
     def forward(self, tokens: torch.Tensor, state: dict | None = None):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
+        return self._forward(tokens, state, None)
+
+    def _forward(self, tokens, state, mode):
         cfg = self.config
         P, r = cfg.patch_size, cfg.cross_patch_attention
         B, n = tokens.shape
         first = state is None
         s = 0 if first else int(state["pos"])
         end = s + n
-        if cfg.global_model and end > cfg.max_len:
+        if self.max_len is not None and end > self.max_len:
             raise ValueError(
                 f"MEGABYTE has learned byte positions for max_len={cfg.max_len} bytes, but this sequence "
                 f"reaches position {end}; raise model.net.max_len or use a shorter context / document"
@@ -250,6 +273,7 @@ class Megabyte(Architecture):
         if cfg.global_model:
             k_lo = 0 if first else int(state["g_done"])
             g_kv = None if first else state["g_kv"]
+            g_mem = None if first else state.get("g_mem")
             parts = [] if k_s >= k_lo else [state["g_cur"][:, None]]
             if k_hi >= k_lo:
                 h = self._byte_features(known, s0)
@@ -260,10 +284,12 @@ class Megabyte(Architecture):
                 if k_hi >= kk0:
                     seg = h[:, (kk0 - 1) * P - s0 : k_hi * P - s0]
                     rows.append(rearrange(seg, "b (k p) d -> b k (p d)", p=P))
-                g_out, g_kv = self.global_model(self.drop(torch.cat(rows, 1)), caches=g_kv)
+                g_out, g_kv, g_mem = self._global(self.drop(torch.cat(rows, 1)), k_lo, g_kv, g_mem, mode)
                 parts.append(g_out)
             G = torch.cat(parts, 1)  # patches k_s .. k_hi
             new_state.update(g_kv=g_kv, g_done=k_hi + 1, g_cur=G[:, -1])
+            if g_mem is not None:
+                new_state["g_mem"] = g_mem
 
         # ---- no local model: each slot is read off the global output directly
         if not cfg.local_model:
@@ -318,9 +344,12 @@ class Megabyte(Architecture):
         m_l = sum(p.numel() for n, p in self.named_parameters() if n.startswith("local_model") and p.dim() == 2)
         m_l += cfg.vocab_size * cfg.d_local + (cfg.d_global * cfg.d_local if cfg.global_model else 0)
         conv = sum(p.numel() for n, p in self.named_parameters() if n.startswith("convs") and p.dim() == 3)
-        attn_g = 2 * cfg.global_layers * cfg.global_width * (context / P) / 2 / P if cfg.global_model else 0.0
+        span = min(context / P, cfg.global_window) if cfg.global_window else context / P  # patches attended
+        attn_g = 2 * cfg.global_layers * cfg.global_width * span / 2 / P if cfg.global_model else 0.0
         attn_l = 2 * cfg.local_layers * cfg.d_local * (P / 2 + cfg.cross_patch_attention) if cfg.local_model else 0.0
-        return {"dense": 2.0 * (m_g / P + m_l), "conv": 2.0 * conv, "attention": 2.0 * (attn_g + attn_l)}
+        memory = 2 * 2 * len(cfg.memory_layers) * cfg.global_width * cfg.memory_k / P  # retrieved keys, per byte
+        return {"dense": 2.0 * (m_g / P + m_l), "conv": 2.0 * conv, "attention": 2.0 * (attn_g + attn_l),
+                "memory": memory}
 
     def flops_per_token(self, context: int) -> float:
         """Training FLOPs per byte: forward + backward = 3 x the forward terms."""

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from architectures.megabyte import Megabyte
 from architectures.megalodon import Megalodon
 from experiments.train import train
 from tests.conftest import compose
@@ -112,3 +113,74 @@ def test_crossbatch_training_runs_through_the_shared_objective(tiny_corpus, tmp_
                             "data.seq_len=32", "task.crossbatch={d: 2, w: 1}"])
     metrics = train(cfg)
     assert metrics["steps"] == 3 and json.loads((tmp_path / "metrics.json").read_text())["val/bpb"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- MEGABYTE
+MB = dict(patch_size=4, d_global=8, d_local=16, global_layers=2, global_heads=2, local_layers=2, local_heads=2,
+          max_len=64, global_window=4)
+
+
+def megabyte(**kw):
+    torch.manual_seed(0)
+    return Megabyte(**{**MB, "memory_layers": [1], "memory_k": 4, **kw}).double().eval()
+
+
+def test_megabyte_first_window_is_the_paper_model_and_streams_pass_the_learned_positions():
+    """The first window equals MEGABYTE without windows or memory (same weights: none added); a
+    windowed model has window-relative positions, so it streams past max_len (100 > 64 bytes)."""
+    x = tokens(T=100)
+    net, plain = megabyte(), megabyte(memory_layers=[], global_window=0)
+    plain.load_state_dict(net.state_dict())
+    y, state = net(x)
+    torch.testing.assert_close(y[:, :15], plain(x[:, :15])[0], atol=1e-10, rtol=0)
+    assert net.max_len is None and plain.max_len == 64
+    assert int(state["g_mem"][0].size()[0]) == 24  # patches 0..25 computed: 6 windows of 4 complete
+
+
+def test_megabyte_knn_with_k_at_least_the_memory_size_equals_dense():
+    x = tokens(T=64)
+    a = megabyte(memory_k=64)(x)[0]
+    torch.testing.assert_close(a, megabyte(memory_backend="dense")(x)[0], atol=1e-10, rtol=0)
+    assert not torch.allclose(a[:, 32:], megabyte(memory_k=1)(x)[0][:, 32:])
+
+
+def test_megabyte_crossbatch_rows_and_gradients():
+    net = megabyte().float().train()
+    b, Wb, d = 4, 16, 2
+    prev, curr = tokens(B=b, T=Wb, seed=3), tokens(B=b, T=Wb, seed=4)
+    captured = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = net.byte_embed.register_forward_hook(keep)
+    logits = net.forward_crossbatch(prev, curr, d)
+    hook.remove()
+    assert logits.shape == (b, Wb, 256)
+    emb = captured[0]  # [b, 2 Wb, D_G] global byte embeddings of prev and curr
+    for row in range(b):
+        emb.grad = None
+        logits[row, :-1].sum().backward(retain_graph=True)  # the last byte is scored by the next window
+        reached = emb.grad[:, : Wb - 4].abs().sum((1, 2)) > 0  # prev's patches but its last (curr's input)
+        expected = torch.zeros(b, dtype=torch.bool)
+        expected[[(row + j) % b for j in range(d)]] = True
+        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
+
+
+def test_megabyte_crossbatch_with_the_own_row_is_streaming_with_that_window_in_memory():
+    net = megabyte(memory_backend="dense")
+    x = tokens(T=32)
+    crossbatch, streamed = net.forward_crossbatch(x[:, :16], x[:, 16:], 1), net(x)[0][:, 16:]
+    # all but the last byte, which the next window scores (its memory then also holds this window)
+    torch.testing.assert_close(crossbatch[:, :-1], streamed[:, :-1], atol=1e-10, rtol=0)
+
+
+def test_megabyte_bad_memory_settings_fail_clearly():
+    with pytest.raises(ValueError, match=r"memory_layers=\[1\] needs global_window > 0"):
+        megabyte(global_window=0)
+    with pytest.raises(ValueError, match=r"global_window=32 patches of 4 bytes need max_len >= 128"):
+        megabyte(global_window=32)
+    with pytest.raises(ValueError, match=r"whole global windows of 16 bytes"):
+        megabyte().forward_crossbatch(tokens(T=8), tokens(T=16), 1)
+    assert megabyte(memory_layers=[]).crossbatch_window is None and megabyte().crossbatch_window == 16

@@ -218,3 +218,29 @@ def test_compare_quick_writes_the_report_and_learning_curves_into_its_run_folder
     assert rows[0]["val_curve"] and rows[0]["val_curve"][-1]["bytes"] == rows[0]["tokens"]
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "learning curves" in md and "bytes/CPU-s" in md
+
+
+def test_committed_cells_keep_their_keys():
+    """Every cell committed under results/cells is found by the current code (its folder's key is the
+    key of its row's current config): a code change that only adds options at neutral values never
+    orphans finished work, and a real config change shows up here (delete the stale cells)."""
+    from experiments.tables import REPO
+
+    root = REPO / "results" / "cells"
+    checked = 0
+    for meta in sorted(root.glob("*/*/*/*/seed=*/meta.json")):
+        cell = meta.parent
+        table, scale, row, key = cell.parts[-5:-1]
+        spec = load_table(table)
+        assert row_key(spec, spec.row(row), scale) == key, f"{cell}: its row's config changed; rerun or delete it"
+        checked += 1
+    assert checked or not root.exists()
+
+
+def test_dropping_a_neutral_key_prunes_the_group_it_leaves_empty():
+    from experiments.tables import _drop
+
+    tree = {"parallel": {"sequence": 1}, "model": {"net": {"a": 1, "b": 2}}}
+    _drop(tree, "parallel.sequence")
+    _drop(tree, "model.net.a")
+    assert tree == {"model": {"net": {"b": 2}}}
