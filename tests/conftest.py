@@ -57,3 +57,29 @@ def build_net(model: str, overrides: list[str] | None = None):
 
     cfg = compose("train", [f"model={model}", *(overrides or [])])
     return instantiate(cfg.model.net)
+
+
+def assert_crossbatch_reaches_own_and_next_rows(net, embedding, prev, curr, d, prev_bytes=None, drop_last=False):
+    """CrossBatch's dependency structure: the logits of row i depend on the previous-window inputs of
+    rows i, i+1, ..., i+d-1 (mod b) only, through gradients to the first output of ``embedding`` (the
+    previous windows, recomputed in the same pass). ``prev_bytes``: only that many leading positions of
+    the embedded previous windows are checked; ``drop_last``: the last logit of each row is not (a model
+    may score it from the next window)."""
+    captured = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = embedding.register_forward_hook(keep)
+    logits = net.forward_crossbatch(prev, curr, d)
+    hook.remove()
+    emb, b = captured[0], curr.shape[0]
+    for row in range(b):
+        emb.grad = None
+        (logits[row, :-1] if drop_last else logits[row]).sum().backward(retain_graph=True)
+        reached = emb.grad[:, :prev_bytes].abs().sum((1, 2)) > 0
+        expected = torch.zeros(b, dtype=torch.bool)
+        expected[[(row + j) % b for j in range(d)]] = True
+        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
+    return logits

@@ -9,6 +9,7 @@ from architectures.fot import FocusedTransformer
 from architectures.transformer import Transformer
 from experiments.data import ByteCorpus
 from experiments.data.samplers import CrossBatchWindows
+from tests.conftest import assert_crossbatch_reaches_own_and_next_rows
 
 TINY = dict(d_model=32, n_layers=3, n_heads=4, window=8, memory_k=4, memory_capacity=256)
 
@@ -77,24 +78,7 @@ def test_first_window_equals_the_baseline_transformer_with_its_weights():
 def test_crossbatch_positive_is_own_row_negatives_are_the_next_rows_and_gradients_reach_them():
     net = model(torch.float32).train()
     b, W, d = 5, 8, 3
-    prev, curr = tokens(B=b, T=W, seed=3), tokens(B=b, T=W, seed=4)
-    captured = []
-    def keep(module, inputs, out):
-        out.retain_grad()
-        captured.append(out)
-
-    hook = net.embed.register_forward_hook(keep)
-    logits = net.forward_crossbatch(prev, curr, d)
-    hook.remove()
-    prev_emb = captured[0]  # [b, W, D]: the previous windows, recomputed in this pass
-    for row in range(b):
-        net.zero_grad()
-        prev_emb.grad = None
-        logits[row].sum().backward(retain_graph=True)
-        reached = prev_emb.grad.abs().sum((1, 2)) > 0
-        expected = torch.zeros(b, dtype=torch.bool)
-        expected[[(row + j) % b for j in range(d)]] = True
-        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
+    assert_crossbatch_reaches_own_and_next_rows(net, net.embed, tokens(B=b, T=W, seed=3), tokens(B=b, T=W, seed=4), d)
 
 
 def test_crossbatch_rows_come_from_different_documents(tiny_corpus, tmp_path):

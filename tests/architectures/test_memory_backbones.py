@@ -12,7 +12,7 @@ import torch
 from architectures.megabyte import Megabyte
 from architectures.megalodon import Megalodon
 from experiments.train import train
-from tests.conftest import compose
+from tests.conftest import assert_crossbatch_reaches_own_and_next_rows, compose
 
 TINY = dict(model_dim=32, num_layers=2, num_heads=2, z_dim=16, value_dim=64, ffn_hidden_dim=64, chunk_size=8,
             norm_num_groups=4, cema_ndim=4)
@@ -63,25 +63,9 @@ def test_a_chunk_never_retrieves_itself():
 def test_crossbatch_positive_is_own_row_negatives_are_the_next_rows_and_gradients_reach_them():
     net = model(torch.float32).train()
     b, C, d = 5, 8, 3
-    prev, curr = tokens(B=b, T=2 * C, seed=3), tokens(B=b, T=C, seed=4)
-    captured = []
-
-    def keep(module, inputs, out):
-        out.retain_grad()
-        captured.append(out)
-
-    hook = net.embed.register_forward_hook(keep)
-    logits = net.forward_crossbatch(prev, curr, d)
-    hook.remove()
+    logits = assert_crossbatch_reaches_own_and_next_rows(net, net.embed, tokens(B=b, T=2 * C, seed=3),
+                                                         tokens(B=b, T=C, seed=4), d)
     assert logits.shape == (b, C, 256)
-    prev_emb = captured[0]  # [b, 2C, D]: the previous chunks, in this graph
-    for row in range(b):
-        prev_emb.grad = None
-        logits[row].sum().backward(retain_graph=True)
-        reached = prev_emb.grad.abs().sum((1, 2)) > 0
-        expected = torch.zeros(b, dtype=torch.bool)
-        expected[[(row + j) % b for j in range(d)]] = True
-        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
 
 
 def test_crossbatch_with_only_the_own_row_is_streaming_with_the_previous_chunk_in_memory():
@@ -145,27 +129,15 @@ def test_megabyte_knn_with_k_at_least_the_memory_size_equals_dense():
 
 
 def test_megabyte_crossbatch_rows_and_gradients():
+    """The global byte embeddings of the previous windows (all but their last patch, which is also the
+    current window's first global input) reach own and next rows; the last byte is scored by the next
+    window."""
     net = megabyte().float().train()
     b, Wb, d = 4, 16, 2
-    prev, curr = tokens(B=b, T=Wb, seed=3), tokens(B=b, T=Wb, seed=4)
-    captured = []
-
-    def keep(module, inputs, out):
-        out.retain_grad()
-        captured.append(out)
-
-    hook = net.byte_embed.register_forward_hook(keep)
-    logits = net.forward_crossbatch(prev, curr, d)
-    hook.remove()
+    logits = assert_crossbatch_reaches_own_and_next_rows(net, net.byte_embed, tokens(B=b, T=Wb, seed=3),
+                                                         tokens(B=b, T=Wb, seed=4), d, prev_bytes=Wb - 4,
+                                                         drop_last=True)
     assert logits.shape == (b, Wb, 256)
-    emb = captured[0]  # [b, 2 Wb, D_G] global byte embeddings of prev and curr
-    for row in range(b):
-        emb.grad = None
-        logits[row, :-1].sum().backward(retain_graph=True)  # the last byte is scored by the next window
-        reached = emb.grad[:, : Wb - 4].abs().sum((1, 2)) > 0  # prev's patches but its last (curr's input)
-        expected = torch.zeros(b, dtype=torch.bool)
-        expected[[(row + j) % b for j in range(d)]] = True
-        assert torch.equal(reached, expected), f"row {row}: contexts {reached.tolist()}"
 
 
 def test_megabyte_crossbatch_with_the_own_row_is_streaming_with_that_window_in_memory():
