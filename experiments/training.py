@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from architectures.contract import Architecture
 from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint, resolve_ckpt_path
 from experiments.config import build, bytes_per_update, write_json
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
@@ -125,6 +126,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"task.carry_state=true streams past any length, but {type(module.net).__name__} represents at most "
             f"max_len={module.net.max_len} positions (learned positions); train it on independent windows "
             "(task.carry_state=false) or raise model.net.max_len"
+        )
+    if cfg.task.carry_state and type(module.net).reset_state is Architecture.reset_state:
+        raise ValueError(
+            f"task.carry_state=true resets each row's state where a new document starts, but "
+            f"{type(module.net).__name__} does not implement reset_state; train it on independent windows "
+            "(task.carry_state=false)"
         )
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)

@@ -156,3 +156,12 @@ def test_megabyte_bad_memory_settings_fail_clearly():
     with pytest.raises(ValueError, match=r"whole global windows of 16 bytes"):
         megabyte().forward_crossbatch(tokens(T=8), tokens(T=16), 1)
     assert megabyte(memory_layers=[]).crossbatch_window is None and megabyte().crossbatch_window == 16
+
+
+def test_carried_state_training_of_a_model_without_reset_state_fails_at_start(tiny_corpus, tmp_path):
+    """MEGABYTE with windows streams past max_len but cannot reset single rows at a document start."""
+    cfg = compose("train", ["debug=smoke", f"run_dir={tmp_path}", f"data.path={tiny_corpus}", "data.pattern=**/*.txt",
+                            "data.val_fraction=0.15", "model=megabyte_memory_tiny", "data.sampler=stream",
+                            "task.carry_state=true"])
+    with pytest.raises(ValueError, match="Megabyte does not implement reset_state"):
+        train(cfg)
