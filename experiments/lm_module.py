@@ -17,7 +17,7 @@ from architectures.contract import LanguageModel, check
 from experiments.config import build, optim_config, to_plain
 from experiments.crossbatch import CrossBatch
 from experiments.metrics import Accuracy, BitsPerByte, MeanNLL, Perplexity
-from experiments.parallel import receive_state, send_state, sequence_group, span
+from experiments.parallel import group_total, receive_state, send_state, sequence_group, span_batch
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -122,14 +122,7 @@ class CausalLMModule(L.LightningModule):
         """Per-byte NLL [B, T] in nats, the mask of scored bytes, the new state, and top-1 hits."""
         tokens = batch["tokens"]
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        mask = batch.get("loss_mask")
-        mask = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
-        starts = batch.get("starts")
-        if starts is None and "doc_start" in batch:  # samplers that only mark a start at the window's beginning
-            starts = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-            starts[:, 0] = batch["doc_start"].to(tokens.device)
-        if starts is not None:
-            mask = mask & ~starts[:, 1:].to(mask.device)
+        mask, starts = self.scored(batch)
         if crossbatch and self.crossbatch is not None:
             logits, scored = self.crossbatch.logits(inputs)
             targets, mask = targets[:, scored], mask[:, scored]
@@ -141,19 +134,36 @@ class CausalLMModule(L.LightningModule):
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.ignore_index, reduction="none"
         ).view_as(targets)
         hits = logits.argmax(-1) == targets
-        return nll, mask & (targets != self.ignore_index), state, hits
+        return nll, mask, state, hits
+
+    def scored(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The targets a batch scores (bool [B, T]: its loss mask, no byte that starts a document, no
+        ignore_index) and the document starts [B, T + 1] (None when the sampler gives none)."""
+        tokens = batch["tokens"]
+        targets = tokens[:, 1:]
+        mask = batch.get("loss_mask")
+        mask = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
+        starts = batch.get("starts")
+        if starts is None and "doc_start" in batch:  # samplers that only mark a start at the window's beginning
+            starts = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+            starts[:, 0] = batch["doc_start"].to(tokens.device)
+        if starts is not None:
+            mask = mask & ~starts[:, 1:].to(mask.device)
+        return mask & (targets != self.ignore_index), starts
 
     def training_step(self, batch, batch_idx):
         state = self._state if self.carry_state else None
         group = None
-        if self.sequence_parallel > 1:  # this rank's span; the previous rank's final state
+        if self.sequence_parallel > 1:  # this rank's span; the group's scored targets; the previous rank's state
             group = sequence_group(self.global_rank, self.trainer.world_size, self.sequence_parallel)
-            batch = {**batch, "tokens": span(batch["tokens"], group)}
+            batch = span_batch(batch, group)
+            total = group_total(self.scored(batch)[0].sum().float(), group)  # every rank, before the chain
             state, link = receive_state(group, self.device)
         nll, mask, state, hits = self.nll(batch, state)
         # mean over scored targets; a batch without any (e.g. a window of definitions only) gives 0
         loss = (nll * mask).sum() / mask.sum().clamp(min=1)
-        if group is not None:  # the next rank starts from this rank's final state (and returns its gradient)
+        if group is not None:  # DDP's average of these is the whole sequence's mean; the state goes on
+            loss = (nll * mask).sum() / total.clamp(min=1) * group.size
             loss = loss + link + send_state(state, group).to(loss.device)
         if not torch.isfinite(loss):
             raise FloatingPointError(

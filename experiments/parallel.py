@@ -61,6 +61,25 @@ def span(tokens: torch.Tensor, group: SequenceGroup) -> torch.Tensor:
     return tokens[:, group.index * n : (group.index + 1) * n + 1]
 
 
+def span_batch(batch: dict[str, torch.Tensor], group: SequenceGroup) -> dict[str, torch.Tensor]:
+    """This rank's span of a training batch: ``tokens`` (and ``starts``) [B, T + 1] by ``span``, a
+    ``loss_mask`` [B, T] over the span's targets, ``doc_start`` [B] (a start at the window's first byte)
+    on the group's first span only."""
+    T = batch["tokens"].shape[1] - 1
+    n = T // group.size
+    out = {}
+    for key, value in batch.items():
+        if key == "doc_start":
+            out[key] = value if group.index == 0 else torch.zeros_like(value)
+        elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == T + 1:
+            out[key] = span(value, group)
+        elif torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == T:
+            out[key] = value[:, group.index * n : (group.index + 1) * n]
+        else:
+            out[key] = value
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- state transport
 def _flatten(state: Any, out: list[torch.Tensor]) -> Any:
     """The state's structure with tensors replaced by their index in ``out`` (complex as real pairs)."""
@@ -168,6 +187,16 @@ def send_state(state: Any, group: SequenceGroup) -> torch.Tensor:
                          f"the state has {len(tensors)}")
     dist.send_object_list([(skeleton, [(tuple(t.shape), t.dtype) for t in tensors])], group.next)
     return _Send.apply(group.next, *tensors)
+
+
+def group_total(value: torch.Tensor, group: SequenceGroup) -> torch.Tensor:
+    """The sum of a scalar over the ranks of this sequence group (an all-gather over every rank: all
+    ranks call it at the same step). A rank's loss is its span's summed NLL / the group's scored
+    targets * N, so DDP's average over the ranks is the mean over the whole sequence even when the
+    spans score different numbers of targets (masks, ignore_index)."""
+    values = [torch.zeros_like(value) for _ in range(dist.get_world_size())]
+    dist.all_gather(values, value.detach().contiguous())
+    return torch.stack(values[group.first_rank : group.first_rank + group.size]).sum()
 
 
 def block_classes() -> set[type]:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from experiments.parallel import data_rank, receive_state, send_state, sequence_group, span
+from experiments.parallel import data_rank, group_total, receive_state, send_state, sequence_group, span
 from experiments.train import train
 from tests.conftest import REPO, build_net, compose
 
@@ -24,6 +24,19 @@ T = 96  # three Megalodon tiny chunks of 32 (spans of 48 cross a chunk boundary)
 # Megalodon (the issue's backbone) in the default run; the other contract states in the slow set
 MODELS = ["megalodon_tiny", pytest.param("transformer_tiny", marks=pytest.mark.slow),
           pytest.param("megabyte_tiny", marks=pytest.mark.slow)]
+
+
+def test_a_batch_is_cut_into_spans_with_its_masks_and_starts():
+    from experiments.parallel import span_batch
+
+    batch = {"tokens": torch.arange(18).view(2, 9), "loss_mask": torch.arange(16).view(2, 8) % 3 == 0,
+             "starts": torch.zeros(2, 9, dtype=torch.bool), "doc_start": torch.tensor([True, False])}
+    first, second = (span_batch(batch, sequence_group(r, 2, 2)) for r in range(2))
+    assert first["tokens"].tolist() == [[0, 1, 2, 3, 4], [9, 10, 11, 12, 13]]
+    assert torch.equal(first["loss_mask"], batch["loss_mask"][:, :4])
+    assert torch.equal(second["loss_mask"], batch["loss_mask"][:, 4:])
+    assert second["starts"].shape == (2, 5)
+    assert first["doc_start"].tolist() == [True, False] and second["doc_start"].tolist() == [False, False]
 
 
 def test_groups_spans_and_data_ranks():
@@ -41,18 +54,22 @@ def test_groups_spans_and_data_ranks():
 
 
 def _loss_and_grads(model: str, tokens: torch.Tensor, rank: int | None, size: int):
-    """The mean next-byte loss on ``tokens`` (a span of it on ``rank``) and the parameters' gradients."""
+    """The mean next-byte loss over the scored targets of ``tokens`` (a span of it on ``rank``; targets
+    of value 0 are not scored, more of them in the first half) and the parameters' gradients."""
     torch.manual_seed(0)
     net = build_net(model, ["model.net.dropout=0.0"] if model == "megabyte_tiny" else []).double()
     state = None
-    if rank is not None:
+    if rank is not None:  # what the LightningModule does: the span, the group's scored targets, the state
         group = sequence_group(rank, size, size)
         tokens = span(tokens, group)
+        total = group_total((tokens[:, 1:] != 0).sum().double(), group)
         state, link = receive_state(group, torch.device("cpu"))
     logits, state = net(tokens[:, :-1], state)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-    if rank is not None:
-        loss = loss + link + send_state(state, group)
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    mask = (tokens[:, 1:] != 0).flatten().double()
+    loss = (nll * mask).sum() / mask.sum()
+    if rank is not None:  # DDP's average of the ranks' losses is the whole sequence's mean
+        loss = (nll * mask).sum() / total * size + link + send_state(state, group)
     loss.backward()
     # a later span may not use every parameter (MEGABYTE's pad patch starts a sequence only): zeros there
     grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
@@ -85,6 +102,7 @@ def test_two_ranks_give_one_process_loss_and_gradients(model, tmp_path):
     average of their losses and their DDP-averaged gradients equal one process's on the whole sequence
     (float64 here; the contract's segments-equal-one-forward makes this exact up to rounding)."""
     tokens = torch.randint(0, 256, (2, T + 1), generator=torch.Generator().manual_seed(3))
+    tokens[:, 1:T // 2:3] = 0  # unscored targets, unevenly spread over the two spans
     loss, grads = _loss_and_grads(model, tokens, None, 1)
     mp.spawn(_rank_main, args=(2, _free_port(), model, tokens, str(tmp_path / "r")), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"r.{r}") for r in range(2)]
