@@ -8,7 +8,9 @@ A finding states its machine-checkable claims as HTML comments, one per line::
     <!-- claim: megalodon < ema_real on metrics/val/bpb -->
 
 (``<`` = lower value; whether lower is better is the metric's ``lower_is_better``). ``make_table``
-warns when a claim disagrees with the numbers or lies within seed noise.
+warns when a claim disagrees with the means, or, for rows sharing 2+ seeds (the same data order and
+test bytes), when it does not hold on every seed's paired difference; otherwise when the gap lies
+within one seed std.
 """
 
 from __future__ import annotations
@@ -95,8 +97,15 @@ def check_claims(text: str, rows: list[RowResult], spec: TableSpec) -> list[str]
             continue
         (ma, da, _), (mb, db, _) = sa, sb
         holds = ma < mb if op == "<" else ma > mb
+        va, vb = by_name[a].values.get(key, {}), by_name[b].values.get(key, {})
+        paired = [va[s] - vb[s] for s in sorted(set(va) & set(vb))]
         if not holds:
             warnings.append(f"claim '{claim}' DISAGREES with the numbers ({a} {ma:.4f} vs {b} {mb:.4f})")
+        elif len(paired) >= 2:  # the same seeds (same data order and test bytes): the paired differences
+            agree = sum((d < 0) if op == "<" else (d > 0) for d in paired)
+            if agree < len(paired):
+                warnings.append(f"claim '{claim}' holds on the means but on {agree} of {len(paired)} seeds only "
+                                f"(paired differences {', '.join(f'{d:+.4f}' for d in paired)})")
         elif abs(ma - mb) <= max(da or 0.0, db or 0.0):
             warnings.append(f"claim '{claim}' holds on the means but the gap {abs(ma - mb):.4f} is within one "
                             f"seed std ({max(da or 0, db or 0):.4f})")

@@ -244,3 +244,19 @@ def test_dropping_a_neutral_key_prunes_the_group_it_leaves_empty():
     _drop(tree, "parallel.sequence")
     _drop(tree, "model.net.a")
     assert tree == {"model": {"net": {"b": 2}}}
+
+
+def test_a_claim_is_checked_on_paired_seeds():
+    """Rows sharing seeds see the same data and test bytes: a gap smaller than the seed-to-seed spread
+    but of the same sign on every seed holds; one that flips on a seed is flagged."""
+    from experiments.table_report import aggregate, check_claims
+
+    spec = load_table("megalodon_ablation")
+    rows = {r.name: r for r in aggregate(spec, "/nonexistent", "cpu")}
+    rows["megalodon"].values["metrics/val/bpb"] = {0: 2.0, 1: 2.3, 2: 2.6}
+    rows["ema_real"].values["metrics/val/bpb"] = {0: 2.05, 1: 2.32, 2: 2.61}
+    rows["ema_none"].values["metrics/val/bpb"] = {0: 2.05, 1: 2.28, 2: 2.61}
+    text = ("<!-- claim: megalodon < ema_real on metrics/val/bpb -->\n"
+            "<!-- claim: megalodon < ema_none on metrics/val/bpb -->\n")
+    warnings = check_claims(text, list(rows.values()), spec)
+    assert len(warnings) == 1 and "megalodon < ema_none" in warnings[0] and "on 2 of 3 seeds only" in warnings[0]
