@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import statistics
+import textwrap
 from pathlib import Path
 
 from experiments.config import val_step
@@ -71,7 +72,7 @@ def draw_figure(spec, rows, path: Path) -> bool:
             ax.set_xscale("log")
         ax.set_xlabel(f.xlabel or f.x)
         ax.set_ylabel(f.ylabel or f.y)
-        ax.set_title(spec.title, fontsize=9)
+        ax.set_title(textwrap.fill(spec.title, 90), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -125,7 +126,7 @@ def draw_learning_curves(spec, rows, path: Path) -> bool:
             ax.set_ylabel("validation bits per byte")
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(spec.title, fontsize=9)
+        fig.suptitle(textwrap.fill(spec.title, 110), fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
     plt.close(fig)
