@@ -97,7 +97,8 @@ def heat_map(result: dict, path: Path, title: str) -> bool:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """``configs/longeval.yaml``: every task of ``tasks`` (or ``task``) scored on the length x depth grid."""
+    """``configs/longeval.yaml``: every task of ``tasks`` (or ``task``) scored on the length x depth grid.
+    Returns {task: result, "tasks": [...], "curve": [{task, length, accuracy}]}."""
     device = pick_device(cfg.device)
     train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
     tasks = [cfg.task] if cfg.task else list(to_plain(cfg.tasks))
@@ -115,8 +116,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{L}: " + " ".join("n/a" if v is None else f"{v:.2f}" for v in row.values())
             for L, row in r["accuracy"].items()))
         results[task] = r
+    curve = [{"task": t, "length": int(L), "accuracy": v} for t, r in results.items()
+             for L, v in r["mean_by_length"].items() if v is not None]
+    summary = {**results, "tasks": tasks, "curve": curve}  # curve: the tables' accuracy-vs-length figure
     if cfg.get("out"):
-        curve = [{"task": t, "length": int(L), "accuracy": v} for t, r in results.items()
-                 for L, v in r["mean_by_length"].items() if v is not None]
-        write_json(Path(cfg.run_dir) / cfg.out, {**results, "tasks": tasks, "curve": curve})
-    return results
+        write_json(Path(cfg.run_dir) / cfg.out, summary)
+    return summary

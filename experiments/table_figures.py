@@ -57,28 +57,30 @@ def draw_figure(spec, rows, path: Path) -> bool:
     if plt is None:
         return False
     f = spec.figure
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    drawn = False
-    for r in rows:
-        for label, pts in curve_points(spec, r).items():
-            if not pts:
+    curves = [(r, label, pts) for r in rows for label, pts in curve_points(spec, r).items() if pts]
+    panels = sorted({label for _, label, _ in curves}) if f.panels else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 if len(panels) == 1 else 4.2 * len(panels), 4),
+                             squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        for r, label, pts in curves:
+            if f.panels and label != panel:
                 continue
             xs, ms, ss = zip(*pts)
             ax.errorbar(xs, ms, yerr=[s or 0 for s in ss], marker="o", capsize=3,
-                        label=r.label + (f" ({label})" if label else ""))
-            drawn = True
-    if drawn:
+                        label=r.label + (f" ({label})" if label and not f.panels else ""))
         if f.logx:
             ax.set_xscale("log")
         ax.set_xlabel(f.xlabel or f.x)
-        ax.set_ylabel(f.ylabel or f.y)
-        ax.set_title(textwrap.fill(spec.title, 90), fontsize=9)
+        ax.set_title(panel or "", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    if curves:
+        axes[0][0].set_ylabel(f.ylabel or f.y)
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle(textwrap.fill(spec.title, 90 if len(panels) == 1 else 150), fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     plt.close(fig)
-    return drawn
+    return bool(curves)
 
 
 def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:

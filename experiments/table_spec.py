@@ -113,6 +113,7 @@ class FigureSpec:
     xlabel: str | None = None
     ylabel: str | None = None
     logx: bool = True
+    panels: bool = False  # one panel per series value (rows are the lines), instead of rows x series lines
 
 
 @dataclass(frozen=True)

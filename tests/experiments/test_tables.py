@@ -45,6 +45,19 @@ def fabricate(results, table, row, seed, value, name="metrics", scale="tiny"):
     return cell
 
 
+def test_a_figure_with_panels_reads_each_cells_curve(tmp_path):
+    """long_context_tasks draws accuracy vs length, one panel per task, from each cell's longeval curve."""
+    for seed, acc in ((0, 0.5), (1, 1.0)):
+        cell = fabricate(tmp_path, "long_context_tasks", "megalodon", seed, 2.0)
+        curve = [{"task": t, "length": n, "accuracy": acc} for t in ("passkey", "recall") for n in (1024, 4096)]
+        (cell / "longeval.json").write_text(json.dumps({"curve": curve}))
+    text = make_table("long_context_tasks", str(tmp_path), "tiny")
+    assert "Megalodon (carried state) / passkey: length=1024: 0.750 ± 0.354, length=4096: 0.750 ± 0.354" in text
+    assert "Megalodon (carried state) / recall: length=1024: 0.750" in text
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "long_context_tasks.tiny.png").stat().st_size > 0
+
+
 def test_aggregation_mean_std_and_missing_cells(tmp_path):
     table = load_table("megalodon_ablation")
     fabricate(tmp_path, "megalodon_ablation", "megalodon", 0, 2.0)

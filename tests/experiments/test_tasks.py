@@ -91,6 +91,8 @@ def test_any_run_is_scored_with_one_command(tmp_path):
     run_dir = tmp_path / "run"
     train(compose("train", ["data=tasks", "debug=smoke", "data.seq_len=256", f"run_dir={run_dir}"]))
     out = run(compose("longeval", [f"run_dir={run_dir}", "lengths=[300,600]", "depths=[0,1]", "samples=1"]))
-    assert set(out) == set(TASKS)
+    assert sorted(out["tasks"]) == sorted(TASKS) and all(out[t]["lengths"] == [300, 600] for t in TASKS)
+    # the long_context_tasks table draws its figure from this curve (one point per task and length)
+    assert sorted((c["task"], c["length"]) for c in out["curve"]) == sorted((t, n) for t in TASKS for n in (300, 600))
     saved = json.loads((run_dir / "longeval" / "passkey.json").read_text())
     assert set(saved["accuracy"]) == {"300", "600"} and (run_dir / "longeval" / "passkey.png").exists()
