@@ -77,6 +77,14 @@ def test_aggregation_mean_std_and_missing_cells(tmp_path):
     assert (tmp_path / "megalodon_ablation.tiny.csv").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIGS / "table").glob("*.yaml")))
+def test_every_table_runs_at_smoke_scale(tmp_path, name):
+    """Every row of every table trains and evaluates at the smoke scale (a few steps, tiny evaluations)."""
+    run_table(name, "smoke", [0], str(tmp_path))
+    assert "missing" not in make_table(name, str(tmp_path), "smoke")
+
+
 def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
     cells = run_table("megabyte_strided", "smoke", [0], str(tmp_path))
     assert json.loads((cells[0] / "meta.json").read_text())["finished"] and (cells[0] / "methods.json").exists()
