@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from architectures.contract import check
-from experiments.config import build, bytes_per_update, compose, val_step
+from experiments.config import build, bytes_per_update, compose, git_commit, val_step
 from experiments.evaluation import evaluate
 
 DEFAULT_ARCHS = ["transformer_tiny", "megalodon_tiny", "megabyte_tiny", "fot_tiny"]
@@ -123,10 +123,13 @@ def run_arch(arch: str, a, kind: str, value: float, out: Path) -> dict:
 
 def report(rows: list[dict], a, kind: str, value: float, out: Path, cmd: str) -> str:
     total = sum(r["wall_time_s"] for r in rows)
+    code = git_commit()
+    commit = code["commit"][:10] + ("+dirty" if code["dirty"] else "")
     lines = [f"<!-- {cmd} -->", "# Same bytes, same budget: the four architectures", "",
              f"Command: `{cmd}`. Budget {kind} {value:.3g} per model, seed {a.seed}, the default corpus unless "
              f"overridden ({' '.join(a.set) or 'no overrides'}); the same windows in the same order for every model. "
-             f"Training took {total / 60:.1f} min of wall time in all on this machine. FLOPs per token: training "
+             f"Code commit {commit}. Training took {total / 60:.1f} min of wall time in all on this machine. "
+             "FLOPs per token: training "
              "(forward + backward), counted from each config. One seed: differences under ~0.1 bits/byte are "
              "within seed noise at this scale (the tables in results/ use 3 seeds).", "",
              "| arch | params | train FLOPs/byte | steps | bytes | bytes/s | bytes/CPU-s | peak MB | val bits/byte | "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,5 +186,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["CONFIGS", "OptimConfig", "compose", "optim_config", "register_schemas", "to_plain",
+def git_commit() -> dict[str, Any]:
+    """The commit of the code and whether tracked code differs from it (``results/`` is data, not code)."""
+    repo = CONFIGS.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=repo, capture_output=True, text=True, check=True)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+__all__ = ["CONFIGS", "OptimConfig", "compose", "git_commit", "optim_config", "register_schemas", "to_plain",
            "write_json"]

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-from experiments.config import CONFIGS, compose, to_plain, write_json
+from experiments.config import CONFIGS, compose, git_commit, to_plain, write_json
 from experiments.faults import RunLock
 from experiments.table_evals import EVALUATIONS
 from experiments.table_spec import EvalSpec, RowSpec, TableSpec, load_table
@@ -53,17 +51,6 @@ NEUTRAL_NET_ADDITIONS: dict[str, dict[str, object]] = {
 
 def default_results(scale: str) -> str:
     return "runs/tables" if scale == "smoke" else "results"
-
-
-def git_commit() -> dict[str, Any]:
-    """The commit of the code (and whether tracked files differ from it)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
-        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown", "dirty": None}
 
 
 # ---------------------------------------------------------------------------------------------- cells

@@ -238,7 +238,7 @@ def test_compare_quick_writes_the_report_and_learning_curves_into_its_run_folder
     rows = compare_main(["--quick", "--archs", "transformer_tiny", "--out", str(tmp_path / "cmp")])
     assert rows[0]["val_curve"] and rows[0]["val_curve"][-1]["bytes"] == rows[0]["tokens"]
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "learning curves" in md and "bytes/CPU-s" in md
+    assert "learning curves" in md and "bytes/CPU-s" in md and "Code commit " in md
 
 
 def test_committed_cells_keep_their_keys():
@@ -281,3 +281,25 @@ def test_a_claim_is_checked_on_paired_seeds():
             "<!-- claim: megalodon < ema_none on metrics/val/bpb -->\n")
     warnings = check_claims(text, list(rows.values()), spec)
     assert len(warnings) == 1 and "megalodon < ema_none" in warnings[0] and "on 2 of 3 seeds only" in warnings[0]
+
+
+def test_the_recorded_commit_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
+    import subprocess
+
+    import experiments.config as config
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(config, "CONFIGS", tmp_path / "configs")
+    assert config.git_commit()["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("new numbers\n")  # the table runner writes here
+    assert config.git_commit()["dirty"] is False
+    (tmp_path / "code.py").write_text("a = 2\n")
+    code = config.git_commit()
+    assert code["dirty"] is True and len(code["commit"]) == 40
