@@ -127,27 +127,45 @@ class TaskBatches:
     """Training batches of task documents as a pure function of (seed, step, rank): each row one
     document of ``seq_len + 1`` bytes, its task drawn from ``tasks`` and its depth uniformly;
     ``loss_on`` = ``answers`` scores the answer bytes only, ``all`` every byte (plain language
-    modelling of the documents: the repeated pass key and the records teach copying)."""
+    modelling of the documents: the repeated pass key and the records teach copying). With
+    ``min_len`` a row packs documents of log-uniform lengths in [min_len, seq_len + 1] one after
+    another (short documents, where a retrieval is found quickly, beside long ones)."""
 
     def __init__(self, tasks: list[str], seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, loss_on: str = "all"):
+                 world_size: int = 1, loss_on: str = "all", min_len: int | None = None):
         unknown = sorted(set(tasks) - set(GENERATORS))
         if unknown or not tasks:
             raise ValueError(f"data.tasks={list(tasks)}: use some of {list(GENERATORS)}")
         if loss_on not in ("all", "answers"):
             raise ValueError(f"data.loss_on={loss_on!r}; use all or answers")
-        self.loss_on = loss_on
+        if min_len is not None and not 0 < min_len <= seq_len + 1:
+            raise ValueError(f"data.min_len={min_len} must be in [1, seq_len + 1 = {seq_len + 1}] (or null: "
+                             "one document per row)")
+        self.loss_on, self.min_len = loss_on, min_len
         self.tasks, self.seq_len, self.batch_size = list(tasks), seq_len, batch_size
         self.seed, self.rank, self.world = seed, rank, world_size
+
+    def _lengths(self, rng: np.random.Generator) -> list[int]:
+        left, out = self.seq_len + 1, []
+        while left:
+            n = left
+            if self.min_len is not None and left >= 2 * self.min_len:
+                n = int(np.exp(rng.uniform(np.log(self.min_len), np.log(left))))
+                n = left if left - n < self.min_len else n  # no remainder too short for a document
+            out.append(n)
+            left -= n
+        return out
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         toks, masks = [], []
         for r in range(self.batch_size):
             rng = np.random.default_rng([self.seed, step, self.rank * self.batch_size + r, 13])
-            task = self.tasks[int(rng.integers(len(self.tasks)))]
-            s = GENERATORS[task](self.seq_len + 1, float(rng.random()), rng)
-            toks.append(s.tokens.astype(np.int64))
-            masks.append(s.answer[1:])
+            parts = []
+            for n in self._lengths(rng):
+                task = self.tasks[int(rng.integers(len(self.tasks)))]
+                parts.append(GENERATORS[task](n, float(rng.random()), rng))
+            toks.append(np.concatenate([p.tokens for p in parts]).astype(np.int64))
+            masks.append(np.concatenate([p.answer for p in parts])[1:])
         out = {"tokens": torch.from_numpy(np.stack(toks))}
         if self.loss_on == "answers":
             out["loss_mask"] = torch.from_numpy(np.stack(masks))
@@ -158,18 +176,19 @@ class TaskDataModule(RankedDataModule):
     """Training on ``loss_on`` bytes; validation always on the answer bytes (val/acc: answer accuracy)."""
 
     def __init__(self, tasks: list[str] = TASKS, seq_len: int = 1024, batch_size: int = 16, seed: int = 0,
-                 val_batches: int = 4, eval_seed: int = 1234, vocab_size: int = 256, loss_on: str = "all"):
+                 val_batches: int = 4, eval_seed: int = 1234, vocab_size: int = 256, loss_on: str = "all",
+                 min_len: int | None = None):
         super().__init__()
         if vocab_size != 256:
             raise ValueError(f"data.vocab_size={vocab_size}: the long-context tasks are byte-level (256)")
         self.tasks, self.seq_len, self.batch_size, self.loss_on = list(tasks), seq_len, batch_size, loss_on
-        self.seed, self.val_batches, self.eval_seed = seed, val_batches, eval_seed
-        TaskBatches(self.tasks, seq_len, batch_size, seed, loss_on=loss_on).batch(0)  # fail now on bad values
+        self.seed, self.val_batches, self.eval_seed, self.min_len = seed, val_batches, eval_seed, min_len
+        TaskBatches(self.tasks, seq_len, batch_size, seed, loss_on=loss_on, min_len=min_len).batch(0)  # fail now
 
     def train_dataloader(self):
         rank, world = self._rank()
         start = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
-        b = TaskBatches(self.tasks, self.seq_len, self.batch_size, self.seed, rank, world, self.loss_on)
+        b = TaskBatches(self.tasks, self.seq_len, self.batch_size, self.seed, rank, world, self.loss_on, self.min_len)
         return DataLoader(StepBatches(b, start=start), batch_size=None)
 
     def val_dataloader(self):

@@ -96,3 +96,17 @@ def test_any_run_is_scored_with_one_command(tmp_path):
     assert sorted((c["task"], c["length"]) for c in out["curve"]) == sorted((t, n) for t in TASKS for n in (300, 600))
     saved = json.loads((run_dir / "longeval" / "passkey.json").read_text())
     assert set(saved["accuracy"]) == {"300", "600"} and (run_dir / "longeval" / "passkey.png").exists()
+
+
+def test_packed_rows_hold_whole_documents_of_lengths_in_range():
+    b = TaskBatches(list(TASKS), 1023, 8, seed=2, min_len=128, loss_on="answers")
+    rows = [b._lengths(np.random.default_rng([2, 5, r, 13])) for r in range(8)]
+    assert all(sum(n) == 1024 and min(n) >= 128 for n in rows) and max(len(n) for n in rows) > 1
+    batch = b.batch(5)
+    assert batch["tokens"].shape == (8, 1024) and torch.equal(batch["tokens"], b.batch(5)["tokens"])
+    # every packed document ends with its answer: the answer bytes are as many as the documents' answers
+    assert int(batch["loss_mask"].sum()) >= sum(len(n) for n in rows) * 4
+    one = TaskBatches(list(TASKS), 1023, 8, seed=2, loss_on="answers").batch(5)
+    assert int(one["loss_mask"].sum()) < int(batch["loss_mask"].sum())
+    with pytest.raises(ValueError, match="min_len=2000"):
+        TaskBatches(list(TASKS), 1023, 8, seed=2, min_len=2000)
