@@ -10,6 +10,8 @@ Each task builds a document of ``length`` bytes whose answer depends on informat
 * ``recall``     — multi-query associative recall: four-letter keys with two-digit values ``abcd=12,``;
   eight queries at the end ask, in shuffled order, the keys defined around the depth: ``abcd=12;``.
 
+``copy`` (random bytes, then the same bytes again) is a training aid, not one of the three tasks.
+
 ``Sample.tokens`` is the document, ``Sample.answer`` the mask of the answer bytes (what is scored).
 """
 
@@ -113,7 +115,19 @@ def recall(length: int, depth: float, rng: np.random.Generator, queries: int = 8
     return Sample(tokens, answer, len(pad) + lo * rec)
 
 
-GENERATORS = {"passkey": passkey, "dictionary": dictionary, "recall": recall}
+def copy(length: int, depth: float, rng: np.random.Generator) -> Sample:
+    """A training aid, not a long-context task: random letters and digits, ``|``, the same bytes again
+    (every copied byte scored). Dense copying forms the match-and-copy circuit that the three tasks
+    use but reward only at their few answer bytes. ``depth`` is unused."""
+    n = (length - 1) // 2
+    src = rng.choice(np.concatenate([LETTERS, DIGITS]), n).astype(np.uint8)
+    tokens = np.concatenate([src, [ord("|")], src, _filler(length - 2 * n - 1)]).astype(np.uint8)
+    answer = np.zeros(length, dtype=bool)
+    answer[n + 1 : 2 * n + 1] = True
+    return Sample(tokens, answer, 0)
+
+
+GENERATORS = {"passkey": passkey, "dictionary": dictionary, "recall": recall, "copy": copy}
 
 
 def make(task: str, length: int, depth: float, seed: int) -> Sample:
@@ -177,12 +191,15 @@ class TaskDataModule(RankedDataModule):
 
     def __init__(self, tasks: list[str] = TASKS, seq_len: int = 1024, batch_size: int = 16, seed: int = 0,
                  val_batches: int = 4, eval_seed: int = 1234, vocab_size: int = 256, loss_on: str = "all",
-                 min_len: int | None = None):
+                 min_len: int | None = None, val_tasks: list[str] | None = None):
         super().__init__()
         if vocab_size != 256:
             raise ValueError(f"data.vocab_size={vocab_size}: the long-context tasks are byte-level (256)")
         self.tasks, self.seq_len, self.batch_size, self.loss_on = list(tasks), seq_len, batch_size, loss_on
         self.seed, self.val_batches, self.eval_seed, self.min_len = seed, val_batches, eval_seed, min_len
+        self.val_tasks = list(val_tasks) if val_tasks else self.tasks  # e.g. training aids left out
+        if set(self.val_tasks) - set(GENERATORS):
+            raise ValueError(f"data.val_tasks={self.val_tasks}: use some of {list(GENERATORS)} (or null: data.tasks)")
         TaskBatches(self.tasks, seq_len, batch_size, seed, loss_on=loss_on, min_len=min_len).batch(0)  # fail now
 
     def train_dataloader(self):
@@ -193,6 +210,6 @@ class TaskDataModule(RankedDataModule):
 
     def val_dataloader(self):
         rank, world = self._rank()
-        b = TaskBatches(self.tasks, self.seq_len, self.batch_size, self.eval_seed, loss_on="answers")
+        b = TaskBatches(self.val_tasks, self.seq_len, self.batch_size, self.eval_seed, loss_on="answers")
         return DataLoader(StepBatches(b, count=len(range(rank, self.val_batches, world)), stride=world, offset=rank),
                           batch_size=None)

@@ -110,3 +110,21 @@ def test_packed_rows_hold_whole_documents_of_lengths_in_range():
     assert int(one["loss_mask"].sum()) < int(batch["loss_mask"].sum())
     with pytest.raises(ValueError, match="min_len=2000"):
         TaskBatches(list(TASKS), 1023, 8, seed=2, min_len=2000)
+
+
+@pytest.mark.parametrize("length", [101, 256])
+def test_the_copy_aid_scores_an_exact_copy_of_its_source(length):
+    s = make("copy", length, 0.5, seed=4)
+    n = (length - 1) // 2
+    assert len(s.tokens) == length and int(s.answer.sum()) == n and s.tokens[n] == ord("|")
+    assert np.array_equal(s.tokens[s.answer], s.tokens[:n])
+
+
+def test_training_aids_stay_out_of_validation():
+    from experiments.data.tasks import TaskDataModule
+
+    dm = TaskDataModule(tasks=[*TASKS, "copy"], val_tasks=list(TASKS), seq_len=255, batch_size=8, val_batches=2)
+    val = next(iter(dm.val_dataloader()))
+    assert not any(bytes(row[:128].tolist()).count(b"|") for row in val["tokens"])  # no copy documents
+    train = TaskBatches([*TASKS, "copy"], 255, 32, seed=0).batch(0)["tokens"]
+    assert any(bytes(row.tolist()).count(b"|") == 1 for row in train)
