@@ -137,6 +137,11 @@ def make(task: str, length: int, depth: float, seed: int) -> Sample:
                                                                             int(round(depth * 1e6))]))
 
 
+def check_tasks(tasks: list[str], key: str = "data.tasks", hint: str = "") -> None:
+    if not tasks or set(tasks) - set(GENERATORS):
+        raise ValueError(f"{key}={list(tasks)}: use some of {list(GENERATORS)}{hint}")
+
+
 class TaskBatches:
     """Training batches of task documents as a pure function of (seed, step, rank): each row one
     document of ``seq_len + 1`` bytes, its task drawn from ``tasks`` and its depth uniformly;
@@ -147,9 +152,7 @@ class TaskBatches:
 
     def __init__(self, tasks: list[str], seq_len: int, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, loss_on: str = "all", min_len: int | None = None):
-        unknown = sorted(set(tasks) - set(GENERATORS))
-        if unknown or not tasks:
-            raise ValueError(f"data.tasks={list(tasks)}: use some of {list(GENERATORS)}")
+        check_tasks(tasks)
         if loss_on not in ("all", "answers"):
             raise ValueError(f"data.loss_on={loss_on!r}; use all or answers")
         if min_len is not None and not 0 < min_len <= seq_len + 1:
@@ -197,9 +200,9 @@ class TaskDataModule(RankedDataModule):
             raise ValueError(f"data.vocab_size={vocab_size}: the long-context tasks are byte-level (256)")
         self.tasks, self.seq_len, self.batch_size, self.loss_on = list(tasks), seq_len, batch_size, loss_on
         self.seed, self.val_batches, self.eval_seed, self.min_len = seed, val_batches, eval_seed, min_len
-        self.val_tasks = list(val_tasks) if val_tasks else self.tasks  # e.g. training aids left out
-        if set(self.val_tasks) - set(GENERATORS):
-            raise ValueError(f"data.val_tasks={self.val_tasks}: use some of {list(GENERATORS)} (or null: data.tasks)")
+        if val_tasks is not None:  # e.g. training aids left out
+            check_tasks(val_tasks, "data.val_tasks", " (or null: data.tasks)")
+        self.val_tasks = list(val_tasks) if val_tasks is not None else self.tasks
         TaskBatches(self.tasks, seq_len, batch_size, seed, loss_on=loss_on, min_len=min_len).batch(0)  # fail now
 
     def train_dataloader(self):

@@ -128,3 +128,7 @@ def test_training_aids_stay_out_of_validation():
     assert not any(bytes(row[:128].tolist()).count(b"|") for row in val["tokens"])  # no copy documents
     train = TaskBatches([*TASKS, "copy"], 255, 32, seed=0).batch(0)["tokens"]
     assert any(bytes(row.tolist()).count(b"|") == 1 for row in train)
+    with pytest.raises(ValueError, match=r"data.val_tasks=\['passkee'\]"):
+        TaskDataModule(val_tasks=["passkee"])
+    with pytest.raises(ValueError, match=r"data.tasks=\['passkee'\]"):
+        TaskDataModule(tasks=["passkee"])
