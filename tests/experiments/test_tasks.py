@@ -132,3 +132,14 @@ def test_training_aids_stay_out_of_validation():
         TaskDataModule(val_tasks=["passkee"])
     with pytest.raises(ValueError, match=r"data.tasks=\['passkee'\]"):
         TaskDataModule(tasks=["passkee"])
+
+
+@pytest.mark.parametrize("arch", ["transformer", "megalodon", "megabyte", "fot", "fot_finetuned", "megalodon_memory"])
+def test_every_long_context_tasks_experiment_trains_on_the_answers_with_the_copy_aid(arch):
+    """The table's recipe (data=tasks_answers): loss on the answer bytes, copy as a training aid only,
+    validation on the three tasks. With loss on every byte no model left chance (see the table's note)."""
+    cfg = compose("train", [f"experiment=long_context_tasks/{arch}"])
+    assert cfg.data.loss_on == "answers"
+    assert list(cfg.data.tasks) == [*TASKS, "copy"] and list(cfg.data.val_tasks) == list(TASKS)
+    batch = TaskBatches(list(cfg.data.tasks), 128, 4, seed=0, loss_on=cfg.data.loss_on).batch(0)
+    assert 0 < batch["loss_mask"].float().mean() < 0.6  # answers only, not every byte
