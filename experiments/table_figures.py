@@ -1,5 +1,6 @@
-"""Figures of a table: the spec's curve (an eval's list of points) and learning curves (validation
-bits per byte vs training bytes and vs training FLOPs, read from each cell's ``logs/metrics.csv``)."""
+"""Figures of a table: the spec's curve (an eval's list of points), heat maps (an eval's grids, rows x
+panels) and learning curves (validation bits per byte vs training bytes and vs training FLOPs, read
+from each cell's ``logs/metrics.csv``)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def draw_figure(spec, rows, path: Path) -> bool:
         return False
     f = spec.figure
     curves = [(r, label, pts) for r in rows for label, pts in curve_points(spec, r).items() if pts]
+    if not curves:
+        return False
     panels = sorted({label for _, label, _ in curves}) if f.panels else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 if len(panels) == 1 else 4.2 * len(panels), 4),
                              squeeze=False, sharey=True)
@@ -81,6 +84,71 @@ def draw_figure(spec, rows, path: Path) -> bool:
         fig.savefig(path, dpi=120)
     plt.close(fig)
     return bool(curves)
+
+
+def heatmap_grids(spec, row) -> dict[str, tuple[list[str], list[str], list[list[float | None]]]]:
+    """Mean over the row's seeds of each panel's grid: {panel: (xs, ys, values[y][x])}, panels in the
+    order the cells list them; a value that is None in every cell (not applicable) stays None."""
+    h = spec.heatmaps
+    acc: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for cell in row.cells.values():
+        data = _read_json(cell / f"{h.file}.json")
+        for panel in (data or {}).get(h.panels, []):
+            for x, column in data[panel][h.grid].items():
+                for y, v in column.items():
+                    acc.setdefault(panel, {}).setdefault((x, y), [])
+                    if v is not None:
+                        acc[panel][(x, y)].append(float(v))
+    out = {}
+    for panel, vals in acc.items():
+        xs = sorted({x for x, _ in vals}, key=float)
+        ys = sorted({y for _, y in vals}, key=float)
+        out[panel] = (xs, ys, [[statistics.fmean(vals[x, y]) if vals.get((x, y)) else None for x in xs]
+                               for y in ys])
+    return out
+
+
+def _short(x: str) -> str:
+    v = float(x)
+    return f"{v / 1024:g}K" if v >= 1024 and v % 1024 == 0 else f"{v:g}"
+
+
+def draw_heatmaps(spec, rows, path: Path) -> bool:
+    """Rows x panels of heat maps (x: columns, y: lines), values in [0, 1] annotated, n/a blank."""
+    plt = _pyplot()
+    grids = [(r, g) for r, g in ((r, heatmap_grids(spec, r)) for r in rows) if g]
+    if plt is None or not grids:
+        return False
+    import numpy as np
+
+    panels = list(dict.fromkeys(p for _, g in grids for p in g))
+    fig, axes = plt.subplots(len(grids), len(panels), figsize=(1.2 + 3.2 * len(panels), 2.0 * len(grids) + 0.6),
+                             squeeze=False)
+    for i, (r, g) in enumerate(grids):
+        for j, panel in enumerate(panels):
+            ax = axes[i][j]
+            if panel not in g:
+                ax.axis("off")
+                continue
+            xs, ys, vals = g[panel]
+            arr = np.array([[np.nan if v is None else v for v in line] for line in vals], dtype=float)
+            ax.imshow(arr, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
+            for (yi, xi), v in np.ndenumerate(arr):
+                ax.text(xi, yi, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="gray" if np.isnan(v) else "black" if v > 0.6 else "white")
+            ax.set_xticks(range(len(xs)), [_short(x) for x in xs], fontsize=7)
+            ax.set_yticks(range(len(ys)), ys, fontsize=7)
+            if i == 0:
+                ax.set_title(panel, fontsize=9)
+            if i == len(grids) - 1:
+                ax.set_xlabel(spec.heatmaps.xlabel or "", fontsize=8)
+            if j == 0:  # the row's label, then the axis
+                ax.set_ylabel(textwrap.fill(r.label, 30) + "\n" + (spec.heatmaps.ylabel or ""), fontsize=7)
+    fig.suptitle(textwrap.fill(spec.title, 40 * len(panels)), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:

@@ -169,6 +169,14 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
         if draw_figure(spec, rows, png):
             body += ["", f"![{name}]({png.name})"]
         body += figure_lines(spec, rows)
+    if spec.heatmaps:
+        from experiments.table_figures import draw_heatmaps
+
+        png = res / f"{out_name}_heatmaps.png"
+        if draw_heatmaps(spec, rows, png):
+            body += ["", f"{spec.heatmaps.grid.replace('_', ' ').capitalize()} by "
+                     f"{spec.heatmaps.xlabel or 'x'} and {spec.heatmaps.ylabel or 'y'} (mean over seeds; blank: "
+                     "not applicable):", "", f"![heat maps]({png.name})"]
     if spec.curves:
         from experiments.table_figures import draw_learning_curves
 

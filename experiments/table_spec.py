@@ -117,6 +117,18 @@ class FigureSpec:
 
 
 @dataclass(frozen=True)
+class HeatmapSpec:
+    """A grid of heat maps, one row per table row and one column per panel, mean over seeds: the eval
+    JSON ``file`` lists its panels under ``panels`` (e.g. tasks) and holds ``{panel: {grid: {x: {y:
+    value | None}}}}`` (None: not applicable)."""
+    file: str
+    panels: str
+    grid: str = "accuracy"
+    xlabel: str | None = None
+    ylabel: str | None = None
+
+
+@dataclass(frozen=True)
 class TableSpec:
     name: str
     title: str
@@ -130,6 +142,7 @@ class TableSpec:
     evals: tuple[EvalSpec, ...] = ()
     paper_columns: tuple[str, ...] = ()
     figure: FigureSpec | None = None
+    heatmaps: HeatmapSpec | None = None
     curves: bool = False  # learning-curve figure (val bpb vs bytes and vs training FLOPs) per row
     cells_from: str | None = None  # read the cells of another table (its rows must exist there)
     default_scale: str = "cpu"  # the scale published as results/<name>.md

@@ -58,6 +58,28 @@ def test_a_figure_with_panels_reads_each_cells_curve(tmp_path):
     assert (tmp_path / "long_context_tasks.tiny.png").stat().st_size > 0
 
 
+def test_heat_maps_average_each_grid_over_seeds_and_keep_not_applicable(tmp_path):
+    """long_context_tasks draws accuracy by length x depth, rows x tasks, from each cell's longeval.json."""
+    from experiments.table_figures import heatmap_grids
+
+    for seed, acc in ((0, 0.25), (1, 0.75)):
+        cell = fabricate(tmp_path, "long_context_tasks", "megabyte", seed, 2.0)
+        grid = {"1024": {"0.0": acc, "1.0": 1.0}, "65536": {"0.0": None, "1.0": None}}
+        (cell / "longeval.json").write_text(json.dumps({"tasks": ["recall", "passkey"], "curve": [], "recall": {"accuracy": grid},
+                                                        "passkey": {"accuracy": grid}}))
+    spec = load_table("long_context_tasks")
+    row = {r.name: r for r in aggregate(spec, tmp_path, "tiny")}["megabyte"]
+    grids = heatmap_grids(spec, row)
+    assert list(grids) == ["recall", "passkey"]  # the cells' order
+    xs, ys, vals = grids["passkey"]
+    assert xs == ["1024", "65536"] and ys == ["0.0", "1.0"]
+    assert vals == [[0.5, None], [1.0, None]]  # lines are depths; n/a stays n/a, not 0
+    pytest.importorskip("matplotlib")
+    text = make_table("long_context_tasks", str(tmp_path), "tiny")
+    assert "![heat maps](long_context_tasks.tiny_heatmaps.png)" in text
+    assert (tmp_path / "long_context_tasks.tiny_heatmaps.png").stat().st_size > 0
+
+
 def test_aggregation_mean_std_and_missing_cells(tmp_path):
     table = load_table("megalodon_ablation")
     fabricate(tmp_path, "megalodon_ablation", "megalodon", 0, 2.0)
