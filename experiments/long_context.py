@@ -67,6 +67,23 @@ def score(net, task: str, lengths: list[int], depths: list[float], samples: int,
             "mean_accuracy": float(np.mean(reached)) if reached else None}
 
 
+def length_label(n: float) -> str:
+    """A context length for an axis: 1024 -> 1K, 65536 -> 64K, 300 -> 300."""
+    return f"{n / 1024:g}K" if n >= 1024 and n % 1024 == 0 else f"{n:g}"
+
+
+def draw_grid(ax, grid: np.ndarray, x_labels: list[str], y_labels: list[str], fontsize: int = 8):
+    """An accuracy grid on ``ax`` (lines: y, columns: x; NaN: not applicable), every cell annotated.
+    Returns the image (for a colour bar). The tables' heat maps draw each panel with it too."""
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
+                color="gray" if np.isnan(v) else "white" if v < 0.5 else "black")
+    ax.set_xticks(range(len(x_labels)), x_labels, fontsize=fontsize)
+    ax.set_yticks(range(len(y_labels)), y_labels, fontsize=fontsize)
+    return im
+
+
 def heat_map(result: dict, path: Path, title: str) -> bool:
     try:
         import matplotlib
@@ -79,13 +96,7 @@ def heat_map(result: dict, path: Path, title: str) -> bool:
     grid = np.array([[np.nan if result["accuracy"][str(L)][str(d)] is None else result["accuracy"][str(L)][str(d)]
                       for L in lengths] for d in depths])
     fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2, 0.5 * len(depths) + 1.5))
-    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    for i in range(len(depths)):
-        for j in range(len(lengths)):
-            ax.text(j, i, "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center",
-                    color="white" if np.isnan(grid[i, j]) or grid[i, j] < 0.5 else "black", fontsize=8)
-    ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" if L >= 1024 else str(L) for L in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    im = draw_grid(ax, grid, [length_label(L) for L in lengths], [f"{d:g}" for d in depths])
     ax.set_xlabel("context length (bytes)")
     ax.set_ylabel("depth of the needle")
     ax.set_title(title, fontsize=9)

@@ -76,14 +76,13 @@ def draw_figure(spec, rows, path: Path) -> bool:
         ax.set_xlabel(f.xlabel or f.x)
         ax.set_title(panel or "", fontsize=9)
         ax.grid(alpha=0.3)
-    if curves:
-        axes[0][0].set_ylabel(f.ylabel or f.y)
-        axes[0][-1].legend(fontsize=7)
-        fig.suptitle(textwrap.fill(spec.title, 90 if len(panels) == 1 else 150), fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
+    axes[0][0].set_ylabel(f.ylabel or f.y)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(textwrap.fill(spec.title, 90 if len(panels) == 1 else 150), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return bool(curves)
+    return True
 
 
 def heatmap_grids(spec, row) -> dict[str, tuple[list[str], list[str], list[list[float | None]]]]:
@@ -108,18 +107,16 @@ def heatmap_grids(spec, row) -> dict[str, tuple[list[str], list[str], list[list[
     return out
 
 
-def _short(x: str) -> str:
-    v = float(x)
-    return f"{v / 1024:g}K" if v >= 1024 and v % 1024 == 0 else f"{v:g}"
-
-
 def draw_heatmaps(spec, rows, path: Path) -> bool:
-    """Rows x panels of heat maps (x: columns, y: lines), values in [0, 1] annotated, n/a blank."""
+    """Rows x panels of heat maps (x: columns, y: lines; each panel drawn as experiments.longeval draws one
+    run's), values in [0, 1] annotated, n/a blank."""
     plt = _pyplot()
     grids = [(r, g) for r, g in ((r, heatmap_grids(spec, r)) for r in rows) if g]
     if plt is None or not grids:
         return False
     import numpy as np
+
+    from experiments.long_context import draw_grid, length_label
 
     panels = list(dict.fromkeys(p for _, g in grids for p in g))
     fig, axes = plt.subplots(len(grids), len(panels), figsize=(1.2 + 3.2 * len(panels), 2.0 * len(grids) + 0.6),
@@ -132,12 +129,7 @@ def draw_heatmaps(spec, rows, path: Path) -> bool:
                 continue
             xs, ys, vals = g[panel]
             arr = np.array([[np.nan if v is None else v for v in line] for line in vals], dtype=float)
-            ax.imshow(arr, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")
-            for (yi, xi), v in np.ndenumerate(arr):
-                ax.text(xi, yi, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="gray" if np.isnan(v) else "black" if v > 0.6 else "white")
-            ax.set_xticks(range(len(xs)), [_short(x) for x in xs], fontsize=7)
-            ax.set_yticks(range(len(ys)), ys, fontsize=7)
+            draw_grid(ax, arr, [length_label(float(x)) for x in xs], [f"{float(y):g}" for y in ys], fontsize=7)
             if i == 0:
                 ax.set_title(panel, fontsize=9)
             if i == len(grids) - 1:
