@@ -168,6 +168,8 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
         png = res / f"{out_name}.png"
         if draw_figure(spec, rows, png):
             body += ["", f"![{name}]({png.name})"]
+        else:  # nothing to draw: an earlier run's picture would be stale
+            png.unlink(missing_ok=True)
         body += figure_lines(spec, rows)
     if spec.heatmaps:
         from experiments.table_figures import draw_heatmaps
@@ -177,6 +179,8 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
             body += ["", f"{spec.heatmaps.grid.replace('_', ' ').capitalize()} by "
                      f"{spec.heatmaps.xlabel or 'x'} and {spec.heatmaps.ylabel or 'y'} (mean over seeds; blank: "
                      "not applicable):", "", f"![heat maps]({png.name})"]
+        else:
+            png.unlink(missing_ok=True)
     if spec.curves:
         from experiments.table_figures import draw_learning_curves
 
@@ -184,6 +188,8 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
         if draw_learning_curves(spec, rows, png):
             body += ["", "Learning curves (validation bits per byte vs training bytes and vs training FLOPs; "
                      "mean over seeds):", "", f"![learning curves]({png.name})"]
+        else:
+            png.unlink(missing_ok=True)
     body += ["", "## Finding", ""]
     finding = findings_path(res, name)
     if scale == spec.default_scale and finding.exists():

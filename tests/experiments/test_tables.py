@@ -78,6 +78,10 @@ def test_heat_maps_average_each_grid_over_seeds_and_keep_not_applicable(tmp_path
     text = make_table("long_context_tasks", str(tmp_path), "tiny")
     assert "![heat maps](long_context_tasks.tiny_heatmaps.png)" in text
     assert (tmp_path / "long_context_tasks.tiny_heatmaps.png").stat().st_size > 0
+    for cell in (tmp_path / "cells").rglob("longeval.json"):  # the cells rerun (a changed config): no grid yet
+        cell.unlink()
+    text = make_table("long_context_tasks", str(tmp_path), "tiny")
+    assert "heatmaps.png" not in text and not (tmp_path / "long_context_tasks.tiny_heatmaps.png").exists()
 
 
 def test_aggregation_mean_std_and_missing_cells(tmp_path):
