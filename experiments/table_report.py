@@ -60,11 +60,13 @@ def fmt(mean: float, std: float | None, digits: int = 4) -> str:
 
 def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> list[RowResult]:
     out = []
+    eval_names = {ev.name for row in spec.rows for ev in spec.evals_for(row)}  # a row's metrics of another's eval: n/a
     for row in spec.rows:
         cells = row_cells(spec, row, scale, results, extra)
         requested = list(spec.seeds_for(scale, row))
-        r = RowResult(row.name, row.title, dict(row.paper), sorted(set(requested) | set(cells)), row.not_applicable,
-                      cells=cells)
+        not_run = tuple(m.key for m in spec.metrics if m.key.split("/")[0] in eval_names - {ev.name for ev in spec.evals_for(row)})
+        r = RowResult(row.name, row.title, dict(row.paper), sorted(set(requested) | set(cells)),
+                      row.not_applicable + not_run, cells=cells)
         for seed, cell in cells.items():
             for m in spec.metrics:
                 v = lookup(cell, m.key)

@@ -95,7 +95,8 @@ class RowSpec:
     skip_table_evals: bool = False
     init_from_row: str | None = None  # fine-tune from that row's cell of the same seed
     seeds: tuple[int, ...] | None = None  # this row's seeds (None: the table's): secondary rows may run fewer
-    not_applicable: tuple[str, ...] = ()  # metric keys undefined for this row (shown as n/a, not missing)
+    not_applicable: tuple[str, ...] = ()  # more metric keys undefined for this row (n/a, not missing); those of
+    # an eval that another row runs and this one does not are n/a without being listed
     cells_of: str | None = None  # evaluate the cells of that (earlier) row instead of training its own
 
     @property

@@ -329,3 +329,16 @@ def test_the_recorded_commit_is_dirty_for_changed_code_not_for_changed_results(t
     (tmp_path / "code.py").write_text("a = 2\n")
     code = config.git_commit()
     assert code["dirty"] is True and len(code["commit"]) == 40
+
+
+def test_a_row_that_skips_an_eval_shows_its_metrics_as_not_applicable(tmp_path):
+    """fot_dictionary's stage-1 rows train but are never evaluated: their kNN columns read n/a, not missing;
+    the evaluated row's missing cells still read missing."""
+    fabricate(tmp_path, "fot_dictionary", "fot_stage1", 0, 2.0)
+    rows = {r.name: r for r in aggregate(load_table("fot_dictionary"), tmp_path, "tiny")}
+    assert "fot/accuracy_at.61440.exact" in rows["fot_stage1"].not_applicable
+    assert "metrics/val/acc" not in rows["fot_stage1"].not_applicable
+    assert "fot/accuracy_at.61440.exact" not in rows["fot"].not_applicable
+    text = make_table("fot_dictionary", str(tmp_path), "tiny")
+    stage1 = next(line for line in text.splitlines() if line.startswith("| FoT stage 1"))
+    assert stage1.count("n/a") == 5 and "missing" not in stage1.split("|")[1:6][0]
