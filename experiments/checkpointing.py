@@ -35,13 +35,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run dir's latest ``last*.ckpt``, or None. One ``last.ckpt`` normally; run dirs written before
+    the version counter was turned off may also hold ``last-v1.ckpt`` (Lightning's name when a
+    ``last.ckpt`` it had not written itself, e.g. a pre-emption checkpoint, was in the way): the newest
+    file is the one training stopped at."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """``None`` -> start fresh; ``auto`` -> the run dir's last checkpoint if there is one; else a path."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "auto":
-        last = Path(run_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
+        last = last_checkpoint(run_dir)
+        return None if last is None else str(last)
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path!r} does not exist; pass an existing .ckpt file, ckpt_path=auto to "

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from architectures.contract import LanguageModel
-from experiments.checkpointing import read_checkpoint
+from experiments.checkpointing import last_checkpoint, read_checkpoint
 from experiments.data.corpus import ByteCorpus, corpus_options
 from experiments.lm_module import CausalLMModule
 
@@ -38,7 +38,7 @@ def load_run(
             "wrote (it holds config.yaml, checkpoints/ and metrics.json)"
         )
     cfg = OmegaConf.load(cfg_path)
-    ckpt_file = Path(ckpt_path) if ckpt_path else run_dir / "checkpoints" / "last.ckpt"
+    ckpt_file = Path(ckpt_path) if ckpt_path else last_checkpoint(run_dir) or run_dir / "checkpoints" / "last.ckpt"
     if not ckpt_file.exists():
         raise FileNotFoundError(
             f"no checkpoint at {str(ckpt_file)!r}; train the run first or pass ckpt_path=<file.ckpt>"

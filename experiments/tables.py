@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from experiments.checkpointing import last_checkpoint
 from experiments.config import CONFIGS, compose, git_commit, to_plain, write_json
 from experiments.faults import RunLock
 from experiments.table_evals import EVALUATIONS
@@ -27,7 +28,8 @@ from experiments.table_spec import EvalSpec, RowSpec, TableSpec, load_table
 REPO = CONFIGS.parent
 PLACEHOLDER_DIR = "CELL"
 # values that never change what a cell computes
-IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_progress_bar", "data.cache_dir")
+IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_progress_bar", "data.cache_dir",
+                "callbacks.checkpoint.enable_version_counter")
 # config keys added after cells were keyed, with the value that reproduces the behaviour from before
 # they existed: at that value a key is left out of the hash, so adding a neutral option never orphans
 # finished cells (any other value changes the key). Append here whenever a config gains a key.
@@ -139,7 +141,7 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Pa
         out = out_dir / f"{ev.name}.json"
         if (_read_json(out) or {}).get("_eval_key") == eval_key(ev):
             continue
-        if not (cell / "checkpoints" / "last.ckpt").exists():
+        if last_checkpoint(cell) is None:
             raise FileNotFoundError(f"{cell}: evaluation {ev.name!r} needs the cell's checkpoint, which is gone; "
                                     f"delete {cell} to retrain the cell")
         result = EVALUATIONS[ev.kind](cell, ev, str(out.relative_to(cell)))
@@ -169,7 +171,7 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
         source = load_table(spec.cells_from)
         for cell in cells:
             row = spec.row(cell.parent.parent.name)
-            if pending_evals(spec, row, cell, scale) and not (cell / "checkpoints" / "last.ckpt").exists():
+            if pending_evals(spec, row, cell, scale) and last_checkpoint(cell) is None:
                 # checkpoints are not committed: a cell trained in another session is retrained (same key)
                 _train_cell(source, source.row(row.name), scale, int(cell.name[5:]), cell, results, extra,
                             git_commit(), retrain=True)
@@ -204,7 +206,7 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
             if pending_evals(spec, row, cell, scale) and (_read_json(cell / "metrics.json") or {}).get("status") \
-                    == "finished" and not (cell / "checkpoints" / "last.ckpt").exists():
+                    == "finished" and last_checkpoint(cell) is None:
                 _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=True)
             _train_cell(spec, row, scale, seed, cell, results, extra, code)
     return cells
@@ -230,7 +232,7 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
     if row.init_from_row:
         parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
         parent = cell_dir(results, spec.name, scale, row.init_from_row, parent_key, seed)
-        if retrain and not (parent / "checkpoints" / "last.ckpt").exists():
+        if retrain and last_checkpoint(parent) is None:
             _train_cell(spec, spec.row(row.init_from_row), scale, seed, parent, results, extra, code, retrain=True)
         overrides.append(f"init_from='{parent}'")
     with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once

@@ -35,7 +35,7 @@ def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
     fine-tuning, e.g. a baseline Transformer into FoT. Returns the parameters left at their init."""
     path = Path(source)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(path) or path / "checkpoints" / "last.ckpt"
     if not path.exists():
         raise FileNotFoundError(f"init_from={source!r}: no checkpoint at {path}; pass a run dir or a .ckpt file")
     ckpt = read_checkpoint(path)

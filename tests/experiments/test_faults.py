@@ -82,7 +82,7 @@ def test_preemption_saves_a_resumable_checkpoint_and_exits_nonzero(sig, tiny_cor
     """The pre-emption signal stops after the current step, writes a checkpoint there and partial metrics,
     exits 128 + signal; the resumed run then equals an uninterrupted one."""
     common = ["trainer.max_steps=40", "optim.max_steps=40", "trainer.log_every_n_steps=1",
-              "callbacks.checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=40"]
+              "callbacks.checkpoint.every_n_train_steps=20", "trainer.val_check_interval=40"]
     data = [f"data.path={tiny_corpus}", "data.pattern=**/*.txt", "data.val_fraction=0.15", "data.test_fraction=0.15"]
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -99,8 +99,28 @@ def test_preemption_saves_a_resumable_checkpoint_and_exits_nonzero(sig, tiny_cor
     assert partial["status"] == "preempted" and 0 < partial["steps"] < 40
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == partial["steps"]
     train(_cfg(run, tiny_corpus, *common, "ckpt_path=auto"))
+    # the resumed run's periodic saves overwrite the pre-emption checkpoint (Lightning's version counter
+    # would write last-v1.ckpt beside it, and a later ckpt_path=auto resumed from the stale one)
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 40
     train(_cfg(tmp_path / "full", tiny_corpus, *common))
     assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), rel=1e-6, abs=1e-7)
+
+
+def test_auto_resumes_from_the_newest_last_checkpoint(tmp_path):
+    """A run dir from before the version counter was turned off can hold a stale last.ckpt (a pre-emption
+    checkpoint at step 24) beside last-v1.ckpt (step 500, written later): auto takes the newer one."""
+    from experiments.checkpointing import last_checkpoint, resolve_ckpt_path
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    assert last_checkpoint(tmp_path) is None and resolve_ckpt_path("auto", tmp_path) is None
+    (folder / "last-v1.ckpt").write_bytes(b"500")
+    (folder / "last.ckpt").write_bytes(b"24")
+    os.utime(folder / "last.ckpt", (time.time() - 3600, time.time() - 3600))
+    assert resolve_ckpt_path("auto", tmp_path) == str(folder / "last-v1.ckpt")
+    (folder / "last.ckpt").touch()  # then the resumed run overwrote last.ckpt
+    assert last_checkpoint(tmp_path) == folder / "last.ckpt"
 
 
 def test_a_second_writer_of_a_run_dir_fails_at_once_naming_the_holder(tiny_corpus, tmp_path):
