@@ -64,7 +64,8 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
     for row in spec.rows:
         cells = row_cells(spec, row, scale, results, extra)
         requested = list(spec.seeds_for(scale, row))
-        not_run = tuple(m.key for m in spec.metrics if m.key.split("/")[0] in eval_names - {ev.name for ev in spec.evals_for(row)})
+        skipped = eval_names - {ev.name for ev in spec.evals_for(row)}
+        not_run = tuple(m.key for m in spec.metrics if m.key.split("/")[0] in skipped)
         r = RowResult(row.name, row.title, dict(row.paper), sorted(set(requested) | set(cells)),
                       row.not_applicable + not_run, cells=cells)
         for seed, cell in cells.items():

@@ -17,7 +17,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from architectures.contract import Architecture
-from experiments.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint, resolve_ckpt_path
+from experiments.checkpointing import (
+    AtomicCheckpointIO,
+    check_compatible,
+    last_checkpoint,
+    read_checkpoint,
+    resolve_ckpt_path,
+)
 from experiments.config import build, bytes_per_update, write_json
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.lm_module import CausalLMModule, peak_memory_mb

@@ -65,8 +65,9 @@ def test_heat_maps_average_each_grid_over_seeds_and_keep_not_applicable(tmp_path
     for seed, acc in ((0, 0.25), (1, 0.75)):
         cell = fabricate(tmp_path, "long_context_tasks", "megabyte", seed, 2.0)
         grid = {"1024": {"0.0": acc, "1.0": 1.0}, "65536": {"0.0": None, "1.0": None}}
-        (cell / "longeval.json").write_text(json.dumps({"tasks": ["recall", "passkey"], "curve": [], "recall": {"accuracy": grid},
-                                                        "passkey": {"accuracy": grid}}))
+        evaluation = {"tasks": ["recall", "passkey"], "curve": [],
+                      "recall": {"accuracy": grid}, "passkey": {"accuracy": grid}}
+        (cell / "longeval.json").write_text(json.dumps(evaluation))
     spec = load_table("long_context_tasks")
     row = {r.name: r for r in aggregate(spec, tmp_path, "tiny")}["megabyte"]
     grids = heatmap_grids(spec, row)
