@@ -126,9 +126,14 @@ def _read_json(path: Path) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it so that the cell is recomputed") from None
 
 
+def interrupted(cell: Path) -> bool:
+    """Its last training stopped before the end (a pre-empted run or retrain): resume it before evaluating."""
+    return (_read_json(cell / "metrics.json") or {}).get("status") == "preempted"
+
+
 def cell_finished(cell: Path, evals: tuple[EvalSpec, ...]) -> bool:
     meta = _read_json(cell / "meta.json")
-    if not meta or not meta.get("finished"):
+    if not meta or not meta.get("finished") or interrupted(cell):
         return False
     return all((_read_json(cell / f"{ev.name}.json") or {}).get("_eval_key") == eval_key(ev) for ev in evals)
 
@@ -171,10 +176,11 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
         source = load_table(spec.cells_from)
         for cell in cells:
             row = spec.row(cell.parent.parent.name)
-            if pending_evals(spec, row, cell, scale) and last_checkpoint(cell) is None:
-                # checkpoints are not committed: a cell trained in another session is retrained (same key)
+            if pending_evals(spec, row, cell, scale) and (last_checkpoint(cell) is None or interrupted(cell)):
+                # checkpoints are not committed: a cell trained in another session is retrained (same key);
+                # an interrupted retrain resumes from its checkpoint
                 _train_cell(source, source.row(row.name), scale, int(cell.name[5:]), cell, results, extra,
-                            git_commit(), retrain=True)
+                            git_commit(), retrain=not interrupted(cell))
             run_evals(spec, row, cell, scale)
         return cells
     if rows is not None:  # a subset of rows also needs the rows they start from or evaluate
@@ -245,7 +251,8 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             if first is not None:
                 write_json(cell / "metrics.first.json", first)
                 (cell / "metrics.json").unlink()
-            meta["retrained"] = {"started": _now(), "why": "an evaluation needs the checkpoint, not kept"}
+            meta["retrained"] = {"started": _now(), "why": "an evaluation needs the checkpoint, not kept",
+                                 "first_finished": meta.pop("finished", None)}  # unfinished until retrained
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
                   flush=True)
         meta["code"] = code
@@ -262,7 +269,7 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
                   f"{first['val/bpb']:.6f}, change {diff:+.2e})", flush=True)
         if not retrain:
             run_evals(spec, row, cell, scale)
-            meta["finished"] = _now()
+        meta["finished"] = _now()  # a retrained cell: its training (the caller runs the evaluations)
         write_json(cell / "meta.json", meta)
 
 

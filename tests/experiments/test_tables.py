@@ -343,3 +343,14 @@ def test_a_row_that_skips_an_eval_shows_its_metrics_as_not_applicable(tmp_path):
     text = make_table("fot_dictionary", str(tmp_path), "tiny")
     stage1 = next(line for line in text.splitlines() if line.startswith("| FoT stage 1"))
     assert stage1.count("n/a") == 5 and "missing" not in stage1.split("|")[1:6][0]
+
+
+def test_an_interrupted_retrain_is_not_finished(tmp_path):
+    """A committed cell retrained for a new evaluation and pre-empted half-way keeps its old meta.json:
+    its metrics say pre-empted, so it is neither done nor evaluated on the half-trained checkpoint."""
+    from experiments.tables import cell_finished, interrupted
+
+    cell = fabricate(tmp_path, "megalodon_ablation", "megalodon", 0, 2.0)
+    assert cell_finished(cell, ()) and not interrupted(cell)
+    (cell / "metrics.json").write_text(json.dumps({"status": "preempted", "steps": 620}))
+    assert interrupted(cell) and not cell_finished(cell, ())
