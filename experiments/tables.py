@@ -126,9 +126,14 @@ def _read_json(path: Path) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it so that the cell is recomputed") from None
 
 
+def training_status(cell: Path) -> str | None:
+    """``finished``, ``preempted`` (resume it before evaluating) or None (no metrics yet, or older cells)."""
+    return (_read_json(cell / "metrics.json") or {}).get("status")
+
+
 def interrupted(cell: Path) -> bool:
     """Its last training stopped before the end (a pre-empted run or retrain): resume it before evaluating."""
-    return (_read_json(cell / "metrics.json") or {}).get("status") == "preempted"
+    return training_status(cell) == "preempted"
 
 
 def cell_finished(cell: Path, evals: tuple[EvalSpec, ...]) -> bool:
@@ -176,11 +181,12 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
         source = load_table(spec.cells_from)
         for cell in cells:
             row = spec.row(cell.parent.parent.name)
-            if pending_evals(spec, row, cell, scale) and (last_checkpoint(cell) is None or interrupted(cell)):
+            stopped = interrupted(cell)
+            if pending_evals(spec, row, cell, scale) and (stopped or last_checkpoint(cell) is None):
                 # checkpoints are not committed: a cell trained in another session is retrained (same key);
                 # an interrupted retrain resumes from its checkpoint
                 _train_cell(source, source.row(row.name), scale, int(cell.name[5:]), cell, results, extra,
-                            git_commit(), retrain=not interrupted(cell))
+                            git_commit(), retrain=not stopped)
             run_evals(spec, row, cell, scale)
         return cells
     if rows is not None:  # a subset of rows also needs the rows they start from or evaluate
@@ -211,8 +217,8 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
             if cell_finished(cell, spec.evals_for(row, scale)):
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
-            if pending_evals(spec, row, cell, scale) and (_read_json(cell / "metrics.json") or {}).get("status") \
-                    == "finished" and last_checkpoint(cell) is None:
+            if pending_evals(spec, row, cell, scale) and training_status(cell) == "finished" \
+                    and last_checkpoint(cell) is None:
                 _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=True)
             _train_cell(spec, row, scale, seed, cell, results, extra, code)
     return cells
