@@ -159,6 +159,17 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Pa
                                                                         "overrides": list(ev.overrides)}})
 
 
+def set_aside_evals(cell: Path) -> list[Path]:
+    """A retrain gives the cell new weights: every evaluation of the old ones (its own table's, those of
+    tables that read its cells, its views') moves to ``<name>.first.json`` and runs again on the new
+    weights, so that no cell mixes numbers from two trainings."""
+    moved = []
+    for f in sorted([*cell.glob("*.json"), *cell.glob("views/*/*.json")]):
+        if not f.name.endswith(".first.json") and "_eval_key" in (_read_json(f) or {}):
+            moved.append(f.replace(f.with_name(f"{f.stem}.first.json")))
+    return moved
+
+
 def view_dir(cell: Path, row: RowSpec) -> Path:
     """Where a ``cells_of`` row keeps its evaluations of another row's cell."""
     return cell / "views" / row.name
@@ -234,7 +245,8 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
     """Train (or resume) one cell and run its evaluations. ``retrain``: the cell finished in an earlier
     session whose checkpoint is gone (checkpoints are not committed) and an evaluation needs it: train it
     again from scratch with the same config (the key is unchanged), keeping the first run's metrics in
-    ``metrics.first.json`` and stating any difference in validation bits per byte."""
+    ``metrics.first.json`` (its evaluations in ``<name>.first.json``: they run again on the new weights)
+    and stating any difference in validation bits per byte."""
     from experiments.training import train
 
     key = cell.parent.name
@@ -257,6 +269,7 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             if first is not None:
                 write_json(cell / "metrics.first.json", first)
                 (cell / "metrics.json").unlink()
+            set_aside_evals(cell)
             meta["retrained"] = {"started": _now(), "why": "an evaluation needs the checkpoint, not kept",
                                  "first_finished": meta.pop("finished", None)}  # unfinished until retrained
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
@@ -273,9 +286,8 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             meta["retrained"]["val_bpb_change"] = diff
             print(f"[table] {tag}: retrained val bits/byte {metrics['val/bpb']:.6f} (first run "
                   f"{first['val/bpb']:.6f}, change {diff:+.2e})", flush=True)
-        if not retrain:
-            run_evals(spec, row, cell, scale)
-        meta["finished"] = _now()  # a retrained cell: its training (the caller runs the evaluations)
+        run_evals(spec, row, cell, scale)  # a retrained cell: its own table's, on the new weights
+        meta["finished"] = _now()
         write_json(cell / "meta.json", meta)
 
 

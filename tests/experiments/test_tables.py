@@ -131,10 +131,14 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
 
     cell = run_table("megabyte_bpb", "smoke", [0], str(tmp_path), rows=["megabyte"])[0]
     first = json.loads((cell / "metrics.json").read_text())
+    first_eval = json.loads((cell / "test4096.json").read_text())
     shutil.rmtree(cell / "checkpoints")  # what a fresh clone has
     run_table("megabyte_strided", "smoke", [0], str(tmp_path))
     assert (cell / "methods.json").exists() and (cell / "checkpoints" / "last.ckpt").exists()
     assert json.loads((cell / "metrics.first.json").read_text()) == first
+    # megabyte_bpb's own evaluation ran again on the new weights; the first weights' is kept beside it
+    assert json.loads((cell / "test4096.first.json").read_text()) == first_eval
+    assert (cell / "test4096.json").stat().st_mtime_ns > (cell / "metrics.first.json").stat().st_mtime_ns
     meta = json.loads((cell / "meta.json").read_text())
     assert meta["finished"] and meta["retrained"]["val_bpb_change"] == 0.0  # deterministic training
     assert json.loads((cell / "metrics.json").read_text())["val/bpb"] == first["val/bpb"]
