@@ -159,15 +159,13 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Pa
                                                                         "overrides": list(ev.overrides)}})
 
 
-def set_aside_evals(cell: Path) -> list[Path]:
+def set_aside_evals(cell: Path) -> None:
     """A retrain gives the cell new weights: every evaluation of the old ones (its own table's, those of
     tables that read its cells, its views') moves to ``<name>.first.json`` and runs again on the new
     weights, so that no cell mixes numbers from two trainings."""
-    moved = []
     for f in sorted([*cell.glob("*.json"), *cell.glob("views/*/*.json")]):
         if not f.name.endswith(".first.json") and "_eval_key" in (_read_json(f) or {}):
-            moved.append(f.replace(f.with_name(f"{f.stem}.first.json")))
-    return moved
+            f.replace(f.with_name(f"{f.stem}.first.json"))
 
 
 def view_dir(cell: Path, row: RowSpec) -> Path:
@@ -228,10 +226,9 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
             if cell_finished(cell, spec.evals_for(row, scale)):
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
-            if pending_evals(spec, row, cell, scale) and training_status(cell) == "finished" \
-                    and last_checkpoint(cell) is None:
-                _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=True)
-            _train_cell(spec, row, scale, seed, cell, results, extra, code)
+            retrain = bool(pending_evals(spec, row, cell, scale)) and training_status(cell) == "finished" \
+                and last_checkpoint(cell) is None
+            _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=retrain)
     return cells
 
 
