@@ -253,7 +253,9 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
     if row.init_from_row:
         parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
         parent = cell_dir(results, spec.name, scale, row.init_from_row, parent_key, seed)
-        if retrain and last_checkpoint(parent) is None:
+        if last_checkpoint(parent) is None and (retrain or (_read_json(parent / "meta.json") or {}).get("finished")):
+            # the parent finished in an earlier session and its checkpoint is gone (checkpoints are not
+            # committed): a fine-tune that starts now, or a retrain, needs its weights; train it again
             _train_cell(spec, spec.row(row.init_from_row), scale, seed, parent, results, extra, code, retrain=True)
         overrides.append(f"init_from='{parent}'")
     with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once

@@ -147,6 +147,23 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     assert len(steps) == len(set(steps)) == 3  # one curve, not the first run's rows and the second's
 
 
+def test_a_fine_tune_whose_parent_lost_its_checkpoint_retrains_the_parent_first(tmp_path):
+    """A fine-tuned row started in a later session than its parent (a new seed, an interrupted run) finds
+    the parent finished but its checkpoint gone (not committed): the parent is trained again, same key and
+    numbers, and the fine-tune starts from it instead of failing on a missing checkpoint."""
+    import shutil
+
+    parent = run_table("fot_dictionary", "smoke", [0], str(tmp_path), rows=["fot_stage1"])[0]
+    first = json.loads((parent / "metrics.json").read_text())
+    shutil.rmtree(parent / "checkpoints")
+    cells = run_table("fot_dictionary", "smoke", [0], str(tmp_path), rows=["fot"])
+    child = next(c for c in cells if c.parent.parent.name == "fot")
+    assert json.loads((child / "meta.json").read_text())["finished"]
+    assert (parent / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((parent / "metrics.first.json").read_text()) == first
+    assert json.loads((parent / "meta.json").read_text())["retrained"]["val_bpb_change"] == 0.0
+
+
 def test_compare_at_smoke_scale_writes_its_files(tmp_path):
     rows = compare_main(["--archs", "transformer_tiny", "megalodon_tiny", "--budget", "tokens:512", "--out",
                          str(tmp_path), "--set", "debug=smoke", "--stream-docs", "1", "--stream-bytes", "300"])
