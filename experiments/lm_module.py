@@ -21,10 +21,27 @@ from experiments.parallel import group_total, receive_state, send_state, sequenc
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
-    """Peak GPU memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB."""
+    """Peak GPU memory allocated (CUDA) or the process's peak resident set size (CPU), in MiB, since the
+    last ``reset_peak_memory``."""
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_memory(device: torch.device | None = None) -> bool:
+    """Start a new peak for ``peak_memory_mb``, so that a run in a process that ran others before (a table
+    trains its cells one after another) reports its own peak, not the process's. On CPU this resets the
+    resident-set high-water mark (Linux ``/proc/self/clear_refs``); returns False where that is not
+    possible (the peak is then the process's)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def lr_lambda(warmup_steps: int, max_steps: int, min_lr_ratio: float, schedule: str = "cosine",

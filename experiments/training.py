@@ -26,7 +26,7 @@ from experiments.checkpointing import (
 )
 from experiments.config import build, bytes_per_update, write_json
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
-from experiments.lm_module import CausalLMModule, peak_memory_mb
+from experiments.lm_module import CausalLMModule, peak_memory_mb, reset_peak_memory
 from experiments.loggers import plot_loss_curve, trim_metrics_csv
 from experiments.parallel import sequence_group
 from experiments.progress import LineProgress, wants_line_progress
@@ -178,6 +178,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     preemption.install()
+    reset_peak_memory(trainer.strategy.root_device)  # this run's peak, not an earlier run's in this process
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:

@@ -52,6 +52,20 @@ def test_smoke_train_on_default_stdlib_corpus(tmp_path):
     assert m["val/bpb"] > 0
 
 
+def test_peak_memory_is_the_runs_own(tiny_corpus, tmp_path):
+    """A table trains its cells one after another in one process: each run's peak memory is its own,
+    not that of an earlier, larger run (on CPU the resident-set high-water mark is reset at the start)."""
+    from experiments.lm_module import peak_memory_mb, reset_peak_memory
+
+    if not reset_peak_memory():
+        pytest.skip("this OS cannot reset the peak resident set size")
+    big = torch.ones(96 * 2**20)  # 384 MiB, touched
+    del big
+    earlier = peak_memory_mb()
+    m = train(_cfg(tmp_path / "run", tiny_corpus, "model=transformer_tiny"))
+    assert m["train/peak_mem_mb"] < earlier - 200, (m["train/peak_mem_mb"], earlier)
+
+
 def test_resume_continues_exactly(tiny_corpus, tmp_path):
     common = ["trainer.log_every_n_steps=1", "optim.max_steps=6", "optim.warmup_steps=2",
               "callbacks.checkpoint.every_n_train_steps=100"]
