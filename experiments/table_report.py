@@ -22,6 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.config import describe_machine
 from experiments.table_spec import TableSpec, findings_path, load_table
 from experiments.tables import cell_json, default_results, lookup, row_cells
 
@@ -39,6 +40,7 @@ class RowResult:
     steps: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     commits: set[str] = field(default_factory=set)
+    machines: dict[str, set[str]] = field(default_factory=dict)  # machine line -> cells it trained ("" unrecorded)
     cells: dict[int, Path] = field(default_factory=dict)
 
     def stats(self, metric: str) -> tuple[float, float | None, list[int]] | None:
@@ -77,7 +79,11 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
             if "steps" in metrics:
                 r.steps.append(int(metrics["steps"]))
                 r.tokens.append(int(metrics.get("tokens_seen", 0)))
-            code = (cell_json(cell, "meta") or {}).get("code", {})
+            meta = cell_json(cell, "meta") or {}
+            code = meta.get("code", {})
+            trained = cell.parent.parent if cell.parent.name == "views" else cell  # a view reads another's cell
+            for m in meta.get("machines") or [None]:
+                r.machines.setdefault(describe_machine(m) if m else "", set()).add(str(trained))
             r.commits.add(str(code.get("commit", "unknown"))[:10] + ("+dirty" if code.get("dirty") else ""))
         out.append(r)
     return out
@@ -139,6 +145,15 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
             f"code commit(s) {', '.join(commits)}. Reproduce: "
             f"`{spec.command or f'python -m experiments.run_table {name}'} --scale {scale}` then "
             f"`python -m experiments.make_table {name} --scale {scale}`.", ""]
+    machines: dict[str, set[str]] = {}
+    for r in rows:
+        for line, trained in r.machines.items():
+            machines.setdefault(line, set()).update(trained)
+    if any(machines):  # bf16 numerics differ between processors: a reader should know which ran the cells
+        n = {line: len(cells) for line, cells in machines.items()}
+        known = "; ".join(f"{line}: {k} cell{'s' * (k > 1)}" for line, k in sorted(n.items()) if line)
+        older = f"; not recorded for {n['']} older cell{'s' * (n[''] > 1)}" if n.get("") else ""
+        head += [f"Trained on {known}{older}.", ""]
     if spec.note:
         head += [spec.note.strip(), ""]
     metric_cols = [m.label or m.key for m in spec.metrics]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from experiments.checkpointing import last_checkpoint
-from experiments.config import CONFIGS, compose, git_commit, to_plain, write_json
+from experiments.config import CONFIGS, compose, git_commit, machine_info, to_plain, write_json
 from experiments.faults import RunLock
 from experiments.table_evals import EVALUATIONS
 from experiments.table_spec import EvalSpec, RowSpec, TableSpec, load_table
@@ -274,6 +274,8 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
                   flush=True)
         meta["code"] = code
+        here = machine_info()  # bf16 numerics differ between processors: say which trained the cell
+        meta["machines"] = [m for m in meta.get("machines", []) if m != here] + [here]
         write_json(cell / "meta.json", meta)
         cfg = compose("train", overrides)
         metrics = _read_json(cell / "metrics.json")

@@ -113,13 +113,32 @@ def test_every_table_runs_at_smoke_scale(tmp_path, name):
 
 
 def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
+    from experiments.config import machine_info
+
     cells = run_table("megabyte_strided", "smoke", [0], str(tmp_path))
-    assert json.loads((cells[0] / "meta.json").read_text())["finished"] and (cells[0] / "methods.json").exists()
+    meta = json.loads((cells[0] / "meta.json").read_text())
+    assert meta["finished"] and (cells[0] / "methods.json").exists()
+    assert meta["machines"] == [machine_info()]  # which processor trained it (bf16 numerics differ)
     stamp = (cells[0] / "metrics.json").stat().st_mtime_ns
     run_table("megabyte_strided", "smoke", [0], str(tmp_path))  # a finished cell is skipped
     assert (cells[0] / "metrics.json").stat().st_mtime_ns == stamp
     text = make_table("megabyte_strided", str(tmp_path), "smoke")
     assert "MEGABYTE (4096, P=8)" in text and "missing" not in text
+
+
+def test_the_header_names_the_machines_that_trained_the_cells(tmp_path):
+    """bf16 kernels differ between processors (AMX, AVX-512 BF16): the header says which trained the cells
+    and how many cells predate the record."""
+    amd = {"cpu": "AMD EPYC", "cpus": 2, "bf16": ["avx512_bf16"], "torch": "2.13.0+cpu"}
+    intel = {"cpu": "Intel Xeon", "cpus": 2, "bf16": ["amx_bf16", "avx512_bf16"], "torch": "2.13.0+cpu"}
+    for seed, machines in enumerate(([amd], [amd, intel], None)):
+        cell = fabricate(tmp_path, "megalodon_ablation", "megalodon", seed, 2.0)
+        if machines:
+            meta = json.loads((cell / "meta.json").read_text())
+            (cell / "meta.json").write_text(json.dumps({**meta, "machines": machines}))
+    text = make_table("megalodon_ablation", str(tmp_path), "tiny")
+    assert ("Trained on AMD EPYC (2 cores, avx512_bf16), torch 2.13.0+cpu: 2 cells; Intel Xeon (2 cores, "
+            "amx_bf16, avx512_bf16), torch 2.13.0+cpu: 1 cell; not recorded for 1 older cell.") in text
 
 
 def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evaluation(tmp_path):
