@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from experiments.config import val_step
-from experiments.tables import _read_json, cell_json
+from experiments.tables import _read_json, cell_json, trained_cell
 
 
 def _pyplot():
@@ -146,9 +146,7 @@ def draw_heatmaps(spec, rows, path: Path) -> bool:
 def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
     """[(training bytes, training FLOPs, val bpb)] of one cell, from its metrics.csv."""
     metrics = cell_json(cell, "metrics")
-    if cell.parent.name == "views":
-        cell = cell.parent.parent
-    path = cell / "logs" / "metrics.csv"
+    path = trained_cell(cell) / "logs" / "metrics.csv"
     if metrics is None or not path.exists():
         return None
     per_step = metrics["tokens_per_step"]

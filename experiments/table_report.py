@@ -24,7 +24,7 @@ from pathlib import Path
 
 from experiments.config import describe_machine
 from experiments.table_spec import TableSpec, findings_path, load_table
-from experiments.tables import cell_json, default_results, lookup, row_cells
+from experiments.tables import cell_json, default_results, lookup, row_cells, trained_cell
 
 CLAIM = re.compile(r"<!--\s*claim:\s*(\S+)\s*([<>])\s*(\S+)\s+on\s+(\S+)\s*-->")
 
@@ -81,9 +81,8 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
                 r.tokens.append(int(metrics.get("tokens_seen", 0)))
             meta = cell_json(cell, "meta") or {}
             code = meta.get("code", {})
-            trained = cell.parent.parent if cell.parent.name == "views" else cell  # a view reads another's cell
             for m in meta.get("machines") or [None]:
-                r.machines.setdefault(describe_machine(m) if m else "", set()).add(str(trained))
+                r.machines.setdefault(describe_machine(m) if m else "", set()).add(str(trained_cell(cell)))
             r.commits.add(str(code.get("commit", "unknown"))[:10] + ("+dirty" if code.get("dirty") else ""))
         out.append(r)
     return out

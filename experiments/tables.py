@@ -173,6 +173,11 @@ def view_dir(cell: Path, row: RowSpec) -> Path:
     return cell / "views" / row.name
 
 
+def trained_cell(cell: Path) -> Path:
+    """The cell that was trained: a ``cells_of`` row's view (``view_dir``) reads another row's cell."""
+    return cell.parent.parent if cell.parent.name == "views" else cell
+
+
 def run_table(name: str, scale: str | None = None, seeds: list[int] | None = None, results: str | None = None,
               extra: list[str] | None = None, rows: list[str] | None = None) -> list[Path]:
     """Train (or resume) every cell of the table (or of ``rows``) and run its evaluations. A table with
@@ -317,8 +322,8 @@ def cell_json(cell: Path, name: str) -> dict | None:
     """<cell>/<name>.json; for a cells_of row's view, files it lacks (training metrics, meta) are the
     evaluated cell's."""
     data = _read_json(cell / f"{name}.json")
-    if cell.parent.name == "views" and (data is None or name == "meta"):
-        data = _read_json(cell.parent.parent / f"{name}.json")
+    if trained_cell(cell) != cell and (data is None or name == "meta"):
+        data = _read_json(trained_cell(cell) / f"{name}.json")
     return data
 
 
