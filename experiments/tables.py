@@ -37,7 +37,7 @@ NEUTRAL_ADDITIONS: dict[str, object] = {
     "data.source": "auto", "data.text_field": "text", "data.doc_separator": None, "data.block_bytes": None,
     "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
     "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
-    "data.loss_on": "all", "parallel.sequence": 1,
+    "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None,
 }
 # the same for fields an architecture's config gained (at their defaults), by the net's _target_
 _MEMORY_DEFAULTS: dict[str, object] = {

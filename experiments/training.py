@@ -25,6 +25,7 @@ from experiments.checkpointing import (
     resolve_ckpt_path,
 )
 from experiments.config import build, bytes_per_update, write_json
+from experiments.data.samplers import STREAMS
 from experiments.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.lm_module import CausalLMModule, peak_memory_mb, reset_peak_memory
 from experiments.loggers import plot_loss_curve, trim_metrics_csv
@@ -116,10 +117,10 @@ def launched_rank() -> int:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    if cfg.task.carry_state and cfg.data.get("sampler") != "stream":
+    if cfg.task.carry_state and cfg.data.get("sampler") not in STREAMS:
         raise ValueError(
             f"task.carry_state=true needs consecutive windows of the same documents, but data.sampler="
-            f"{cfg.data.sampler!r}; set data.sampler=stream"
+            f"{cfg.data.sampler!r}; set data.sampler=stream (or segments)"
         )
     check_run_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

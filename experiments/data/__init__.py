@@ -1,5 +1,6 @@
 from experiments.data.corpus import ByteCorpus, Split, split_of
 from experiments.data.datamodule import ByteDataModule
-from experiments.data.samplers import DocumentStreams, RandomWindows, StepBatches
+from experiments.data.samplers import DocumentStreams, RandomWindows, SegmentStreams, StepBatches
 
-__all__ = ["ByteCorpus", "ByteDataModule", "DocumentStreams", "RandomWindows", "Split", "StepBatches", "split_of"]
+__all__ = ["ByteCorpus", "ByteDataModule", "DocumentStreams", "RandomWindows", "SegmentStreams", "Split", "StepBatches",
+           "split_of"]

@@ -21,6 +21,7 @@ class ByteDataModule(RankedDataModule):
         sample_len: int | None = None,
         batch_size: int = 16,
         sampler: str = "random",
+        segment_len: int | None = None,
         seed: int = 0,
         val_batches: int = 8,
         eval_seed: int = 1234,
@@ -31,8 +32,8 @@ class ByteDataModule(RankedDataModule):
         super().__init__()
         unknown = sorted(set(corpus) - set(CORPUS_KEYS))
         if unknown:
-            raise ValueError(f"data has unknown keys {unknown}; a byte corpus takes {sorted(CORPUS_KEYS)} and "
-                             "seq_len, sample_len, batch_size, sampler, seed, val_batches, eval_seed, vocab_size")
+            raise ValueError(f"data has unknown keys {unknown}; a byte corpus takes {sorted(CORPUS_KEYS)} and seq_len, "
+                             "sample_len, batch_size, sampler, segment_len, seed, val_batches, eval_seed, vocab_size")
         if vocab_size != 256:
             raise ValueError(f"data.vocab_size={vocab_size}: byte corpora have 256 symbols")
         if sampler not in SAMPLERS:
@@ -43,8 +44,11 @@ class ByteDataModule(RankedDataModule):
         self.corpus_kwargs = corpus_options(corpus)
         if sample_len is not None and sampler != "random":
             raise ValueError(f"data.sample_len={sample_len} needs data.sampler=random (got {sampler!r})")
+        if (segment_len is not None) != (sampler == "segments"):
+            raise ValueError(f"data.segment_len={segment_len!r} with data.sampler={sampler!r}: the segments sampler "
+                             "needs data.segment_len (bytes per document visit) and no other sampler takes it")
         self.seq_len, self.batch_size, self.sampler_name = seq_len, batch_size, sampler
-        self.sample_len = sample_len
+        self.sample_len, self.segment_len = sample_len, segment_len
         self.seed, self.val_batches, self.eval_seed = seed, val_batches, eval_seed
         self.corpus: ByteCorpus | None = None
 
@@ -58,6 +62,8 @@ class ByteDataModule(RankedDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
         kwargs = {"sample_len": self.sample_len} if self.sample_len else {}
+        if self.segment_len is not None:
+            kwargs["segment_len"] = self.segment_len
         sampler = SAMPLERS[self.sampler_name](
             self.corpus.split("train"), self.seq_len, self.batch_size, self.seed, rank, world, **kwargs
         )

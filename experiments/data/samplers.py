@@ -8,6 +8,9 @@ restarts at ``step = global_step`` and nothing else has to be saved.
 * ``DocumentStreams`` — document-aware: batch row r walks its own stream of whole documents,
   window after window (window s covers bytes [s*T, s*T + T] of the stream), the next document
   following when one ends. Consecutive steps are consecutive text, so state can be carried.
+* ``SegmentStreams`` — like ``DocumentStreams``, but each row jumps to a random place in a random
+  document every ``segment_len`` bytes (marked as a document start, so carried state and memory
+  reset there): many documents in few steps, for training that needs consecutive windows.
 """
 
 from __future__ import annotations
@@ -158,7 +161,52 @@ class DocumentStreams:
         return self._docs[row][: bisect.bisect_left(self._ends[row], end) + 1]
 
 
-SAMPLERS = {"random": RandomWindows, "stream": DocumentStreams, "crossbatch": CrossBatchWindows}
+class SegmentStreams:
+    """Row r reads segments of ``segment_len`` bytes (a multiple of ``seq_len``), window after window;
+    segment k of every row starts at a random place of a random document (uniform over valid starts,
+    like ``RandomWindows``). A stream of whole documents binds each row to a few documents for a
+    whole run (500 steps of 256 bytes is half of one 256 KB document); segments see a fresh document
+    every ``segment_len / seq_len`` steps. A segment's first window is marked as a document start."""
+
+    def __init__(self, split: Split, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, split_name: str = "train", segment_len: int | None = None):
+        if not isinstance(segment_len, int) or segment_len < seq_len or segment_len % seq_len:
+            raise ValueError(f"data.segment_len={segment_len!r} must be a multiple of data.seq_len={seq_len} "
+                             "(the bytes a row reads before it jumps to another document)")
+        lengths = split.lengths
+        valid = np.maximum(lengths - segment_len, 0)  # a segment's windows read segment_len + 1 bytes
+        if valid.sum() == 0:
+            raise ValueError(
+                f"data.segment_len={segment_len} is longer than every {split_name} document (the longest has "
+                f"{int(lengths.max())} bytes); lower data.segment_len"
+            )
+        self.split, self.seq_len, self.batch_size, self.seed = split, seq_len, batch_size, seed
+        self.windows = segment_len // seq_len
+        self.rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        self.n_rows = batch_size * world_size
+        self.cum_valid = np.concatenate([[0], np.cumsum(valid)])
+
+    def segment_starts(self, segment: int) -> np.ndarray:
+        """Corpus offsets where this rank's rows begin ``segment``."""
+        rng = np.random.default_rng([self.seed, segment, self.n_rows, 13])
+        u = rng.integers(0, self.cum_valid[-1], size=self.n_rows)[self.rows]
+        doc = np.searchsorted(self.cum_valid, u, side="right") - 1
+        return self.split.offsets[doc] + (u - self.cum_valid[doc])
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """tokens [B, T+1]; starts [B, T+1] (a segment's first byte only); doc_start = starts[:, 0]."""
+        segment, window = divmod(step, self.windows)
+        first = self.segment_starts(segment) + window * self.seq_len
+        idx = first[:, None] + np.arange(self.seq_len + 1)
+        starts = torch.zeros(idx.shape, dtype=torch.bool)
+        starts[:, 0] = window == 0
+        return {"tokens": torch.from_numpy(self.split.data[idx].astype(np.int64)), "starts": starts,
+                "doc_start": starts[:, 0].clone()}
+
+
+SAMPLERS = {"random": RandomWindows, "stream": DocumentStreams, "segments": SegmentStreams,
+            "crossbatch": CrossBatchWindows}
+STREAMS = ("stream", "segments")  # samplers whose consecutive steps are consecutive text
 
 
 class StepBatches(torch.utils.data.IterableDataset):

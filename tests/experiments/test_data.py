@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.data import ByteCorpus, DocumentStreams, RandomWindows, split_of
+from experiments.data import ByteCorpus, ByteDataModule, DocumentStreams, RandomWindows, SegmentStreams, split_of
 from tests.conftest import write_corpus
 
 
@@ -90,6 +90,49 @@ def test_document_streams_walk_each_document_window_after_window(tiny_corpus, tm
     other = DocumentStreams(sp, T, B, seed=0, rank=1, world_size=2)
     assert other.documents(0, 0)[0] not in firsts
     assert bool(batches[0]["doc_start"].all())
+
+
+def test_segment_streams_read_consecutive_windows_then_jump_to_another_document(tiny_corpus, tmp_path):
+    """data.sampler=segments: W = segment_len / seq_len consecutive windows of one document per row,
+    then a fresh random place; the segment's first window is a document start (state resets), the
+    others are not; a pure function of (seed, step, rank); many documents in few steps."""
+    sp = _build(tiny_corpus, tmp_path).split("train")
+    T, B, W = 16, 4, 3
+    ss = SegmentStreams(sp, T, B, seed=0, segment_len=W * T)
+    steps = 8 * W
+    batches = [ss.batch(s) for s in range(steps)]
+    visited = set()
+    for k in range(steps // W):
+        seg = batches[k * W : (k + 1) * W]
+        assert bool(seg[0]["doc_start"].all()) and bool(seg[0]["starts"][:, 0].all())
+        assert not any(b["starts"].any() for b in seg[1:])
+        assert not seg[0]["starts"][:, 1:].any()
+        for r in range(B):
+            for a, b in zip(seg, seg[1:]):  # consecutive windows overlap by the one target byte
+                assert a["tokens"][r, -1] == b["tokens"][r, 0]
+            parts = [seg[0]["tokens"][r].numpy()] + [b["tokens"][r, 1:].numpy() for b in seg[1:]]
+            text = bytes(np.concatenate(parts).tolist())
+            owner = [i for i in range(sp.n_docs) if text in bytes(sp.document(i))]
+            assert owner, f"segment {k} of row {r} is not inside one document"
+            visited.add(owner[0])
+    assert len(visited) > B  # rows move on to other documents (a document stream would stay on B)
+    again = SegmentStreams(sp, T, B, seed=0, segment_len=W * T)
+    assert torch.equal(again.batch(W + 1)["tokens"], batches[W + 1]["tokens"])
+    assert not torch.equal(SegmentStreams(sp, T, B, seed=1, segment_len=W * T).batch(0)["tokens"], batches[0]["tokens"])
+    r0, r1 = (SegmentStreams(sp, T, B, 0, r, world_size=2, segment_len=W * T).batch(0)["tokens"] for r in (0, 1))
+    assert not torch.equal(r0, r1)
+
+
+def test_segment_length_errors_name_the_value_and_the_fix(tiny_corpus, tmp_path):
+    sp = _build(tiny_corpus, tmp_path).split("train")
+    with pytest.raises(ValueError, match=r"data.segment_len=40 must be a multiple of data.seq_len=16"):
+        SegmentStreams(sp, 16, 2, seed=0, segment_len=40)
+    with pytest.raises(ValueError, match=r"data.segment_len=4800 is longer than every train document"):
+        SegmentStreams(sp, 16, 2, seed=0, segment_len=4800)
+    with pytest.raises(ValueError, match=r"the segments sampler needs data.segment_len"):
+        ByteDataModule(sampler="segments", path=str(tiny_corpus))
+    with pytest.raises(ValueError, match=r"data.segment_len=64 with data.sampler='random'"):
+        ByteDataModule(segment_len=64, path=str(tiny_corpus))
 
 
 def test_missing_and_empty_data_paths_fail_clearly(tmp_path):
