@@ -136,6 +136,14 @@ def interrupted(cell: Path) -> bool:
     return training_status(cell) == "preempted"
 
 
+def checkpoint_gone(cell: Path) -> bool:
+    """The cell finished training (in an earlier session) and its checkpoint is gone: checkpoints are not
+    committed, so an evaluation or a fine-tune that needs its weights must train it again (same key)."""
+    if last_checkpoint(cell) is not None:
+        return False
+    return training_status(cell) == "finished" or bool((_read_json(cell / "meta.json") or {}).get("finished"))
+
+
 def cell_finished(cell: Path, evals: tuple[EvalSpec, ...]) -> bool:
     meta = _read_json(cell / "meta.json")
     if not meta or not meta.get("finished") or interrupted(cell):
@@ -196,9 +204,8 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
         for cell in cells:
             row = spec.row(cell.parent.parent.name)
             stopped = interrupted(cell)
-            if pending_evals(spec, row, cell, scale) and (stopped or last_checkpoint(cell) is None):
-                # checkpoints are not committed: a cell trained in another session is retrained (same key);
-                # an interrupted retrain resumes from its checkpoint
+            if pending_evals(spec, row, cell, scale) and (stopped or checkpoint_gone(cell)):
+                # a cell trained in another session is retrained; an interrupted retrain resumes
                 _train_cell(source, source.row(row.name), scale, int(cell.name[5:]), cell, results, extra,
                             git_commit(), retrain=not stopped)
             run_evals(spec, row, cell, scale)
@@ -231,8 +238,7 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
             if cell_finished(cell, spec.evals_for(row, scale)):
                 print(f"[table] {tag}: done ({key}), skipped")
                 continue
-            retrain = bool(pending_evals(spec, row, cell, scale)) and training_status(cell) == "finished" \
-                and last_checkpoint(cell) is None
+            retrain = bool(pending_evals(spec, row, cell, scale)) and checkpoint_gone(cell)
             _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=retrain)
     return cells
 
@@ -258,9 +264,7 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
     if row.init_from_row:
         parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
         parent = cell_dir(results, spec.name, scale, row.init_from_row, parent_key, seed)
-        if last_checkpoint(parent) is None and (retrain or (_read_json(parent / "meta.json") or {}).get("finished")):
-            # the parent finished in an earlier session and its checkpoint is gone (checkpoints are not
-            # committed): a fine-tune that starts now, or a retrain, needs its weights; train it again
+        if checkpoint_gone(parent):  # a fine-tune that starts now, or a retrain, needs the parent's weights
             _train_cell(spec, spec.row(row.init_from_row), scale, seed, parent, results, extra, code, retrain=True)
         overrides.append(f"init_from='{parent}'")
     with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once
