@@ -166,6 +166,23 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     assert len(steps) == len(set(steps)) == 3  # one curve, not the first run's rows and the second's
 
 
+def test_an_older_finished_cell_without_a_status_is_retrained_for_its_own_new_evaluation(tmp_path):
+    """Cells from before metrics.json recorded a status count as finished by their meta.json: a new
+    evaluation of the table's own (here: its result file deleted) retrains one whose checkpoint is gone,
+    instead of failing on the missing checkpoint."""
+    import shutil
+
+    cell = run_table("megabyte_bpb", "smoke", [0], str(tmp_path), rows=["megabyte"])[0]
+    metrics = json.loads((cell / "metrics.json").read_text())
+    metrics.pop("status")
+    (cell / "metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(cell / "checkpoints")
+    (cell / "test4096.json").unlink()
+    run_table("megabyte_bpb", "smoke", [0], str(tmp_path), rows=["megabyte"])
+    assert (cell / "test4096.json").exists() and (cell / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((cell / "meta.json").read_text())["retrained"]["val_bpb_change"] == 0.0
+
+
 def test_a_fine_tune_whose_parent_lost_its_checkpoint_retrains_the_parent_first(tmp_path):
     """A fine-tuned row started in a later session than its parent (a new seed, an interrupted run) finds
     the parent finished but its checkpoint gone (not committed): the parent is trained again, same key and
