@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -340,6 +341,24 @@ def test_committed_cells_keep_their_keys():
         assert row_key(spec, spec.row(row), scale) == key, f"{cell}: its row's config changed; rerun or delete it"
         checked += 1
     assert checked or not root.exists()
+
+
+def test_only_finished_cells_are_committed():
+    """A cell committed while it trains (a `git add` during a table run) would publish half a run: every
+    tracked cell's meta.json says finished and its metrics.json holds no pre-empted status."""
+    import subprocess
+
+    from experiments.tables import REPO
+
+    tracked = subprocess.run(["git", "ls-files", "results/cells"], cwd=REPO, capture_output=True, text=True)
+    if tracked.returncode:
+        pytest.skip("not a git checkout")
+    cells = {REPO / Path(f).parent for f in tracked.stdout.splitlines() if Path(f).name == "meta.json"
+             and Path(f).parent.name.startswith("seed=")}
+    for cell in sorted(cells):
+        assert json.loads((cell / "meta.json").read_text()).get("finished"), f"{cell} is committed unfinished"
+        status = json.loads((cell / "metrics.json").read_text()).get("status", "finished")
+        assert status == "finished", f"{cell} is committed with training status {status!r}"
 
 
 def test_dropping_a_neutral_key_prunes_the_group_it_leaves_empty():
