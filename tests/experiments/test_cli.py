@@ -40,6 +40,13 @@ def test_user_errors_are_one_line(args, expected):
     assert out.returncode == 2, out.stderr[-1500:]
     err = out.stderr.strip().splitlines()
     assert err[0].startswith("error: ") and expected in err[0] and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [("experiments.train", "optim.lrr=1"), ("experiments.eval", "run_dir=/no/such/run"),
+                                  ("experiments.run_table", "nope")], ids=["hydra-compose", "hydra-task", "argparse"])
+def test_debug_shows_the_traceback(args):
+    """--debug: the traceback, not the one line (one case per path: Hydra's composition, a Hydra task,
+    an argparse entry point; every entry point goes through one of them)."""
     debug = run(*args, "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
