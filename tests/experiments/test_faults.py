@@ -77,7 +77,9 @@ def _losses(run):
     return [v for _, v in _csv(run, "train/loss")]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+# SIGUSR1 takes the same handler as SIGTERM: the default run checks one, make test-all both
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGUSR1"])
 def test_preemption_saves_a_resumable_checkpoint_and_exits_nonzero(sig, tiny_corpus, tmp_path):
     """The pre-emption signal stops after the current step, writes a checkpoint there and partial metrics,
     exits 128 + signal; the resumed run then equals an uninterrupted one."""
@@ -105,6 +107,26 @@ def test_preemption_saves_a_resumable_checkpoint_and_exits_nonzero(sig, tiny_cor
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 40
     train(_cfg(tmp_path / "full", tiny_corpus, *common))
     assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), rel=1e-6, abs=1e-7)
+
+
+def test_sigusr1_is_routed_to_the_sigterm_path(tmp_path):
+    """The default run's end-to-end pre-emption test sends SIGTERM; SIGUSR1 (the slow set runs it end
+    to end) must reach the same stop: Lightning's received_sigterm flag, and exit status 128 + 10."""
+    from types import SimpleNamespace
+
+    from experiments.faults import Preemption
+
+    trainer = SimpleNamespace(_signal_connector=SimpleNamespace(received_sigterm=False))
+    p = Preemption(tmp_path / "last.ckpt")
+    p.install()
+    try:
+        assert signal.getsignal(signal.SIGUSR1) == p._handle
+        p._trainer = trainer
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+    finally:
+        p.uninstall()
+    assert trainer._signal_connector.received_sigterm and p.exit_code == 128 + signal.SIGUSR1
 
 
 def test_auto_resumes_from_the_newest_last_checkpoint(tmp_path):
