@@ -136,3 +136,30 @@ def test_carried_state_training_resets_at_every_document_start_inside_a_window(t
     assert inside >= 5 and m["steps"] == 12
     n_memory_layers = len(build_module(cfg).net.config.memory_layers)
     assert sum(calls) == expected * n_memory_layers
+
+
+def test_memorizing_on_segments_resets_its_memory_where_each_segment_starts(tiny_corpus, tmp_path):
+    """data.sampler=segments with carried state: every row's memory is reset at each new segment (the
+    first window of segments 1, 2, ...; segment 0 starts from an empty state) and nowhere else."""
+    from experiments.training import build_module
+    from memory import KNNMemory
+
+    steps, windows, rows = 6, 2, 3
+    cfg = compose("train", ["model=fot_tiny", "debug=smoke", f"data.path={tiny_corpus}", "data.pattern=**/*.txt",
+                            "data.val_fraction=0.15", "data.test_fraction=0.15", "data.sampler=segments",
+                            f"data.segment_len={windows * 64}", "task.carry_state=true", "data.seq_len=64",
+                            f"data.batch_size={rows}", f"trainer.max_steps={steps}", f"run_dir={tmp_path}"])
+    calls = []
+    real = KNNMemory.reset
+
+    def spy(self, rows=None):
+        calls.append(int(torch.as_tensor(rows).sum()))
+        return real(self, rows)
+
+    KNNMemory.reset = spy
+    try:
+        assert train(cfg)["steps"] == steps
+    finally:
+        KNNMemory.reset = real
+    n_memory_layers = len(build_module(cfg).net.config.memory_layers)
+    assert sum(calls) == (steps // windows - 1) * rows * n_memory_layers
