@@ -37,6 +37,13 @@ class RankedDataModule(L.LightningDataModule):
         return data_rank(rank, world, self.sequence_parallel)
 
 
+def start_offsets(split: Split, cum_valid: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Corpus offsets of starts numbered ``u`` in [0, cum_valid[-1]), where document d owns the numbers
+    [cum_valid[d], cum_valid[d + 1]) (one per valid start): uniform ``u`` is uniform over every valid start."""
+    doc = np.searchsorted(cum_valid, u, side="right") - 1
+    return split.offsets[doc] + (u - cum_valid[doc])
+
+
 class RandomWindows:
     """``batch_size`` windows of ``sample_len`` (default ``seq_len``) bytes per step, each cut into
     ``sample_len / seq_len`` consecutive rows of ``seq_len`` (+1) bytes: models trained at different
@@ -65,9 +72,7 @@ class RandomWindows:
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step, self.rank, self.world_size])
-        u = rng.integers(0, self.cum_valid[-1], size=self.batch_size)
-        doc = np.searchsorted(self.cum_valid, u, side="right") - 1
-        starts = self.split.offsets[doc] + (u - self.cum_valid[doc])
+        starts = start_offsets(self.split, self.cum_valid, rng.integers(0, self.cum_valid[-1], size=self.batch_size))
         if self.rows_per_sample > 1:  # each window -> consecutive rows sharing one byte at the cuts
             starts = (starts[:, None] + np.arange(self.rows_per_sample) * self.seq_len).reshape(-1)
         idx = starts[:, None] + np.arange(self.seq_len + 1)
@@ -190,8 +195,7 @@ class SegmentStreams:
         """Corpus offsets where this rank's rows begin ``segment``."""
         rng = np.random.default_rng([self.seed, segment, self.n_rows, 13])
         u = rng.integers(0, self.cum_valid[-1], size=self.n_rows)[self.rows]
-        doc = np.searchsorted(self.cum_valid, u, side="right") - 1
-        return self.split.offsets[doc] + (u - self.cum_valid[doc])
+        return start_offsets(self.split, self.cum_valid, u)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """tokens [B, T+1]; starts [B, T+1] (a segment's first byte only); doc_start = starts[:, 0]."""

@@ -3,6 +3,7 @@ its memory carried (and checkpointed) across steps, fine-tuning from a baseline,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 
@@ -102,6 +103,24 @@ def test_tiny_fot_learns_the_dictionary_beyond_chance(tmp_path):
     assert r["accuracy"] > 0.5, r
 
 
+@contextlib.contextmanager
+def counted_memory_resets():
+    """The rows reset per KNNMemory.reset call while the block runs (a list, filled as it goes)."""
+    from memory import KNNMemory
+
+    calls, real = [], KNNMemory.reset
+
+    def spy(self, rows=None):
+        calls.append(int(torch.as_tensor(rows).sum()))
+        return real(self, rows)
+
+    KNNMemory.reset = spy
+    try:
+        yield calls
+    finally:
+        KNNMemory.reset = real
+
+
 def test_carried_state_training_resets_at_every_document_start_inside_a_window(tiny_corpus, tmp_path):
     """The memorizing variant on text streams: every document start (not only those on a window's
     first byte; once 0 resets over ~50 boundaries) resets that row's memory, its window and history."""
@@ -113,20 +132,8 @@ def test_carried_state_training_resets_at_every_document_start_inside_a_window(t
                             "data.val_fraction=0.15", "data.test_fraction=0.15", "data.sampler=stream",
                             "task.carry_state=true", "data.seq_len=256", "data.batch_size=3",
                             "trainer.max_steps=12", f"run_dir={tmp_path}"])
-    calls = []
-    from memory import KNNMemory
-
-    real = KNNMemory.reset
-
-    def spy(self, rows=None):
-        calls.append(int(torch.as_tensor(rows).sum()))
-        return real(self, rows)
-
-    KNNMemory.reset = spy
-    try:
+    with counted_memory_resets() as calls:
         m = train(cfg)
-    finally:
-        KNNMemory.reset = real
     corpus = ByteCorpus.build_or_load(path=str(tiny_corpus), pattern="**/*.txt", val_fraction=0.15,
                                       test_fraction=0.15)
     streams = DocumentStreams(corpus.split("train"), 256, 3, seed=0)
@@ -142,24 +149,13 @@ def test_memorizing_on_segments_resets_its_memory_where_each_segment_starts(tiny
     """data.sampler=segments with carried state: every row's memory is reset at each new segment (the
     first window of segments 1, 2, ...; segment 0 starts from an empty state) and nowhere else."""
     from experiments.training import build_module
-    from memory import KNNMemory
 
     steps, windows, rows = 6, 2, 3
     cfg = compose("train", ["model=fot_tiny", "debug=smoke", f"data.path={tiny_corpus}", "data.pattern=**/*.txt",
                             "data.val_fraction=0.15", "data.test_fraction=0.15", "data.sampler=segments",
                             f"data.segment_len={windows * 64}", "task.carry_state=true", "data.seq_len=64",
                             f"data.batch_size={rows}", f"trainer.max_steps={steps}", f"run_dir={tmp_path}"])
-    calls = []
-    real = KNNMemory.reset
-
-    def spy(self, rows=None):
-        calls.append(int(torch.as_tensor(rows).sum()))
-        return real(self, rows)
-
-    KNNMemory.reset = spy
-    try:
+    with counted_memory_resets() as calls:
         assert train(cfg)["steps"] == steps
-    finally:
-        KNNMemory.reset = real
     n_memory_layers = len(build_module(cfg).net.config.memory_layers)
     assert sum(calls) == (steps // windows - 1) * rows * n_memory_layers
