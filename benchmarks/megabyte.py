@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from architectures.megabyte import Megabyte  # noqa: E402
 from architectures.transformer import Transformer  # noqa: E402
 from benchmarks.common import measure, table  # noqa: E402
-from experiments.generation import generate  # noqa: E402
+from experiments.evaluation.generation import generate  # noqa: E402
 
 
 def peer_class():

@@ -78,7 +78,7 @@ def decode_rows(width: int, layers: int, chunk: int, prompt: int, new: int) -> l
     cached chunk with dummy queries) vs after (the O(1) CEMA step with cached coefficients, queries
     attending to the cache directly)."""
     from architectures.megalodon.layers import CEMA
-    from experiments.generation import generate
+    from experiments.evaluation.generation import generate
     from kernels.chunk_attention import torch_impl
 
     net = build("megalodon", width, layers, chunk).eval()

@@ -41,7 +41,7 @@ def _net(model: str, checkpoint: bool):
 
 
 def _step(rank: int, size: int, port: int, model: str, checkpoint: bool, tokens: torch.Tensor, out: str):
-    from experiments.parallel import receive_state, send_state, sequence_group, span
+    from experiments.training.parallel import receive_state, send_state, sequence_group, span
 
     torch.set_num_threads(1)
     if size > 1:

@@ -4,7 +4,7 @@ The work is ``experiments.comparison.main(argv)``; this is its command line (use
 """
 
 from experiments.cli import run_cli
-from experiments.comparison import main, steps_for
+from experiments.tables.compare import main, steps_for
 
 __all__ = ["main", "steps_for"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from experiments.cli import hydra_entry
 from experiments.config import register_schemas
-from experiments.fot_evaluation import dictionary_accuracy, distraction_ratio, run
+from experiments.evaluation.fot import dictionary_accuracy, distraction_ratio, run
 
 register_schemas()
 __all__ = ["dictionary_accuracy", "distraction_ratio", "main", "run"]

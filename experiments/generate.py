@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from experiments.cli import hydra_entry
 from experiments.config import register_schemas
-from experiments.generation import sample
+from experiments.evaluation.generation import sample
 
 register_schemas()
 __all__ = ["main", "sample"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from experiments.cli import hydra_entry
 from experiments.config import register_schemas
-from experiments.long_context import run
+from experiments.evaluation.long_context import run
 
 register_schemas()
 main = hydra_entry("longeval", run)

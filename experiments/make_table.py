@@ -1,8 +1,8 @@
 """Aggregate a table's cells: ``python -m experiments.make_table <name> [--scale cpu]`` (see
-``experiments.table_report``); user errors in one line."""
+``experiments.tables.report``); user errors in one line."""
 
 from experiments.cli import run_cli
-from experiments.tables import cli_make
+from experiments.tables.report import cli_make
 
 if __name__ == "__main__":
     run_cli(cli_make)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, open_dict
 
 from experiments.cli import hydra_entry
 from experiments.config import register_schemas
-from experiments.training import train
+from experiments.training.run import train
 
 register_schemas()
 

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from experiments.data.corpus import Split
-from experiments.parallel import data_rank
+
+
+def data_rank(rank: int, world: int, size: int) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel world) under chunk parallelism (``parallel.sequence=size``): the
+    ``size`` ranks of a sequence group read the same rows."""
+    return rank // size, world // size
 
 
 class RankedDataModule(L.LightningDataModule):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from architectures.megabyte import Megabyte, MegabyteConfig
-from experiments.evaluation import strided_nll
-from experiments.generation import generate
+from experiments.evaluation.bpb import strided_nll
+from experiments.evaluation.generation import generate
 
 P = 4
 BASE = dict(patch_size=P, d_global=8, d_local=16, global_layers=2, global_heads=2, local_layers=2, local_heads=2,
@@ -212,7 +212,7 @@ def test_initialisation_scales():
 
 
 def test_inference_methods_score_the_same_bytes_from_the_right_pass():
-    from experiments.inference_methods import METHODS, method_nll, patch_profile, window_length
+    from experiments.evaluation.inference_methods import METHODS, method_nll, patch_profile, window_length
 
     net, T = model(), 16
     o, h = T // 2 + P // 2, P // 2

@@ -91,7 +91,7 @@ def test_memory_attention(backend, dtype, tol, gtol):
 
 @pytest.mark.parametrize("model", TINY_MODELS)
 def test_tiny_presets_train_50_steps_on_the_gpu(model, tmp_path):
-    from experiments.training import train
+    from experiments.training.run import train
 
     m = train(compose("train", [f"model={model}", "trainer=gpu", "trainer.max_steps=50",
                                 "trainer.val_check_interval=50", "optim.warmup_steps=10", f"run_dir={tmp_path}",

@@ -1,0 +1,120 @@
+"""Writing a corpus: documents grouped (``data.documents``), assigned to splits by a hash of their id
+(unless the dataset has its own splits), written as flat byte files with offsets and ``meta.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from experiments.data.files import FORMAT_VERSION
+from experiments.data.sources import Document
+
+SPLITS = ("train", "val", "test")
+DOCUMENT_MODES = ("file", "directory", "concat")
+
+
+def split_of(rel_path: str, val_fraction: float, test_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha1(os.fsencode(rel_path)).digest()[:8], "big") / 2.0**64
+    if h < val_fraction:
+        return "val"
+    if h < val_fraction + test_fraction:
+        return "test"
+    return "train"
+
+
+def group_documents(docs: list[Document], mode: str = "file", min_doc_bytes: int | None = None) -> list[Document]:
+    """``documents: file`` keeps them; ``directory`` joins those of one folder; ``concat`` joins consecutive
+    ones (in order) until a document holds ``min_doc_bytes``. A joined document keeps its first part's
+    id and split."""
+    if mode not in DOCUMENT_MODES:
+        raise ValueError(f"data.documents={mode!r} is unknown; use one of {DOCUMENT_MODES}")
+    if mode == "file":
+        return docs
+    groups: list[list[Document]] = []
+    if mode == "directory":
+        by_dir: dict[str, list[Document]] = {}
+        for d in docs:
+            by_dir.setdefault(str(Path(d.id).parent), []).append(d)
+        groups = [g for _, g in sorted(by_dir.items())]
+        ids = [str(Path(g[0].id).parent) for g in groups]
+    else:
+        if not min_doc_bytes or min_doc_bytes < 1:
+            raise ValueError(f"data.documents=concat needs data.min_doc_bytes >= 1, got {min_doc_bytes!r}")
+        current, size = [], 0
+        for d in docs:
+            current.append(d)
+            size += len(d.read())
+            if size >= min_doc_bytes:
+                groups.append(current)
+                current, size = [], 0
+        if current:
+            groups.append(current)
+        ids = [g[0].id for g in groups]
+    return [Document(i, g[0].split, lambda g=g: b"".join(d.read() for d in g)) for i, g in zip(ids, groups)]
+
+
+def remove_abandoned_builds(cache: Path) -> list[Path]:
+    """Remove hidden build folders (``.<name>-<pid>-*``) whose builder process no longer exists: a
+    build killed half way. A live builder's folder is left alone."""
+    removed = []
+    for d in cache.glob(".*-*-*"):
+        parts = d.name.rsplit("-", 2)
+        if not d.is_dir() or len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except PermissionError:  # alive, another user's
+            pass
+    return removed
+
+
+def write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern, options, report):
+    assign = {s: [] for s in SPLITS}
+    for d in docs:
+        assign[d.split or split_of(d.id, val_fraction, test_fraction)].append(d)
+    meta_splits = {}
+    for s in SPLITS:
+        offsets, paths = [0], []
+        with open(out / f"{s}.bin", "wb") as fh:
+            for d in assign[s]:
+                blob = d.read()
+                if max_doc_bytes:
+                    blob = blob[:max_doc_bytes]
+                if not blob:
+                    continue
+                fh.write(blob)
+                offsets.append(offsets[-1] + len(blob))
+                paths.append(d.id)
+        np.save(out / f"{s}.idx.npy", np.asarray(offsets, dtype=np.int64))
+        (out / f"{s}.paths.json").write_text(json.dumps(paths))
+        lengths = np.diff(offsets) if len(offsets) > 1 else np.zeros(0, dtype=np.int64)
+        meta_splits[s] = {
+            "docs": len(paths),
+            "bytes": int(offsets[-1]),
+            "max_doc_bytes": int(lengths.max()) if len(lengths) else 0,
+            "median_doc_bytes": int(np.median(lengths)) if len(lengths) else 0,
+        }
+    if not any(meta_splits[s]["bytes"] for s in SPLITS):
+        raise ValueError(f"data.path={path!r} contains no non-empty files or records (skipped "
+                         f"{report.skipped_binary} binary and {report.skipped_empty} empty ones, e.g. "
+                         f"{report.examples}); point data.path at text, or set data.source / data.pattern / "
+                         "data.text_field")
+    named = options.get("named_splits") or options["source"] != "files"
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fp,
+        "source": {"path": None if path is None else str(path), "root": str(root), "pattern": pattern, **options},
+        "split_rule": ("the dataset's own splits where it has them, else " if named else "")
+        + f"sha1(document id) / 2^64 < {val_fraction} -> val, < {val_fraction + test_fraction} -> test",
+        "skipped": {"binary": report.skipped_binary, "empty": report.skipped_empty, "examples": report.examples},
+        "splits": meta_splits,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))

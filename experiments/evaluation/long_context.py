@@ -1,0 +1,135 @@
+"""Scoring any trained run on the long-context tasks (``experiments.data.tasks``): each document is
+streamed window by window with the model's state (KV window, CEMA / TimestepNorm state, kNN memory),
+then the answer bytes are read off the predictions (teacher forcing, argmax). A sample is correct
+when every answer byte is; accuracy by length x depth goes to ``<run_dir>/longeval/<task>.json`` with
+a heat map. Lengths a model cannot represent (learned positions past ``max_len``) are not applicable,
+never 0.
+
+    python -m experiments.longeval run_dir=<run> task=passkey 'lengths=[1024,4096,16384,65536]' \\
+        'depths=[0,0.25,0.5,0.75,1]' samples=4
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from experiments.config import to_plain, write_json
+from experiments.data.tasks import make
+from experiments.evaluation.bpb import autocast
+from experiments.training.progress import Progress
+from experiments.training.runs import load_run, pick_device
+
+
+@torch.no_grad()
+def score(net, task: str, lengths: list[int], depths: list[float], samples: int, window: int,
+          device: torch.device, seed: int = 0, precision: str = "32") -> dict[str, Any]:
+    """{"accuracy": {length: {depth: acc | None}}, "byte_accuracy": ..., ...} for one task."""
+    acc: dict[str, dict[str, float | None]] = {}
+    byte_acc: dict[str, dict[str, float | None]] = {}
+    limit = net.max_len
+    progress = Progress(f"longeval {task}", sum(lengths) * len(depths) * samples, unit=" bytes")
+    done = 0
+    for L in lengths:
+        key = str(L)
+        if limit is not None and L > limit:  # learned positions end here: not applicable, not 0
+            acc[key] = {str(d): None for d in depths}
+            byte_acc[key] = {str(d): None for d in depths}
+            done += L * len(depths) * samples
+            continue
+        docs = [make(task, L, d, seed + s) for d in depths for s in range(samples)]
+        tokens = torch.from_numpy(np.stack([s.tokens for s in docs]).astype(np.int64)).to(device)
+        answer = torch.from_numpy(np.stack([s.answer for s in docs])).to(device)
+        preds = torch.zeros_like(tokens)
+        state = None
+        for a in range(0, L - 1, window):
+            b = min(a + window, L - 1)
+            with autocast(device, precision):
+                logits, state = net(tokens[:, a:b], state)
+            preds[:, a + 1 : b + 1] = logits.argmax(-1)  # the prediction for the next byte
+            progress.update(done + len(docs) * b, f"length {L:,}")
+        hit = (preds == tokens) | ~answer
+        whole = hit.all(1).float().view(len(depths), samples).mean(1)
+        per_byte = ((preds == tokens) & answer).sum(1).float() / answer.sum(1).float()
+        per_byte = per_byte.view(len(depths), samples).mean(1)
+        acc[key] = {str(d): float(v) for d, v in zip(depths, whole.tolist())}
+        byte_acc[key] = {str(d): float(v) for d, v in zip(depths, per_byte.tolist())}
+        done += L * len(docs)
+    reached = [a for row in acc.values() for a in row.values() if a is not None]
+    by_length = {L: (None if any(v is None for v in row.values()) else float(np.mean(list(row.values()))))
+                 for L, row in acc.items()}
+    return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples, "window": window,
+            "accuracy": acc, "byte_accuracy": byte_acc, "mean_by_length": by_length,
+            "mean_accuracy": float(np.mean(reached)) if reached else None}
+
+
+def length_label(n: float) -> str:
+    """A context length for an axis: 1024 -> 1K, 65536 -> 64K, 300 -> 300."""
+    return f"{n / 1024:g}K" if n >= 1024 and n % 1024 == 0 else f"{n:g}"
+
+
+def draw_grid(ax, grid: np.ndarray, x_labels: list[str], y_labels: list[str], fontsize: int = 8):
+    """An accuracy grid on ``ax`` (lines: y, columns: x; NaN: not applicable), every cell annotated.
+    Returns the image (for a colour bar). The tables' heat maps draw each panel with it too."""
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
+                color="gray" if np.isnan(v) else "white" if v < 0.5 else "black")
+    ax.set_xticks(range(len(x_labels)), x_labels, fontsize=fontsize)
+    ax.set_yticks(range(len(y_labels)), y_labels, fontsize=fontsize)
+    return im
+
+
+def heat_map(result: dict, path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    lengths, depths = result["lengths"], result["depths"]
+    grid = np.array([[np.nan if result["accuracy"][str(L)][str(d)] is None else result["accuracy"][str(L)][str(d)]
+                      for L in lengths] for d in depths])
+    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2, 0.5 * len(depths) + 1.5))
+    im = draw_grid(ax, grid, [length_label(L) for L in lengths], [f"{d:g}" for d in depths])
+    ax.set_xlabel("context length (bytes)")
+    ax.set_ylabel("depth of the needle")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """``configs/longeval.yaml``: every task of ``tasks`` (or ``task``) scored on the length x depth grid.
+    Returns {task: result, "tasks": [...], "curve": [{task, length, accuracy}]}."""
+    device = pick_device(cfg.device)
+    train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
+    tasks = [cfg.task] if cfg.task else list(to_plain(cfg.tasks))
+    window = int(cfg.window or train_cfg.data.seq_len)
+    out_dir = Path(cfg.run_dir) / "longeval"
+    out_dir.mkdir(exist_ok=True)
+    results = {}
+    for task in tasks:
+        r = score(module.net, task, [int(x) for x in to_plain(cfg.lengths)], [float(x) for x in to_plain(cfg.depths)],
+                  int(cfg.samples), window, device, int(cfg.seed), cfg.precision)
+        r["model"] = train_cfg.model.get("name")
+        write_json(out_dir / f"{task}.json", r)
+        heat_map(r, out_dir / f"{task}.png", f"{task}: {r['model']} ({Path(cfg.run_dir).name})")
+        print(f"[longlab] {task}: " + "; ".join(
+            f"{L}: " + " ".join("n/a" if v is None else f"{v:.2f}" for v in row.values())
+            for L, row in r["accuracy"].items()))
+        results[task] = r
+    curve = [{"task": t, "length": int(L), "accuracy": v} for t, r in results.items()
+             for L, v in r["mean_by_length"].items() if v is not None]
+    summary = {**results, "tasks": tasks, "curve": curve}  # curve: the tables' accuracy-vs-length figure
+    if cfg.get("out"):
+        write_json(Path(cfg.run_dir) / cfg.out, summary)
+    return summary

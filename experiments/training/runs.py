@@ -1,0 +1,81 @@
+"""Reloading a finished (or interrupted) training run for evaluation and generation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from architectures.contract import LanguageModel
+from experiments.data.corpus import ByteCorpus, corpus_options
+from experiments.training.checkpointing import last_checkpoint, read_checkpoint
+from experiments.training.module import CausalLMModule
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was requested but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
+def load_run(
+    run_dir: str | Path, ckpt_path: str | None = None, net_overrides: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[DictConfig, CausalLMModule]:
+    """The run's training config and its module with the checkpoint's weights, in eval mode.
+
+    ``net_overrides`` changes model.net fields that do not alter the parameters (e.g. ``kv_window``).
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(
+            f"run_dir={str(run_dir)!r} has no config.yaml; pass the folder that experiments.train "
+            "wrote (it holds config.yaml, checkpoints/ and metrics.json)"
+        )
+    cfg = OmegaConf.load(cfg_path)
+    ckpt_file = Path(ckpt_path) if ckpt_path else last_checkpoint(run_dir) or run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_file.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {str(ckpt_file)!r}; train the run first or pass ckpt_path=<file.ckpt>"
+        )
+    ckpt = read_checkpoint(ckpt_file)
+    hp = ckpt["hyper_parameters"]
+    net_cfg = dict(hp["net"])
+    for k, v in (net_overrides or {}).items():
+        if k not in net_cfg and k != "_target_":
+            raise ValueError(f"eval.net_overrides has {k!r}, which is not a field of model.net ({sorted(net_cfg)})")
+        net_cfg[k] = v
+    module = CausalLMModule(net=net_cfg, optim=hp.get("optim"), carry_state=hp.get("carry_state", False),
+                            crossbatch=hp.get("crossbatch"))
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"checkpoint {str(ckpt_file)!r} does not match the model its hyper-parameters describe "
+            f"({str(e)[:300]}); it is not from this run or it is damaged"
+        ) from None
+    module.to(torch.device(device) if isinstance(device, str) else device).eval()
+    return cfg, module
+
+
+def corpus_of(cfg: DictConfig) -> ByteCorpus:
+    """The same corpus the run trained on (built once, then reused)."""
+    return ByteCorpus.build_or_load(**corpus_options(cfg.data))
+
+
+def rebuild(net: LanguageModel, **changes) -> LanguageModel:
+    """The same weights under a config with ``changes`` to fields that do not alter the parameters
+    (inference-time settings such as FoT's memory backend, k and capacity). Configs are frozen: a new
+    module is built, never the old config written into."""
+    config = dataclasses.replace(net.config, **changes)
+    new = type(net)(config)
+    p = next(net.parameters(), None)
+    if p is not None:
+        new = new.to(p.device, p.dtype)
+    new.load_state_dict(net.state_dict(), strict=True)
+    return new.train(net.training)
