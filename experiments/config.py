@@ -120,9 +120,19 @@ def safe_name(text: str, limit: int = 100) -> str:
     return name
 
 
+def int_div(a: Any, b: Any) -> int:
+    """``${div:a,b}``: a // b, refusing a remainder (a window of patches must tile the sequence)."""
+    a, b = int(a), int(b)
+    if b <= 0 or a % b:
+        raise ValueError(f"${{div:{a},{b}}}: {a} is not a multiple of {b}")
+    return a // b
+
+
 register_schemas()
 if not OmegaConf.has_resolver("safe_name"):
     OmegaConf.register_new_resolver("safe_name", safe_name)
+if not OmegaConf.has_resolver("div"):
+    OmegaConf.register_new_resolver("div", int_div)
 
 
 def build(node: Any, **kwargs: Any) -> Any:

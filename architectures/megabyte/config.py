@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from architectures.common.memory_layer import MemorySettings
@@ -94,3 +96,14 @@ class MegabyteConfig(MemorySettings):
     @property
     def global_width(self) -> int:
         return self.patch_size * self.d_global
+
+    def resized(self, width: float, extra_layers: int = 0) -> MegabyteConfig:
+        """This architecture ``width`` times as wide and ``extra_layers`` deeper in its global model, its own
+        ratios kept (patch size, d_local / d_global, heads, FFN multiplier); the global width stays
+        divisible by its heads and the local head size even. ``experiments.tables.sizing`` searches these."""
+        g = self.global_heads // math.gcd(self.global_heads, self.patch_size)
+        lo = 2 * self.local_heads
+        return dataclasses.replace(
+            self, d_global=max(g, g * round(self.d_global * width / g)),
+            d_local=max(lo, lo * round(self.d_local * width / lo)),
+            global_layers=max(1, self.global_layers + extra_layers) if self.global_model else self.global_layers)

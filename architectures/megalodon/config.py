@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from architectures.common.memory_layer import MemorySettings
@@ -111,3 +112,15 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
     @property
     def v_head_dim(self) -> int:
         return self.value_dim // self.num_heads
+
+    def resized(self, width: float, extra_layers: int = 0) -> MegalodonConfig:
+        """This architecture ``width`` times as wide and ``extra_layers`` deeper, its own ratios kept (z, value
+        and FFN widths per model width, heads, chunk size, CEMA dimension, norm groups); each width rounded
+        to what it must divide into. ``experiments.tables.sizing`` searches these to match compute."""
+        def scale(v: int, multiple: int) -> int:
+            return max(multiple, multiple * round(v * width / multiple))
+
+        return dataclasses.replace(
+            self, model_dim=scale(self.model_dim, self.norm_num_groups), z_dim=scale(self.z_dim, 2 * self.num_heads),
+            value_dim=scale(self.value_dim, self.num_heads), ffn_hidden_dim=scale(self.ffn_hidden_dim, 1),
+            num_layers=max(1, self.num_layers + extra_layers))

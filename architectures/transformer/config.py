@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 BLOCK_FAMILIES = ("llama", "megabyte")
@@ -70,3 +71,13 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    def resized(self, width: float, extra_layers: int = 0) -> TransformerConfig:
+        """This architecture ``width`` times as wide and ``extra_layers`` deeper, its own ratios kept: the
+        head count and KV grouping, the FFN expansion (d_ff / d_model); the head size rounded to an even
+        number (RoPE). ``experiments.tables.sizing`` searches these to match compute or parameters."""
+        head = max(2, 2 * round(self.head_dim * width / 2))
+        d = head * self.n_heads
+        derived = dataclasses.replace(self, ffn_hidden=None).ffn_hidden == self.ffn_hidden
+        ffn = None if derived else max(1, round(self.ffn_hidden * d / self.d_model))
+        return dataclasses.replace(self, d_model=d, ffn_hidden=ffn, n_layers=max(1, self.n_layers + extra_layers))

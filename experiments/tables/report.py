@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.config import describe_machine
-from experiments.tables.cells import cell_json, default_results, lookup, row_cells, trained_cell
+from experiments.tables import sections
+from experiments.tables.cells import cell_json, default_results, lookup, trained_cell
+from experiments.tables.keys import row_cells
 from experiments.tables.spec import TableSpec, findings_path, load_table
 
 CLAIM = re.compile(r"<!--\s*claim:\s*(\S+)\s*([<>])\s*(\S+)\s+on\s+(\S+)\s*-->")
@@ -124,8 +126,9 @@ def output_name(spec: TableSpec, scale: str) -> str:
     return spec.name if scale == spec.default_scale else f"{spec.name}.{scale}"
 
 
-def make_table(name: str, results: str | None = None, scale: str | None = None, extra=None) -> str:
-    spec = load_table(name)
+def make_table(name: str | TableSpec, results: str | None = None, scale: str | None = None, extra=None) -> str:
+    spec = name if isinstance(name, TableSpec) else load_table(name)
+    name = spec.name
     scale = scale or spec.default_scale
     res = Path(results or default_results(scale))
     rows = aggregate(spec, res, scale, extra)
@@ -167,6 +170,8 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
                 continue
             st = r.stats(m.key)
             text = "—" if st is None else fmt(st[0], st[1], m.digits)
+            if m.interval and st is not None:
+                text = sections.interval_text(r, m) or text + " (no per-unit losses: no interval)"
             missing = [s for s in r.seeds if s not in r.values.get(m.key, {})]
             if missing:
                 text += f" (missing seeds {missing})"
@@ -179,6 +184,11 @@ def make_table(name: str, results: str | None = None, scale: str | None = None, 
         cells += [str(r.paper.get(p, "—")) for p in spec.paper_columns]
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     body = head + lines
+    if any(m.interval for m in spec.metrics):
+        body += ["", "Interval metrics: bits per byte pooled over seeds with a 95% bootstrap interval [lo, hi] over "
+                 "test units x seeds; other metrics: mean ± std over seeds."]
+    body += sections.matching(spec, rows, scale) + sections.tuning(spec, rows, scale, res, extra)
+    body += sections.differences(spec, rows)
     if spec.figure:
         from experiments.tables.figures import draw_figure, figure_lines
 

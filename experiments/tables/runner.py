@@ -27,11 +27,18 @@ from experiments.tables.cells import (
     interrupted,
     pending_evals,
     read_json,
-    row_key,
-    row_overrides,
     view_dir,
 )
 from experiments.tables.evals import EVALUATIONS
+from experiments.tables.keys import (
+    TuningPending,
+    lr_text,
+    row_key,
+    row_overrides,
+    tuned_lr,
+    tuned_rows,
+    tuning_cell,
+)
 from experiments.tables.spec import RowSpec, TableSpec, load_table
 from experiments.training.checkpointing import last_checkpoint
 from experiments.training.faults import RunLock
@@ -62,12 +69,13 @@ def set_aside_evals(cell: Path) -> None:
             f.replace(f.with_name(f"{f.stem}.first.json"))
 
 
-def run_table(name: str, scale: str | None = None, seeds: list[int] | None = None, results: str | None = None,
-              extra: list[str] | None = None, rows: list[str] | None = None) -> list[Path]:
-    """Train (or resume) every cell of the table (or of ``rows``) and run its evaluations. A table with
-    ``cells_from`` trains nothing of its own: it runs the source table's cells for its rows, then its
-    own evaluations on them."""
-    spec = load_table(name)
+def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] | None = None,
+              results: str | None = None, extra: list[str] | None = None, rows: list[str] | None = None) -> list[Path]:
+    """Train (or resume) every cell of the table (or of ``rows``) and run its evaluations; rows with a tuned
+    learning rate first run their tuning cells. A table with ``cells_from`` trains nothing of its own: it
+    runs the source table's cells for its rows, then its own evaluations on them."""
+    spec = name if isinstance(name, TableSpec) else load_table(name)
+    name = spec.name
     scale = scale or spec.default_scale
     results = results or default_results(scale)
     seeds = list(seeds) if seeds is not None else list(spec.seeds_for(scale))
@@ -98,7 +106,9 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
         if rows is not None and row.name not in rows:
             continue
         src = spec.row(row.cells_of) if row.cells_of else row
-        key = row_key(spec, src, scale, extra)
+        if src.name in tuned_rows(spec):
+            tune(spec, src, scale, results, extra, code)
+        key = row_key(spec, src, scale, extra, results=results)
         for seed in [s for s in seeds if s in spec.seeds_for(scale, row) or s not in spec.seeds_for(scale)]:
             cell = cell_dir(results, name, scale, src.name, key, seed)
             tag = f"{name}/{scale}/{row.name}/seed={seed}"
@@ -118,21 +128,43 @@ def run_table(name: str, scale: str | None = None, seeds: list[int] | None = Non
             _train_cell(spec, row, scale, seed, cell, results, extra, code, retrain=retrain)
     return cells
 
+
+def tune(spec: TableSpec, row: RowSpec, scale: str, results: str | Path, extra: list[str] | None,
+         code: dict) -> float:
+    """Train the row's tuning cells until its best rate is inside the grid (extending it at an edge); a scale
+    that uses another scale's rates (``tune.use_scale``) trains none and fails, naming the command, if
+    they are missing."""
+    while True:
+        try:
+            lr = tuned_lr(spec, row, scale, extra, results)
+            print(f"[table] {spec.name}/{scale}/{row.name}: tuned learning rate {lr_text(lr)}", flush=True)
+            return lr
+        except TuningPending as pending:
+            if pending.scale != scale:
+                raise
+            for lr in pending.missing:
+                cell = tuning_cell(spec, row, scale, lr, results, extra)
+                if not (read_json(cell / "meta.json") or {}).get("finished"):
+                    print(f"[table] {spec.name}/{scale}/{row.name}: tuning at lr={lr_text(lr)}", flush=True)
+                    _train_cell(spec, row, scale, spec.tune.seed, cell, results, extra, code, lr=lr)
+
+
 def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path, results: str | Path,
-                extra: list[str] | None, code: dict, retrain: bool = False) -> None:
+                extra: list[str] | None, code: dict, retrain: bool = False, lr: float | None = None) -> None:
     """Train (or resume) one cell and run its evaluations. ``retrain``: the cell finished in an earlier
     session whose checkpoint is gone (checkpoints are not committed) and an evaluation needs it: train it
     again from scratch with the same config (the key is unchanged), keeping the first run's metrics in
     ``metrics.first.json`` (its evaluations in ``<name>.first.json``: they run again on the new weights)
-    and stating any difference in validation bits per byte."""
+    and stating any difference in validation bits per byte. ``lr``: a tuning cell at that rate (trained,
+    not evaluated: its evaluations run if the rate is chosen and the cell becomes one of the row's)."""
     from experiments.training.run import train
 
     key = cell.parent.name
     tag = f"{spec.name}/{scale}/{row.name}/seed={seed}"
-    overrides = [*row_overrides(spec, row, scale, extra), f"seed={seed}", f"run_dir='{cell}'",
+    overrides = [*row_overrides(spec, row, scale, extra, lr, results), f"seed={seed}", f"run_dir='{cell}'",
                  "ckpt_path=auto", "trainer.enable_progress_bar=false"]
     if row.init_from_row:
-        parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra)
+        parent_key = row_key(spec, spec.row(row.init_from_row), scale, extra, results=results)
         parent = cell_dir(results, spec.name, scale, row.init_from_row, parent_key, seed)
         if checkpoint_gone(parent):  # a fine-tune that starts now, or a retrain, needs the parent's weights
             _train_cell(spec, spec.row(row.init_from_row), scale, seed, parent, results, extra, code, retrain=True)
@@ -166,13 +198,15 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             meta["retrained"]["val_bpb_change"] = diff
             print(f"[table] {tag}: retrained val bits/byte {metrics['val/bpb']:.6f} (first run "
                   f"{first['val/bpb']:.6f}, change {diff:+.2e})", flush=True)
-        run_evals(spec, row, cell, scale)  # a retrained cell: its own table's, on the new weights
+        if lr is None:
+            run_evals(spec, row, cell, scale)  # a retrained cell: its own table's, on the new weights
         meta["finished"] = _now()
         write_json(cell / "meta.json", meta)
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
+
 
 def cli_run(argv=None):
     import argparse

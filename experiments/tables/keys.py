@@ -1,0 +1,257 @@
+"""What configuration a table cell has, and the key that names it: the row's overrides at a scale, the
+sizing rule's widths (``spec.match``) and the tuned learning rate (``spec.tune``), hashed over the composed
+config so that a changed config never reuses a cell."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+from experiments.config import CONFIGS, compose, to_plain
+from experiments.tables.cells import cell_dir, default_results, lookup, read_json, view_dir
+from experiments.tables.sizing import match, measure
+from experiments.tables.spec import RowSpec, TableSpec, load_table
+
+REPO = CONFIGS.parent
+PLACEHOLDER_DIR = "CELL"
+# values that never change what a cell computes
+IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_progress_bar", "data.cache_dir",
+                "callbacks.checkpoint.enable_version_counter")
+# config keys added after cells were keyed, with the value that reproduces the behaviour from before
+# they existed: at that value a key is left out of the hash, so adding a neutral option never orphans
+# finished cells (any other value changes the key). Append here whenever a config gains a key.
+NEUTRAL_ADDITIONS: dict[str, object] = {
+    "data.source": "auto", "data.text_field": "text", "data.doc_separator": None, "data.block_bytes": None,
+    "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
+    "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
+    "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None,
+}
+# classes that moved to another module (a ``_target_`` says where code lives, not what a cell computes): the
+# name a key was computed with, so that reorganising the code never orphans finished cells
+MOVED_TARGETS: dict[str, str] = {
+    "experiments.training.loggers.ResumableCSVLogger": "experiments.loggers.ResumableCSVLogger",
+    "experiments.training.parallel.block_classes": "experiments.parallel.block_classes",
+}
+# the same for fields an architecture's config gained (at their defaults), by the net's _target_
+_MEMORY_DEFAULTS: dict[str, object] = {
+    "memory_layers": [], "memory_backend": "exact", "memory_index": "flat", "memory_capacity": 65536,
+    "memory_k": 128, "memory_nlist": 64, "memory_nprobe": 8, "memory_hnsw_m": 32, "memory_ef_search": 64,
+    "memory_threads": 1,
+}
+NEUTRAL_NET_ADDITIONS: dict[str, dict[str, object]] = {
+    "architectures.megalodon.Megalodon": _MEMORY_DEFAULTS,
+    "architectures.megabyte.Megabyte": {**_MEMORY_DEFAULTS, "global_window": 0},
+}
+
+
+
+def _base_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None) -> list[str]:
+    if scale not in spec.scales:
+        raise ValueError(f"table {spec.name!r} has no scale {scale!r}; it has {sorted(spec.scales)}")
+    return [*([f"experiment={row.experiment}"] if row.experiment else []), *spec.scales[scale], *row.overrides,
+            *row.scale_overrides.get(scale, []), *(extra or [])]
+
+
+def row_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None,
+                  lr: float | None = None, results: str | Path | None = None) -> list[str]:
+    """The overrides of the row's cells at ``scale``: experiment, scale, row, extra, then the sizing rule's
+    widths and the tuned learning rate. ``lr``: a tuning cell's (that rate, with the tuning budget)."""
+    base = _base_overrides(spec, row, scale, extra)
+    base += sizing_overrides(spec, row, scale, base, extra)
+    if lr is not None:
+        return [*base, *spec.tune.overrides, f"optim.lr={lr_text(lr)}"]
+    tuned = tuned_lr(spec, row, scale, extra, results)
+    return base if tuned is None else [*base, f"optim.lr={lr_text(tuned)}"]
+
+_MISSING = object()
+
+
+def _get(tree: dict, dotted: str, default=None):
+    for p in dotted.split("."):
+        if not isinstance(tree, dict) or p not in tree:
+            return default
+        tree = tree[p]
+    return tree
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    """Remove ``dotted`` from ``tree``, and any parent it leaves empty (a group that only held it)."""
+    *parents, last = dotted.split(".")
+    path = [tree]
+    for p in parents:
+        node = path[-1].get(p) if isinstance(path[-1], dict) else None
+        if node is None:
+            return
+        path.append(node)
+    if not isinstance(path[-1], dict):
+        return
+    path[-1].pop(last, None)
+    for node, key in zip(reversed(path[:-1]), reversed(parents)):
+        if node.get(key) == {}:
+            node.pop(key)
+
+
+def _unmove_targets(tree) -> None:
+    if isinstance(tree, dict):
+        if tree.get("_target_") in MOVED_TARGETS:
+            tree["_target_"] = MOVED_TARGETS[tree["_target_"]]
+        for v in tree.values():
+            _unmove_targets(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            _unmove_targets(v)
+
+
+
+def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None, lr: float | None = None,
+            results: str | Path | None = None) -> str:
+    """12 hex digits of a hash of the row's composed config at this scale (seed excluded)."""
+    tree = composed(row_overrides(spec, row, scale, extra, lr, results))
+    data = tree.get("data") or {}
+    if "pattern" in data and data["pattern"] is None and "path" in data:  # the pattern that applies
+        data["pattern"] = "**/*.py" if data["path"] is None else "**/*"
+    for k in IGNORED_KEYS:
+        _drop(tree, k)
+    _unmove_targets(tree)
+    neutral_net = NEUTRAL_NET_ADDITIONS.get(str(_get(tree, "model.net._target_")), {})
+    for k, neutral in [*NEUTRAL_ADDITIONS.items(), *((f"model.net.{f}", v) for f, v in neutral_net.items())]:
+        if _get(tree, k, _MISSING) == neutral:
+            _drop(tree, k)
+    parent = "" if row.init_from_row is None else row_key(spec, spec.row(row.init_from_row), scale, extra,
+                                                          results=results)
+    blob = json.dumps({"config": tree, "init_from": parent}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+
+def row_cells(spec: TableSpec, row: RowSpec, scale: str, results: str | Path, extra=None) -> dict[int, Path]:
+    """Finished cells of the row's current key, by seed (any seed found on disk, not only the spec's); none
+    while the row's learning rate is not tuned."""
+    source = load_table(spec.cells_from) if spec.cells_from else spec
+    src_row = source.row(row.name)
+    trained = source.row(src_row.cells_of) if src_row.cells_of else src_row
+    try:
+        key = row_key(source, trained, scale, extra, results=results)
+    except TuningPending:
+        return {}
+    base = Path(results) / "cells" / source.name / scale / trained.name / key
+    found = {}
+    for d in sorted(base.glob("seed=*")):
+        d = view_dir(d, src_row) if src_row.cells_of else d
+        meta = read_json(d / "meta.json")
+        if meta and meta.get("finished"):
+            found[int(d.name.split("=", 1)[1]) if not src_row.cells_of else int(d.parent.parent.name[5:])] = d
+    return found
+
+
+class TuningPending(LookupError):
+    """A row's learning rate is not tuned yet: ``missing`` rates still need their tuning cell."""
+
+    def __init__(self, message: str, missing: list[float], scale: str):
+        super().__init__(message)
+        self.missing, self.scale = missing, scale
+
+
+def _value(v) -> str:
+    """A Hydra override value."""
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def lr_text(lr: float) -> str:
+    return f"{lr:.4g}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _composed(overrides: tuple[str, ...]) -> str:
+    return json.dumps(to_plain(compose("train", [*overrides, f"run_dir={PLACEHOLDER_DIR}", "seed=0"])),
+                      sort_keys=True, default=str)
+
+
+def composed(overrides: list[str]) -> dict:
+    """The plain composed training config of these overrides (run_dir and seed at placeholders), cached."""
+    return json.loads(_composed(tuple(overrides)))
+
+
+def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str], extra: list[str] | None) -> list[str]:
+    """``model.net.*`` overrides that size the row to the reference (``spec.match``), or none."""
+    m = spec.match
+    if m is None or m.rule == "none" or row.name == m.reference or (m.rows is not None and row.name not in m.rows):
+        return []
+    ref = composed(_base_overrides(spec, spec.row(m.reference), scale, extra))
+    mine = composed(base)
+    target = measure(ref["model"]["net"], int(ref["data"]["seq_len"])).value(m.rule)
+    changed, _ = match(mine["model"]["net"], int(mine["data"]["seq_len"]), target, m.rule, m.tolerance,
+                       what=f"table {spec.name!r} row {row.name!r}")
+    return [f"model.net.{k}={_value(v)}" for k, v in sorted(changed.items())]
+
+
+def tuned_rows(spec: TableSpec) -> list[str]:
+    t = spec.tune
+    return [] if t is None else [r.name for r in spec.rows if t.rows is None or r.name in t.rows]
+
+
+def tuning_scale(spec: TableSpec, scale: str) -> str:
+    return spec.tune.use_scale.get(scale, scale)
+
+
+def tuning_cell(spec: TableSpec, row: RowSpec, scale: str, lr: float, results: str | Path,
+                extra: list[str] | None = None) -> Path:
+    """The tuning cell of ``row`` at ``lr`` (the row's own cell of the tuning seed when the tuning budget is
+    the row's, else a cell of ``<row>.tune``)."""
+    t = spec.tune
+    name = row.name if not t.overrides else f"{row.name}.tune"
+    return cell_dir(results, spec.name, scale, name, row_key(spec, row, scale, extra, lr=lr), t.seed)
+
+
+def tuning_results(spec: TableSpec, row: RowSpec, scale: str, results: str | Path,
+                   extra: list[str] | None = None) -> dict[float, float]:
+    """{rate: metric} of the row's finished tuning cells over the grid and its possible extensions."""
+    t = spec.tune
+    ks = range(-t.max_extensions, len(t.grid) + t.max_extensions)
+    out = {}
+    for k in ks:
+        lr = float(lr_text(t.grid[0] * t.ratio**k))
+        cell = tuning_cell(spec, row, scale, lr, results, extra)
+        if (read_json(cell / "meta.json") or {}).get("finished"):
+            value = lookup(cell, t.metric)
+            if value is not None:
+                out[lr] = value
+    return out
+
+
+def tuned_lr(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None,
+             results: str | Path | None = None) -> float | None:
+    """The row's tuned learning rate (None: the row is not tuned). Reads the tuning cells of the tuning scale
+    (``tune.use_scale``; from that scale's default results when it is not this scale); raises TuningPending
+    naming the rates still to run, or ValueError when the best stays at an edge after every extension."""
+    if row.name not in tuned_rows(spec):
+        return None
+    t, tscale = spec.tune, tuning_scale(spec, scale)
+    res = results if (tscale == scale and results is not None) else default_results(tscale)
+    values = tuning_results(spec, row, tscale, res, extra)
+    where = f"table {spec.name!r} row {row.name!r}: learning rates"
+    grid = [float(lr_text(g)) for g in t.grid]
+    missing = [g for g in grid if g not in values]
+    if missing:
+        raise TuningPending(f"{where} {missing} are not tuned at scale {tscale!r} under {res}; run "
+                            f"`python -m experiments.run_table {spec.name} --scale {tscale}` first", missing, tscale)
+    tried = set(grid)
+    for _ in range(t.max_extensions + 1):
+        best = min(tried, key=lambda lr: values[lr])
+        if min(tried) < best < max(tried):
+            return best
+        nxt = float(lr_text(best / t.ratio if best == min(tried) else best * t.ratio))
+        if len(tried) - len(grid) >= t.max_extensions:
+            break
+        if nxt not in values:
+            raise TuningPending(f"{where}: the best of {sorted(tried)} is {best:g}, at an edge of the grid; "
+                                f"{nxt:g} is not tuned yet", [nxt], tscale)
+        tried.add(nxt)
+    raise ValueError(f"{where}: the best rate is still at an edge of {sorted(tried)} after {t.max_extensions} "
+                     "extensions; widen tune.grid or raise tune.max_extensions")

@@ -1,0 +1,113 @@
+"""The parts of a table's report that make a comparison checkable: 95% intervals on every bits-per-byte
+metric with per-unit losses, every pairwise difference with a paired interval ("not separated" where it
+contains 0), the tuned learning rates with their grids (and whether tuning changed the ranking), and
+the sizes each row was matched to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from experiments.config import OptimConfig
+from experiments.tables.cells import cell_json
+from experiments.tables.intervals import Units, collect, interval, paired
+from experiments.tables.keys import lr_text, tuned_rows, tuning_results, tuning_scale
+from experiments.tables.spec import MetricSpec, TableSpec
+
+
+def units(row, metric: MetricSpec) -> Units | None:
+    """The row's per-unit losses for an interval metric (its eval file's ``units``), over its seeds."""
+    file = metric.key.split("/")[0]
+    return collect({seed: (cell_json(cell, file) or {}).get("units") for seed, cell in row.cells.items()})
+
+
+def interval_text(row, metric: MetricSpec) -> str | None:
+    u = units(row, metric)
+    return None if u is None else interval(u).text(metric.digits)
+
+
+def differences(spec: TableSpec, rows: list) -> list[str]:
+    """Every pair of rows on every interval metric: a - b with its paired 95% interval."""
+    out = []
+    for m in [m for m in spec.metrics if m.interval]:
+        found = [(r, units(r, m)) for r in rows]
+        found = [(r, u) for r, u in found if u is not None]
+        if len(found) < 2:
+            continue
+        out += ["", f"**{m.label or m.key}**: differences a − b (bits/byte; 95% paired bootstrap interval over test "
+                f"units x seeds; {'lower' if m.lower_is_better else 'higher'} is better):", "",
+                "| a | b | a − b | |", "|---|---|---:|---|"]
+        for i, (ra, ua) in enumerate(found):
+            for rb, ub in found[i + 1:]:
+                try:
+                    d = paired(ua, ub)
+                except ValueError as e:
+                    out.append(f"| {ra.label} | {rb.label} | — | not comparable: {e} |")
+                    continue
+                verdict = "separated" if d.separated else "**not separated**"
+                out.append(f"| {ra.label} | {rb.label} | {d.text(m.digits, signed=True)} | {verdict} |")
+    return (["", "## Differences"] + out) if out else []
+
+
+def tuning(spec: TableSpec, rows: list, scale: str, results: str | Path, extra) -> list[str]:
+    """Each tuned row's grid (tuning metric per rate, the chosen one in bold) and the ranking at the shared
+    default rate against the ranking at the tuned rates (seed 0's tuning metric)."""
+    names = tuned_rows(spec)
+    if not names:
+        return []
+    t, tscale = spec.tune, tuning_scale(spec, scale)
+    res = results if tscale == scale else "results"
+    out = ["", "## Learning rates", "",
+           f"Tuned per row on seed {t.seed} at scale {tscale} ({t.metric}, lower is better; grid {list(t.grid)}, "
+           f"extended by x{t.ratio:g} while the best sat at an edge"
+           + (f"; tuning budget: `{' '.join(t.overrides)}`" if t.overrides else "; the full budget") + "):", ""]
+    by_rate: dict[str, dict[float, float]] = {}
+    for r in rows:
+        if r.name not in names:
+            continue
+        values = tuning_results(spec, spec.row(r.name), tscale, res, extra)
+        by_rate[r.name] = values
+        if not values:
+            out.append(f"- {r.label}: not tuned yet")
+            continue
+        best = min(values, key=values.get)
+        out.append(f"- {r.label}: " + ", ".join((f"**{lr_text(lr)}: {v:.4f}**" if lr == best else
+                                                  f"{lr_text(lr)}: {v:.4f}") for lr, v in sorted(values.items())))
+    lr = float(lr_text(OptimConfig().lr))  # the house default every row shared before tuning
+    if len(by_rate) > 1 and all(lr in v for v in by_rate.values()):
+        label = {r.name: r.label for r in rows}
+        at = sorted(by_rate, key=lambda n: by_rate[n][lr])
+        tuned = sorted(by_rate, key=lambda n: min(by_rate[n].values()))
+        same = "the same ranking" if at == tuned else "a different ranking"
+        out.append(f"- ranking at the shared default rate {lr_text(lr)}: {' < '.join(label[n] for n in at)}; at the "
+                   f"tuned rates: {' < '.join(label[n] for n in tuned)} ({same}; seed {t.seed}, {t.metric})")
+    return out
+
+
+def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
+    """Params and training FLOPs per byte of every row, and their ratio to the reference's."""
+    m = spec.match
+    if m is None:
+        return []
+    sizes = {}
+    for r in rows:
+        metrics = next((cell_json(c, "metrics") for c in r.cells.values()), None)
+        if metrics:
+            sizes[r.name] = (float(metrics["flops_per_token"]), int(metrics["params"]),
+                             metrics.get("train/s_per_update"))
+    ref = sizes.get(m.reference)
+    if ref is None:
+        return []
+    out = ["", "## Matching", "",
+           f"Rule: **{m.rule}** (reference: {spec.row(m.reference).title}, tolerance {m.tolerance:.0%}); "
+           "seconds per update (the MEGABYTE paper's other rule) of one cell beside it:", "",
+           "| row | params | train FLOPs/byte | FLOPs ratio | params ratio | s/update |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.name in sizes:
+            f, p, s = sizes[r.name]
+            out.append(f"| {r.label} | {p:,} | {f:,.0f} | {f / ref[0]:.3f} | {p / ref[1]:.2f} | "
+                       + (f"{s:.3f}" if s else "—") + " |")
+    return out
+
+
+__all__ = ["differences", "interval_text", "matching", "tuning", "units"]

@@ -1,0 +1,141 @@
+"""The fair-comparison protocol: sizing to matched compute, tuning with an extended grid, intervals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from experiments.tables.cells import cell_dir
+from experiments.tables.intervals import collect, interval, paired
+from experiments.tables.keys import TuningPending, row_key, row_overrides, tuned_lr, tuning_cell
+from experiments.tables.sizing import match, measure
+from experiments.tables.spec import TuneSpec, load_table
+from tests.conftest import compose
+
+
+def net_of(model: str) -> dict:
+    return OmegaConf.to_container(compose("train", [f"model={model}"]).model.net, resolve=True)
+
+
+@pytest.mark.parametrize("model", ["megalodon_tiny", "megabyte_tiny", "fot_tiny"])
+@pytest.mark.parametrize("rule", ["flops", "params"])
+def test_sizing_matches_the_reference_within_the_tolerance_and_keeps_the_architectures_ratios(model, rule):
+    ref = measure(net_of("transformer_tiny"), 256).value(rule)
+    net = net_of(model)
+    changed, size = match(net, 256, ref, rule, 0.03)
+    assert abs(size.value(rule) / ref - 1) <= 0.03
+    sized = measure({**net, **changed}, 256)  # the overrides alone reproduce it
+    assert sized == size
+    kept = {"megalodon_tiny": ("num_heads", "chunk_size", "cema_ndim", "norm_num_groups"),
+            "megabyte_tiny": ("patch_size", "global_heads", "local_heads"), "fot_tiny": ("n_heads", "window")}[model]
+    assert not set(kept) & set(changed)
+
+
+def test_sizing_that_cannot_get_close_enough_names_the_closest_it_found():
+    ref = measure(net_of("transformer_tiny"), 256).flops_per_byte
+    with pytest.raises(ValueError, match=r"within 0% of the reference's flops .* \(closest: [\d.e+]+ \([+-]\d"):
+        match(net_of("megabyte_tiny"), 256, ref, "flops", 1e-9)
+
+
+def test_a_table_row_is_sized_in_its_key_so_a_changed_rule_never_reuses_a_cell():
+    spec = dataclasses.replace(load_table("compare"), tune=None)
+    row = spec.row("megalodon")
+    sized = row_overrides(spec, row, "cpu")
+    assert any(o.startswith("model.net.model_dim=") for o in sized)
+    none = dataclasses.replace(spec, match=dataclasses.replace(spec.match, rule="none"))
+    assert not any(o.startswith("model.net.") for o in row_overrides(none, row, "cpu"))
+    assert row_key(spec, row, "cpu") != row_key(none, row, "cpu")
+    assert row_overrides(spec, spec.row("transformer"), "cpu") == row_overrides(none, spec.row("transformer"), "cpu")
+
+
+def fake_tuning_cell(results, spec, row, lr, value):
+    cell = tuning_cell(spec, row, "tiny", lr, results)
+    cell.mkdir(parents=True, exist_ok=True)
+    (cell / "metrics.json").write_text(json.dumps({"val/bpb": value}))
+    (cell / "meta.json").write_text(json.dumps({"finished": "now"}))
+
+
+def test_tuning_extends_the_grid_at_an_edge_and_accepts_only_an_interior_best(tmp_path):
+    spec = dataclasses.replace(load_table("compare"), match=None,
+                               tune=TuneSpec(grid=(1e-3, 2e-3, 4e-3, 8e-3), max_extensions=2))
+    row = spec.row("transformer")
+    with pytest.raises(TuningPending, match=r"\[0.001, 0.002, 0.004, 0.008\] are not tuned") as p:
+        tuned_lr(spec, row, "tiny", results=tmp_path)
+    assert p.value.missing == [1e-3, 2e-3, 4e-3, 8e-3]
+    for lr, v in ((1e-3, 3.0), (2e-3, 2.8), (4e-3, 2.6), (8e-3, 2.5)):  # best at the high edge
+        fake_tuning_cell(tmp_path, spec, row, lr, v)
+    with pytest.raises(TuningPending, match="at an edge of the grid; 0.016 is not tuned") as p:
+        tuned_lr(spec, row, "tiny", results=tmp_path)
+    assert p.value.missing == [0.016]
+    fake_tuning_cell(tmp_path, spec, row, 0.016, 2.45)  # still the edge
+    fake_tuning_cell(tmp_path, spec, row, 0.032, 2.7)
+    assert tuned_lr(spec, row, "tiny", results=tmp_path) == 0.016
+    # the row's cells are keyed with the chosen rate: the tuning cell at 0.016 is the row's seed-0 cell
+    assert row_overrides(spec, row, "tiny", results=tmp_path)[-1] == "optim.lr=0.016"
+    key = row_key(spec, row, "tiny", results=tmp_path)
+    assert tuning_cell(spec, row, "tiny", 0.016, tmp_path) == cell_dir(tmp_path, "compare", "tiny", row.name, key, 0)
+
+
+def test_tuning_refuses_a_best_that_stays_at_the_edge(tmp_path):
+    spec = dataclasses.replace(load_table("compare"), match=None,
+                               tune=TuneSpec(grid=(1e-3, 2e-3, 4e-3, 8e-3), max_extensions=1))
+    row = spec.row("transformer")
+    for lr, v in ((1e-3, 3.0), (2e-3, 2.8), (4e-3, 2.6), (8e-3, 2.5), (0.016, 2.4)):
+        fake_tuning_cell(tmp_path, spec, row, lr, v)
+    with pytest.raises(ValueError, match="still at an edge .* after 1 extensions"):
+        tuned_lr(spec, row, "tiny", results=tmp_path)
+
+
+def units(nll, count=100, sha="x"):
+    return {"nll": list(nll), "bytes": [count] * len(nll), "targets_sha256": sha}
+
+
+def test_intervals_cover_the_pooled_value_and_paired_differences_cancel_what_rows_share():
+    rng = np.random.default_rng(0)
+    hard = rng.gamma(2.0, 40.0, size=200)  # per-window difficulty shared by both rows
+    a = collect({s: units(hard + rng.normal(0, 1, 200)) for s in range(3)})
+    b = collect({s: units(hard + 2.0 + rng.normal(0, 1, 200)) for s in range(3)})
+    ia, ib = interval(a), interval(b)
+    assert ia.lo < ia.value < ia.hi and ib.lo < ib.value < ib.hi
+    assert ia.hi > ib.lo  # the rows' own intervals overlap (window difficulty dominates) ...
+    d = paired(a, b)
+    assert d.separated and d.hi < 0  # ... but the paired difference separates them
+    same = paired(a, a)
+    assert same.value == same.lo == same.hi == 0 and not same.separated
+
+
+def test_rows_scored_on_different_bytes_are_never_paired():
+    a = collect({0: units([1.0, 2.0], sha="a")})
+    b = collect({0: units([1.0, 2.0], sha="b")})
+    with pytest.raises(ValueError, match="not scored on the same target bytes"):
+        paired(a, b)
+    with pytest.raises(ValueError, match="different target bytes"):
+        collect({0: units([1.0], sha="a"), 1: units([1.0], sha="b")})
+
+
+def test_windowed_and_streaming_evaluations_score_the_same_bytes_for_every_model(tiny_corpus):
+    """Per-unit sums add up to the reported bits per byte; two different models get the same target hash."""
+    from experiments.evaluation.bpb import streaming_bpb, windowed_bpb
+    from experiments.training.runs import corpus_of
+    from tests.conftest import build_net
+
+    cfg = compose("train", [f"data.path={tiny_corpus}", "data.pattern=**/*.txt", "data.val_fraction=0.15",
+                            "data.test_fraction=0.15"])
+    split = corpus_of(cfg).split("test")
+    out = {}
+    for model in ("transformer_tiny", "megalodon_tiny"):
+        net = build_net(model).eval()
+        w = windowed_bpb(net, split, 32, 4, 2, 0, torch.device("cpu"))
+        s = streaming_bpb(net, split, 16, 2, torch.device("cpu"), max_docs=2, max_doc_bytes=100)
+        for r in (w, s):
+            u = r["units"]
+            assert sum(u["bytes"]) == r["bytes"]
+            assert abs(sum(u["nll"]) / sum(u["bytes"]) / np.log(2) - r["bpb"]) < 1e-9
+        assert len(w["units"]["nll"]) == 8 and len(s["units"]["nll"]) == 2
+        out[model] = (w["units"]["targets_sha256"], s["units"]["targets_sha256"])
+    assert out["transformer_tiny"] == out["megalodon_tiny"]
