@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -172,6 +173,26 @@ def optim_config(optim: Any) -> OptimConfig:
     return OptimConfig(**values)
 
 
+PRECISIONS = ("32", "32-true", "bf16", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+def integer(value: Any, name: str, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an int, or a ValueError naming the field: ``eval.context=0 must be an integer >= 1``.
+    ``optional``: None passes (the field's "use the default" value)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise ValueError(f"{name}={value!r} must be {what}")
+    return value
+
+
+def precision(value: Any, name: str = "precision") -> str:
+    if str(value) not in PRECISIONS:
+        raise ValueError(f"{name}={value!r} is not a precision; use one of {list(PRECISIONS)}")
+    return str(value)
+
+
 def bytes_per_update(cfg: DictConfig) -> int:
     """Training tokens one optimiser step consumes on one rank: batch x window (``data.sample_len``
     when windows are drawn longer and cut into rows) x gradient accumulation."""
@@ -188,12 +209,30 @@ def val_step(row: dict) -> int:
     return int(float(row["step"])) + 1
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by None: strict JSON, which every reader accepts (a
+    one-step run has no timed steps, so its throughput is undefined, not NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of it."""
+    """Write atomically (a reader sees the old file or the new one, never half of it) and strictly (null,
+    never NaN); a full disk or a missing folder fails naming the path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"writing {str(path)!r} failed ({e.strerror or e}); free space or choose a writable "
+                      "folder") from None
 
 
 def git_commit() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from experiments.cli import hydra_entry
 from experiments.config import register_schemas
-from experiments.evaluation.bpb import evaluate
+from experiments.evaluation.run import evaluate
 
 register_schemas()
 main = hydra_entry("eval", evaluate)

@@ -26,7 +26,8 @@ ROOMS = {"experiments.config": 0, "experiments.cli": 0, "experiments.data": 1, "
 
 def room(module: str) -> int:
     return next((level for r, level in ROOMS.items() if module == r or module.startswith(r + ".")), 5)
-ENTRY_POINTS = ("train", "eval", "generate", "longeval", "fot_eval", "compare", "run_table", "make_table")
+ENTRY_POINTS = ("train", "eval", "generate", "longeval", "fot_eval", "compare", "run_table", "make_table",
+                "context_eval")
 
 
 def module_name(path: Path) -> str:

@@ -19,6 +19,7 @@ from einops import rearrange
 from kernels import memory_attention
 from kernels.memory_attention import memory_attention_reference
 from memory import KNNMemory, MemoryConfig
+from memory.knn import FAISS_INDEXES
 
 MEMORY_BACKENDS = ("exact", "faiss", "dense")
 
@@ -36,12 +37,18 @@ class MemorySettings:
     memory_threads: int = 1
 
     def check_memory_settings(self) -> None:
+        """Every memory field, whether or not the model has memory layers (a bad value is an error where the
+        config is built, not silence until someone turns memory on)."""
         name = type(self).__name__
         if self.memory_backend not in MEMORY_BACKENDS:
             raise ValueError(f"{name}: memory_backend={self.memory_backend!r}; use one of {MEMORY_BACKENDS}")
-        if self.memory_k < 1 or self.memory_capacity < 1:
-            raise ValueError(f"{name}: memory_k={self.memory_k} and memory_capacity={self.memory_capacity} "
-                             "must be >= 1")
+        if self.memory_index not in FAISS_INDEXES:
+            raise ValueError(f"{name}: memory_index={self.memory_index!r}; use one of {FAISS_INDEXES}")
+        for field in ("memory_capacity", "memory_k", "memory_nlist", "memory_nprobe", "memory_hnsw_m",
+                      "memory_ef_search", "memory_threads"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: {field}={value!r} must be an integer >= 1")
 
     def memory_config(self) -> MemoryConfig:
         backend = "exact" if self.memory_backend == "dense" else self.memory_backend

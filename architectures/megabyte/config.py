@@ -88,10 +88,10 @@ class MegabyteConfig(MemorySettings):
             need(self.max_len >= self.global_window * self.patch_size,
                  f"global_window={self.global_window} patches of {self.patch_size} bytes need max_len >= "
                  f"{self.global_window * self.patch_size} (window-relative positions)")
+        self.check_memory_settings()
         if self.memory_layers:
             need(self.global_window > 0, f"memory_layers={list(self.memory_layers)} needs global_window > 0: "
                  "memory holds the earlier windows of the global model")
-            self.check_memory_settings()
 
     @property
     def global_width(self) -> int:

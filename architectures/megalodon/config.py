@@ -94,8 +94,8 @@ the ``model=megalodon`` preset (~11M parameters); preset YAMLs list only what di
         object.__setattr__(self, "memory_layers", tuple(sorted(int(i) for i in self.memory_layers or ())))
         need(all(0 <= i < self.num_layers for i in self.memory_layers),
              f"memory_layers={list(self.memory_layers)} must be layer indices in [0, {self.num_layers})")
+        self.check_memory_settings()
         if self.memory_layers:
-            self.check_memory_settings()
             need(self.attention_dropout == 0.0, f"attention_dropout={self.attention_dropout}: memory layers attend "
                  "without attention dropout; set attention_dropout=0 or memory_layers=[]")
             need(self.tsn_window_chunks == 0, "memory_layers with the TimestepNorm statistics window "

@@ -58,6 +58,34 @@ def group_documents(docs: list[Document], mode: str = "file", min_doc_bytes: int
     return [Document(i, g[0].split, lambda g=g: b"".join(d.read() for d in g)) for i, g in zip(ids, groups)]
 
 
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def summary(meta: dict, name: str) -> str:
+    """One screen: documents, bytes and the document-length distribution per split, and the split rule."""
+    packages = meta["source"].get("source") == "packages"
+    where = meta["source"].get("path") or ("the standard library and site-packages" if packages
+                                           else "the Python standard library")
+    lines = [f"[longlab] corpus {name}: {where} "
+             f"({meta['source'].get('source')}); split rule: {meta['split_rule']}",
+             f"  {'split':<6} {'docs':>8} {'bytes':>14} {'min':>9} {'median':>9} {'p90':>9} {'max':>10}"]
+    for s in SPLITS:
+        i = meta["splits"][s]
+        lines.append(f"  {s:<6} {i['docs']:>8,} {i['bytes']:>14,} {i.get('min_doc_bytes', 0):>9,} "
+                     f"{i['median_doc_bytes']:>9,} {i.get('p90_doc_bytes', 0):>9,} {i['max_doc_bytes']:>10,}")
+    sk = meta["skipped"]
+    if sk["binary"] or sk["empty"] or sk.get("unreadable"):
+        unreadable = list(sk.get("unreadable") or [])
+        lines.append(f"  skipped {sk['binary']} binary and {sk['empty']} empty documents"
+                     + (f" and {len(unreadable)} unreadable entries" if unreadable else "")
+                     + f" (e.g. {(sk['examples'] + unreadable)[:3]})")
+    if meta.get("carved_val"):
+        lines.append(f"  {meta['carved_val']}")
+    return "\n".join(lines)
+
+
 def remove_abandoned_builds(cache: Path) -> list[Path]:
     """Remove hidden build folders (``.<name>-<pid>-*``) whose builder process no longer exists: a
     build killed half way. A live builder's folder is left alone."""
@@ -78,11 +106,16 @@ def remove_abandoned_builds(cache: Path) -> list[Path]:
 
 def write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes, path, pattern, options, report):
     assign = {s: [] for s in SPLITS}
+    named = {d.split for d in docs if d.split}
+    carve = "train" in named and "val" not in named  # a dataset with train (and test) only: val from train
     for d in docs:
-        assign[d.split or split_of(d.id, val_fraction, test_fraction)].append(d)
+        if carve and d.split == "train":
+            assign["val" if split_of(d.id, val_fraction, 0.0) == "val" else "train"].append(d)
+        else:
+            assign[d.split or split_of(d.id, val_fraction, test_fraction)].append(d)
     meta_splits = {}
     for s in SPLITS:
-        offsets, paths = [0], []
+        offsets, paths, digest = [0], [], hashlib.blake2b(digest_size=16)
         with open(out / f"{s}.bin", "wb") as fh:
             for d in assign[s]:
                 blob = d.read()
@@ -91,6 +124,7 @@ def write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes
                 if not blob:
                     continue
                 fh.write(blob)
+                digest.update(blob)
                 offsets.append(offsets[-1] + len(blob))
                 paths.append(d.id)
         np.save(out / f"{s}.idx.npy", np.asarray(offsets, dtype=np.int64))
@@ -101,6 +135,9 @@ def write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes
             "bytes": int(offsets[-1]),
             "max_doc_bytes": int(lengths.max()) if len(lengths) else 0,
             "median_doc_bytes": int(np.median(lengths)) if len(lengths) else 0,
+            "min_doc_bytes": int(lengths.min()) if len(lengths) else 0,
+            "p90_doc_bytes": int(np.percentile(lengths, 90)) if len(lengths) else 0,
+            "blake2b": digest.hexdigest(),  # of the split's bytes: a cache damaged later is detected and rebuilt
         }
     if not any(meta_splits[s]["bytes"] for s in SPLITS):
         raise ValueError(f"data.path={path!r} contains no non-empty files or records (skipped "
@@ -114,7 +151,11 @@ def write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes
         "source": {"path": None if path is None else str(path), "root": str(root), "pattern": pattern, **options},
         "split_rule": ("the dataset's own splits where it has them, else " if named else "")
         + f"sha1(document id) / 2^64 < {val_fraction} -> val, < {val_fraction + test_fraction} -> test",
-        "skipped": {"binary": report.skipped_binary, "empty": report.skipped_empty, "examples": report.examples},
+        "skipped": {"binary": report.skipped_binary, "empty": report.skipped_empty, "examples": report.examples,
+                    "unreadable": report.unreadable},
         "splits": meta_splits,
     }
+    if carve:
+        meta["carved_val"] = (f"the dataset has no validation split: {meta_splits['val']['docs']} of its train "
+                              f"documents became val (sha1(id) / 2^64 < data.val_fraction={val_fraction})")
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

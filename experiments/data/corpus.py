@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.data import sources
-from experiments.data.build import SPLITS, group_documents, remove_abandoned_builds, write_corpus
-from experiments.data.files import fingerprint, list_sources
+from experiments.data import records, sources
+from experiments.data.build import SPLITS, file_digest, group_documents, remove_abandoned_builds, summary, write_corpus
+from experiments.data.files import fingerprint, list_sources, package_files, package_roots
 
 CORPUS_KEYS = ("path", "pattern", "exclude", "cache_dir", "name", "val_fraction", "test_fraction", "max_doc_bytes",
                "documents", "min_doc_bytes", "source", "text_field", "doc_separator", "block_bytes", "split_bytes",
-               "hf_name", "hf_config")
+               "hf_name", "hf_config", "skip_unreadable")
 
 
 def corpus_options(data) -> dict:
@@ -84,13 +84,16 @@ class ByteCorpus:
 
     @staticmethod
     def intact(folder: Path) -> bool:
-        """meta.json readable and every split's files present with the sizes it states (a build that
-        was truncated, or a cache damaged later, is rebuilt rather than read)."""
+        """meta.json readable and every split's files present with the sizes and checksums it states (a build
+        that was truncated, or a cache damaged later, even at the same size, is rebuilt rather than read;
+        a cache from before checksums is rebuilt once)."""
         try:
             meta = json.loads((folder / "meta.json").read_text())
             for s in SPLITS:
                 info = meta["splits"][s]
                 if (folder / f"{s}.bin").stat().st_size != info["bytes"]:
+                    return False
+                if file_digest(folder / f"{s}.bin") != info["blake2b"]:  # damaged in place (same size)
                     return False
                 if len(np.load(folder / f"{s}.idx.npy")) != info["docs"] + 1:
                     return False
@@ -135,6 +138,7 @@ class ByteCorpus:
         split_bytes: list[int] | None = None,
         hf_name: str | None = None,
         hf_config: str | None = None,
+        skip_unreadable: bool = False,
     ) -> ByteCorpus:
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= frac < 1.0:
@@ -156,8 +160,12 @@ class ByteCorpus:
         if kind == "hf" and hf_name:
             root, files = Path("."), []
             docs = lambda: sources.hf_documents(None, hf_name, hf_config, text_field, report)  # noqa: E731
+        elif kind == "packages":
+            by_root = package_files(report.unreadable)
+            root, files = Path("/"), sorted(f for fs in by_root.values() for f in fs)
+            docs = lambda: sources.package_documents(by_root, package_roots(), report)  # noqa: E731
         else:
-            root, files = list_sources(path, pattern, exclude)
+            root, files = list_sources(path, pattern, exclude, skip_unreadable, report.unreadable)
             if kind == "files":
                 named = path is not None and sources.named_splits(root)
                 options["named_splits"] = named
@@ -171,7 +179,7 @@ class ByteCorpus:
             elif kind == "hf":
                 docs = lambda: sources.hf_documents(path, None, None, text_field, report)  # noqa: E731
             else:
-                docs = lambda: sources.record_documents(Path(os.path.expanduser(str(path))), kind,  # noqa: E731
+                docs = lambda: records.record_documents(Path(os.path.expanduser(str(path))), kind,  # noqa: E731
                                                         text_field, report)
         fp = fingerprint(root, files, val_fraction, test_fraction)
         if max_doc_bytes:
@@ -201,7 +209,6 @@ class ByteCorpus:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if report.skipped_binary or report.skipped_empty:
-            print(f"[longlab] corpus {name}: skipped {report.skipped_binary} binary and {report.skipped_empty} empty "
-                  f"documents (e.g. {report.examples})")
-        return cls(folder)
+        corpus = cls(folder)
+        print(summary(corpus.meta, name), flush=True)
+        return corpus

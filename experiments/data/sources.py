@@ -21,19 +21,17 @@ one (None: assigned by a hash of ``id``), ``read()`` returns the bytes. Sources:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SOURCES = ("auto", "files", "file", "jsonl", "csv", "parquet", "hf")
+from experiments.data.files import optional_module, read_bytes, record_kind, strip_compression
+
+SOURCES = ("auto", "files", "file", "jsonl", "csv", "parquet", "hf", "packages")
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
-RECORD_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
-                   ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,7 @@ class Report:
     skipped_binary: int = 0
     skipped_empty: int = 0
     examples: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # left out with data.skip_unreadable=true
 
     def skip(self, kind: str, what: str) -> None:
         setattr(self, f"skipped_{kind}", getattr(self, f"skipped_{kind}") + 1)
@@ -75,6 +74,9 @@ def named_splits(root: Path) -> bool:
 
 
 def is_binary(path: Path) -> bool:
+    """A NUL byte in the first 8 KB (of the decompressed text, for a compressed file)."""
+    if strip_compression(path.name) != path.name:
+        return b"\x00" in read_bytes(path)[:8192]
     with open(path, "rb") as fh:
         return b"\x00" in fh.read(8192)
 
@@ -86,9 +88,9 @@ def detect(path: str | None) -> str:
     if p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "dataset_info.json").exists()):
         return "hf"
     if p.is_file():
-        return RECORD_SUFFIXES.get(p.suffix.lower(), "file")
+        return record_kind(p) or "file"
     if p.is_dir():
-        kinds = {RECORD_SUFFIXES.get(f.suffix.lower()) for f in p.iterdir() if f.is_file()}
+        kinds = {record_kind(f) for f in p.iterdir() if f.is_file()}
         if len(kinds) == 1 and None not in kinds:
             return kinds.pop()
     return "files"
@@ -111,13 +113,50 @@ def file_documents(root: Path, files: list[Path], report: Report, keep_named_spl
         if separator:
             yield from _separated(f, split, 0, f.stat().st_size, separator, str(rel))
         else:
-            yield Document(str(rel), split, f.read_bytes)
+            yield Document(str(rel), split, lambda f=f: read_bytes(f))
+
+
+# ---------------------------------------------------------------------------------------------- packages
+def package_documents(files: dict[str, list[Path]], roots: dict[str, Path], report: Report) -> Iterator[Document]:
+    """One document per package folder: its ``*.py`` files joined in name order, from the standard library and
+    from site-packages (the setting of FoT's and the Memorizing Transformer's code data: a name defined in
+    one file is used in the next). Ids are relative to their root (``stdlib/email``,
+    ``site-packages/torch/nn``), so a document's split does not depend on where Python is installed."""
+    for label, paths in files.items():
+        by_dir: dict[Path, list[Path]] = {}
+        for f in paths:
+            by_dir.setdefault(f.parent, []).append(f)
+        for folder, group in sorted(by_dir.items()):
+            rel = folder.relative_to(roots[label]).as_posix()
+            doc_id = f"{label}/{rel}" if rel != "." else label
+
+            def read(group=group) -> bytes:
+                parts = []
+                for f in group:
+                    blob = f.read_bytes()
+                    if blob and b"\x00" not in blob[:8192]:
+                        parts.append(blob if blob.endswith(b"\n") else blob + b"\n")
+                return b"".join(parts)
+
+            yield Document(doc_id, None, read)
 
 
 # ---------------------------------------------------------------------------------------------- one large file
 def single_file_documents(path: Path, separator: str | None, block_bytes: int | None,
                           split_bytes: list[int] | None, val_fraction: float, test_fraction: float
                           ) -> Iterator[Document]:
+    if strip_compression(path.name) != path.name:  # a compressed text file: its text, split by position
+        data = read_bytes(path)
+        with tempfile.NamedTemporaryFile(prefix="longlab-", suffix=".txt", delete=False) as tmp:
+            tmp.write(data)
+        try:
+            pieces = [(d.id.replace(Path(tmp.name).name, path.name), d.split, d.read())
+                      for d in single_file_documents(Path(tmp.name), separator, block_bytes, split_bytes,
+                                                     val_fraction, test_fraction)]
+            yield from [Document(i, split, lambda blob=blob: blob) for i, split, blob in pieces]
+        finally:
+            os.unlink(tmp.name)
+        return
     size = path.stat().st_size
     if split_bytes:
         if len(split_bytes) != 3 or any(int(b) < 0 for b in split_bytes):
@@ -167,61 +206,10 @@ def _separated(path: Path, split: str | None, lo: int, hi: int, separator: str, 
             yield Document(f"{name}:{i:06d}", split, lambda piece=piece: piece)
 
 
-# ---------------------------------------------------------------------------------------------- records
-def record_files(path: Path, kind: str) -> list[tuple[Path, str | None]]:
-    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if RECORD_SUFFIXES.get(f.suffix.lower())
-                                                 == kind)
-    named = {f: split_in_name(f.stem) for f in files}
-    use_named = len(files) > 1 and "train" in named.values()
-    return [(f, named[f] if use_named else None) for f in files]
-
-
-def record_documents(path: Path, kind: str, text_field: str, report: Report) -> Iterator[Document]:
-    for f, split in record_files(path, kind):
-        for i, text in enumerate(_records(f, kind, text_field)):
-            if not text:
-                report.skip("empty", f"{f.name}:{i}")
-                continue
-            blob = text.encode("utf-8", errors="surrogatepass")
-            yield Document(f"{f.name}:{i:09d}", split, lambda blob=blob: blob)
-
-
-def _records(f: Path, kind: str, text_field: str) -> Iterator[str]:
-    def field_of(rec, where):
-        if text_field not in rec:
-            raise ValueError(f"{where} has no field data.text_field={text_field!r}; its fields are {sorted(rec)}")
-        value = rec[text_field]
-        return "" if value is None else str(value)
-
-    if kind == "jsonl":
-        with open(f, encoding="utf-8", errors="surrogateescape") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{f}:{n} is not a JSON object ({e.msg}); data.source=jsonl needs one "
-                                         "JSON object per line") from None
-                    yield field_of(rec, f"{f}:{n}")
-    elif kind == "csv":
-        with open(f, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            text = fh.read()
-        dialect = csv.excel_tab if f.suffix.lower() == ".tsv" else csv.excel
-        for n, rec in enumerate(csv.DictReader(io.StringIO(text), dialect=dialect), 2):
-            yield field_of(rec, f"{f}:{n}")
-    else:
-        pq = _optional("pyarrow.parquet", "data.source=parquet")
-        table = pq.read_table(f)
-        if text_field not in table.column_names:
-            raise ValueError(f"{f} has no column data.text_field={text_field!r}; its columns are {table.column_names}")
-        for value in table.column(text_field).to_pylist():
-            yield "" if value is None else str(value)
-
-
 # ---------------------------------------------------------------------------------------------- Hugging Face
 def hf_documents(path: str | None, name: str | None, config: str | None, text_field: str,
                  report: Report) -> Iterator[Document]:
-    datasets = _optional("datasets", "data.source=hf")
+    datasets = optional_module("datasets", "data.source=hf")
     if name:
         ds = datasets.load_dataset(name, config)
     else:
@@ -241,13 +229,3 @@ def hf_documents(path: str | None, name: str | None, config: str | None, text_fi
                 continue
             blob = str(text).encode("utf-8", errors="surrogatepass")
             yield Document(f"{split_name}:{i:09d}", split, lambda blob=blob: blob)
-
-
-def _optional(module: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{what} needs the {module.split('.')[0]!r} package: pip install -e '.[data]' "
-                          "(installs datasets and pyarrow)") from None

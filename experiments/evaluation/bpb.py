@@ -1,4 +1,4 @@
-"""Evaluation loops written once against the house contract, and ``evaluate(cfg)`` for a run.
+"""Evaluation loops written once against the house contract (``evaluation.run.evaluate`` runs them on a run):
 
 * ``windowed_bpb`` — bits per byte on fixed random windows of ``context`` bytes (no state).
 * ``streaming_bpb`` — whole documents walked window by window with carried state; bits per byte
@@ -10,20 +10,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from experiments.config import to_plain, write_json
 from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
 from experiments.evaluation.inference_methods import method_nll, patch_profile, window_length
 from experiments.training.progress import Progress
-from experiments.training.runs import corpus_of, load_run, pick_device
 
 LN2 = math.log(2)
 
@@ -223,68 +218,3 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
     return {"bpb": float(pos_nll.sum() / total / LN2), "loss": float(pos_nll.sum() / total),
             "bytes": int(total), "docs": len(docs), "window": window, "curve": curve,
             "units": units.to_json("document")}
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """``configs/eval.yaml``: windowed or streaming bits per byte of a run; writes ``<run_dir>/<out>``."""
-    e = cfg.eval
-    device = pick_device(cfg.device)
-    train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(e.net_overrides), device)
-    split = corpus_of(train_cfg).split(e.split)
-    seq_len = int(train_cfg.data.seq_len)
-    result: dict[str, Any] = {"run_dir": str(cfg.run_dir), "split": e.split, "model": train_cfg.model.get("name")}
-    if e.streaming:
-        r = streaming_bpb(module.net, split, int(e.window or seq_len), int(e.batch_size), device,
-                          e.max_docs, e.max_doc_bytes, int(e.curve_base), cfg.precision)
-        result["units"] = r.pop("units")
-        result.update({f"{e.split}/stream_bpb": r["bpb"], f"{e.split}/stream_loss": r["loss"],
-                       "stream": r})
-        print(f"[longlab] streaming {e.split} bits/byte {r['bpb']:.4f} over {r['bytes']:,} bytes "
-              f"in {r['docs']} documents (window {r['window']})")
-        for c in r["curve"]:
-            print(f"  positions [{c['start']:>7}, {c['end']:>7}): {c['bpb']:.4f} bpb  ({c['bytes']:,} bytes)")
-    else:
-        ctx = int(e.context or seq_len)
-        methods = list(to_plain(e.methods) or [])
-        r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
-                         device, cfg.precision, e.split, strided=bool(e.strided), methods=methods,
-                         patch_size=e.patch_size)
-        if "units" in r:
-            result["units"] = r.pop("units")
-        result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,
-                       "bytes": r["bytes"]})
-        for m, v in r.get("methods", {}).items():
-            result[f"{e.split}/bpb_{m}"] = v
-            print(f"[longlab] {m:>15}: {v:.4f} bits/byte")
-        if "patch_profile" in r:
-            result["patch_profile"] = r["patch_profile"]
-            print("[longlab] bits/byte by slot in the patch: "
-                  + ", ".join(f"{p['slot']}: {p['bpb']:.3f}" for p in r["patch_profile"]))
-        if r.get("strided"):
-            result[f"{e.split}/bpb_basic"] = r["bpb_basic"]
-            print(f"[longlab] strided inference: {r['bpb']:.4f} bits/byte (basic pass on the same bytes: "
-                  f"{r['bpb_basic']:.4f})")
-        print(f"[longlab] {e.split} bits/byte {r['bpb']:.4f} at context {ctx} over {r['bytes']:,} bytes")
-    run_dir = Path(cfg.run_dir)
-    write_json(run_dir / cfg.out, result)
-    if cfg.out == "eval_metrics.json":  # the default: also kept per setting, so settings never overwrite each other
-        (run_dir / "eval_metrics").mkdir(exist_ok=True)
-        write_json(run_dir / "eval_metrics" / f"{setting_name(cfg, train_cfg)}.json", result)
-    return result
-
-
-def setting_name(cfg: DictConfig, train_cfg: DictConfig) -> str:
-    """A file name that says what was evaluated: stream_test_w256, window_test_ctx1024_strided, ..."""
-    e, seq = cfg.eval, int(train_cfg.data.seq_len)
-    parts = ["stream" if e.streaming else "window", str(e.split)]
-    if e.streaming:
-        parts += [f"w{int(e.window or seq)}"] + ([f"docs{e.max_docs}"] if e.max_docs else []) \
-            + ([f"max{e.max_doc_bytes}"] if e.max_doc_bytes else [])
-    else:
-        parts.append(f"ctx{int(e.context or seq)}")
-        parts += ["strided"] if e.strided else []
-        parts += list(to_plain(e.methods) or [])
-    parts += [f"{k}{v}" for k, v in sorted((to_plain(e.net_overrides) or {}).items())]
-    if str(cfg.precision) not in ("32", "32-true"):
-        parts.append(str(cfg.precision))
-    return "_".join(str(p).replace("/", "-") for p in parts)

@@ -104,12 +104,17 @@ def decode(row: torch.Tensor, prompt_len: int, stop: list[bytes]) -> str:
     return (data[:prompt_len] + new).decode("utf-8", errors="replace")
 
 
+def unescape(text: str) -> bytes:
+    """The UTF-8 bytes of ``text`` with backslash escapes (``\\n``, ``\\t``, ``\\x41``) turned into what they name."""
+    return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
+
+
 def sample(cfg: DictConfig) -> list[str]:
     """``configs/generate.yaml``: ``num_samples`` continuations of ``prompt``; the first is printed byte
     by byte as it is made (``stream``), the others after it."""
     device = pick_device(cfg.device)
     _, module = load_run(cfg.run_dir, cfg.ckpt_path, device=device)
-    prompt = str(cfg.prompt).encode("utf-8")
+    prompt = unescape(str(cfg.prompt))  # prompt="def f():\n    " means a newline, as stop strings do
     if not prompt:
         raise ValueError('prompt="" is empty; give at least one byte, e.g. prompt="def "')
     vocab = module.net.config.vocab_size
@@ -118,7 +123,7 @@ def sample(cfg: DictConfig) -> list[str]:
     n = int(cfg.get("num_samples", 1))
     if n < 1:
         raise ValueError(f"num_samples={n} must be >= 1")
-    stop = [str(s).encode("utf-8").decode("unicode_escape").encode("latin-1") for s in to_plain(cfg.get("stop")) or []]
+    stop = [unescape(str(s)) for s in to_plain(cfg.get("stop")) or []]
     g = torch.Generator(device=device).manual_seed(int(cfg.seed))
     x = torch.tensor([list(prompt)] * n, dtype=torch.long, device=device)
     streaming = bool(cfg.get("stream", True))

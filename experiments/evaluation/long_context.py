@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from experiments.config import to_plain, write_json
+from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.tasks import make
 from experiments.evaluation.bpb import autocast
 from experiments.training.progress import Progress
@@ -107,9 +107,26 @@ def heat_map(result: dict, path: Path, title: str) -> bool:
     return True
 
 
+def check_longeval_config(cfg: DictConfig) -> None:
+    """Refuse values that would score nothing or something else than asked, naming the field."""
+    precision(cfg.precision)
+    integer(cfg.window, "window", optional=True)
+    integer(cfg.samples, "samples")
+    lengths, depths = to_plain(cfg.lengths), to_plain(cfg.depths)
+    if not isinstance(lengths, list) or not lengths:
+        raise ValueError(f"lengths={lengths!r} must be a non-empty list of document lengths in bytes")
+    for i, n in enumerate(lengths):
+        integer(n, f"lengths[{i}]", 2)
+    if not isinstance(depths, list) or not depths or not all(
+            isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1 for d in depths):
+        raise ValueError(f"depths={depths!r} must be a non-empty list of relative depths in [0, 1] "
+                         "(0: the start of the document, 1: its end)")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``configs/longeval.yaml``: every task of ``tasks`` (or ``task``) scored on the length x depth grid.
     Returns {task: result, "tasks": [...], "curve": [{task, length, accuracy}]}."""
+    check_longeval_config(cfg)
     device = pick_device(cfg.device)
     train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
     tasks = [cfg.task] if cfg.task else list(to_plain(cfg.tasks))

@@ -18,13 +18,13 @@ def _entry_overrides(cell: Path, spec, out: str) -> list[str]:
 
 
 def window(cell: Path, spec, out: str) -> dict:
-    from experiments.evaluation.bpb import evaluate
+    from experiments.evaluation.run import evaluate
 
     return evaluate(compose("eval", _entry_overrides(cell, spec, out)))
 
 
 def stream(cell: Path, spec, out: str) -> dict:
-    from experiments.evaluation.bpb import evaluate
+    from experiments.evaluation.run import evaluate
 
     return evaluate(compose("eval", [*_entry_overrides(cell, spec, out), "eval.streaming=true"]))
 
@@ -33,6 +33,12 @@ def fot(cell: Path, spec, out: str) -> dict:
     from experiments.evaluation.fot import run
 
     return run(compose("fot_eval", _entry_overrides(cell, spec, out)))
+
+
+def context(cell: Path, spec, out: str) -> dict:
+    from experiments.evaluation.context import run
+
+    return run(compose("context_eval", _entry_overrides(cell, spec, out)))
 
 
 def longeval(cell: Path, spec, out: str) -> dict:
@@ -62,4 +68,5 @@ EVALUATIONS: dict[str, Callable[[Path, object, str], dict]] = {
     "fot": fot,
     "generation": generation,
     "longeval": longeval,
+    "context": context,
 }

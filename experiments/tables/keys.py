@@ -26,7 +26,8 @@ NEUTRAL_ADDITIONS: dict[str, object] = {
     "data.source": "auto", "data.text_field": "text", "data.doc_separator": None, "data.block_bytes": None,
     "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
     "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
-    "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None,
+    "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None, "data.skip_unreadable": False,
+    "overwrite": False,
 }
 # classes that moved to another module (a ``_target_`` says where code lives, not what a cell computes): the
 # name a key was computed with, so that reorganising the code never orphans finished cells
@@ -115,6 +116,8 @@ def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None =
     for k in IGNORED_KEYS:
         _drop(tree, k)
     _unmove_targets(tree)
+    if set(tree.get("logger") or {}) == {"csv"}:  # loggers became a dict of loggers: the CSV one alone keys as before
+        tree["logger"] = tree["logger"]["csv"]
     neutral_net = NEUTRAL_NET_ADDITIONS.get(str(_get(tree, "model.net._target_")), {})
     for k, neutral in [*NEUTRAL_ADDITIONS.items(), *((f"model.net.{f}", v) for f, v in neutral_net.items())]:
         if _get(tree, k, _MISSING) == neutral:

@@ -188,7 +188,7 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
         body += ["", "Interval metrics: bits per byte pooled over seeds with a 95% bootstrap interval [lo, hi] over "
                  "test units x seeds; other metrics: mean ± std over seeds."]
     body += sections.matching(spec, rows, scale) + sections.tuning(spec, rows, scale, res, extra)
-    body += sections.differences(spec, rows)
+    body += sections.differences(spec, rows) + sections.context_use(spec, rows)
     if spec.figure:
         from experiments.tables.figures import draw_figure, figure_lines
 

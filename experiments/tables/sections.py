@@ -83,6 +83,49 @@ def tuning(spec: TableSpec, rows: list, scale: str, results: str | Path, extra) 
     return out
 
 
+def context_units(row, name: str) -> dict[int, Units]:
+    """{context: Units over the row's seeds} of a context evaluation named ``name``."""
+    per_c: dict[int, dict[int, dict]] = {}
+    for seed, cell in row.cells.items():
+        for c, u in ((cell_json(cell, name) or {}).get("units") or {}).items():
+            per_c.setdefault(int(c), {})[seed] = u
+    return {c: u for c, u in sorted((c, collect(v)) for c, v in per_c.items()) if u is not None}
+
+
+def context_use(spec: TableSpec, rows: list) -> list[str]:
+    """For every context evaluation: bits per byte of the same target bytes at each context (95% intervals
+    over documents x seeds), the gain of each context over the previous one (paired), and the usable
+    context: the largest context whose gain over the previous one is separated and positive."""
+    out = []
+    for ev in [ev for ev in spec.evals if ev.kind == "context"]:
+        found = [(r, context_units(r, ev.name)) for r in rows]
+        found = [(r, u) for r, u in found if u]
+        if not found:
+            continue
+        contexts = sorted({c for _, u in found for c in u})
+        out += ["", f"## Context use ({ev.name})", "",
+                "The same target bytes of each test document scored after reading only the last c bytes before them "
+                "(bits per byte, 95% interval over documents x seeds); below each, the gain over the previous "
+                "context (paired interval). Usable context: the largest c whose gain over the previous one is "
+                "separated from 0.", "",
+                "| row | " + " | ".join(f"c={c:,}" for c in contexts) + " | usable context |",
+                "|---|" + "---:|" * (len(contexts) + 1)]
+        for r, u in found:
+            cells, gains, usable = [], [], 0
+            for i, c in enumerate(contexts):
+                cells.append(interval(u[c]).text(3) if c in u else "—")
+                if i and c in u and contexts[i - 1] in u:
+                    g = paired(u[contexts[i - 1]], u[c])
+                    gains.append(f"{g.text(3, signed=True)}")
+                    if g.separated and g.value > 0:
+                        usable = c
+                else:
+                    gains.append("")
+            out.append(f"| {r.label} | " + " | ".join(cells) + f" | {usable:,} bytes |")
+            out.append("| ↳ gain | " + " | ".join(gains) + " | |")
+    return out
+
+
 def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     """Params and training FLOPs per byte of every row, and their ratio to the reference's."""
     m = spec.match
@@ -110,4 +153,4 @@ def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     return out
 
 
-__all__ = ["differences", "interval_text", "matching", "tuning", "units"]
+__all__ = ["context_units", "context_use", "differences", "interval_text", "matching", "tuning", "units"]

@@ -7,6 +7,7 @@ A run dir holds ``config.yaml`` (the composed, resolved config), ``checkpoints/`
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from architectures.contract import Architecture
-from experiments.config import build, bytes_per_update, write_json
+from experiments.config import build, bytes_per_update, integer, write_json
 from experiments.data.samplers import STREAMS
 from experiments.training.bookkeeping import DivergenceGuard, Throughput, peak_memory_mb, reset_peak_memory
 from experiments.training.checkpointing import (
@@ -28,7 +29,7 @@ from experiments.training.checkpointing import (
     resolve_ckpt_path,
 )
 from experiments.training.faults import Preemption, RunLock, clean_stale_temp_files
-from experiments.training.loggers import plot_loss_curve, trim_metrics_csv
+from experiments.training.loggers import ResumableCSVLogger, plot_loss_curve, trim_metrics_csv
 from experiments.training.module import CausalLMModule
 from experiments.training.optim import changes as optim_changes
 from experiments.training.parallel import sequence_group
@@ -77,7 +78,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     The run dir is locked for the whole run (a second writer fails at once, naming the holder) and
     leftovers of interrupted writes are removed first. SIGTERM or SIGUSR1 stops after the current step
     with a resumable checkpoint and partial metrics, and exits with 128 + the signal number."""
+    if not str(cfg.get("run_dir") or "").strip():
+        raise ValueError(f"run_dir={cfg.get('run_dir')!r} is empty; name a folder for the run (or leave run_dir "
+                         "unset for runs/<model>/<time>)")
     run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run_dir={str(run_dir)!r} is a file, not a folder; choose another run_dir")
     if launched_rank() > 0:  # a DDP worker: rank 0 holds the lock for the run
         return _train(cfg, run_dir)
     with RunLock(run_dir):
@@ -90,10 +96,27 @@ def check_run_config(cfg: DictConfig) -> None:
     steps = cfg.trainer.get("max_steps")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"trainer.max_steps={steps!r} must be an integer >= 1 (the training stream is endless)")
+    integer(cfg.get("seed"), "seed", 0)
+    t = cfg.trainer
+    integer(t.get("accumulate_grad_batches", 1), "trainer.accumulate_grad_batches")
+    integer(t.get("log_every_n_steps", 1), "trainer.log_every_n_steps")
+    every = t.get("val_check_interval")
+    if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+        raise ValueError(f"trainer.val_check_interval={every!r} must be a number of steps >= 1 (the training stream "
+                         "is endless: validation runs every that many steps)")
+    clip = t.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        raise ValueError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (0 or null: no clipping)")
+    if "FSDPStrategy" in str((t.get("strategy") or {}).get("_target_", "") if OmegaConf.is_dict(t.get("strategy"))
+                             else "") and not torch.cuda.is_available():
+        raise ValueError("trainer=fsdp shards models over GPUs and this machine has none; use trainer=ddp "
+                         "(one process per CPU device) or trainer=cpu")
     warmup = int(cfg.optim.warmup_steps)
-    if warmup > (cfg.optim.get("max_steps") or steps):
-        raise ValueError(f"optim.warmup_steps={warmup} is longer than the run ({cfg.optim.get('max_steps') or steps} "
-                         "steps): the learning rate would never reach optim.lr; lower optim.warmup_steps")
+    if warmup > (cfg.optim.get("max_steps") or steps):  # as every framework does: say so and run
+        print(f"[longlab] warning: optim.warmup_steps={warmup} is longer than the run "
+              f"({cfg.optim.get('max_steps') or steps} steps): the learning rate never reaches optim.lr="
+              f"{cfg.optim.lr} (it stops at {steps / max(warmup, 1):.0%} of it); lower optim.warmup_steps if that "
+              "is not what you want", flush=True)
     n = sequence_parallel(cfg)
     if n < 1:
         raise ValueError(f"parallel.sequence={n} must be an integer >= 1 (the ranks that split each sequence)")
@@ -104,6 +127,31 @@ def check_run_config(cfg: DictConfig) -> None:
         if cfg.data.get("sample_len"):
             raise ValueError(f"parallel.sequence={n} splits each row of data.seq_len bytes; data.sample_len="
                              f"{cfg.data.sample_len} cuts samples into rows first: leave data.sample_len unset")
+
+
+def refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
+    """A fresh start in a folder that holds a run (its metrics or a checkpoint) would replace it: refused
+    unless ``overwrite=true``."""
+    held = [p.name for p in (run_dir / "metrics.json", run_dir / "checkpoints") if p.exists() and
+            (p.is_file() or any(p.glob("*.ckpt")))]
+    if held and overwrite:
+        print(f"[longlab] overwrite=true: starting {run_dir} over (its metrics and checkpoints are removed)",
+              flush=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+            ckpt.unlink()
+    elif held:
+        status = (read_json_quietly(run_dir / "metrics.json") or {})
+        what = f"a {status.get('status', 'started')} run of {status.get('steps', '?')} steps" if status else "a run"
+        raise ValueError(f"run_dir={str(run_dir)!r} already holds {what} ({', '.join(held)}); resume it with "
+                         "ckpt_path=auto, choose another run_dir, or start it over with overwrite=true")
+
+
+def read_json_quietly(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def launched_rank() -> int:
@@ -137,6 +185,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path is None:
+        refuse_to_overwrite(run_dir, bool(cfg.get("overwrite")))
     if ckpt_path is None:  # a fresh start: no curve of an earlier, unresumed run in this folder
         trim_metrics_csv(run_dir / "logs" / "metrics.csv", 0)
     if cfg.get("init_from") and ckpt_path is None:
@@ -157,7 +207,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     preemption, throughput = Preemption(last), Throughput()
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [preemption, throughput, DivergenceGuard()]
-    logger = build(cfg.logger) if cfg.get("logger") else False
+    logger = loggers(cfg, run_dir)
     extra = {}
     if wants_line_progress(bool(cfg.trainer.get("enable_progress_bar", True))):
         callbacks.append(LineProgress())
@@ -183,6 +233,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             partial = run_metrics(cfg, module, trainer, throughput)
             write_json(run_dir / "metrics.json", {**partial, "status": "preempted"})
         raise SystemExit(preemption.exit_code) from None
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, MemoryError) or "alloc" in str(e).lower() or "out of memory" in str(e).lower():
+            raise RuntimeError(
+                f"out of memory training {cfg.model.get('name')} with data.batch_size={cfg.data.batch_size} x "
+                f"data.seq_len={cfg.data.get('seq_len')} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                "lower data.batch_size (trainer.accumulate_grad_batches keeps the update size), data.seq_len or the "
+                "model's width, or set model.net.checkpoint_layers=true") from None
+        raise
     finally:
         preemption.uninstall()
     trainer.save_checkpoint(last, weights_only=False)  # the final state, whatever the interval
@@ -205,6 +263,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"-> {run_dir / 'metrics.json'}"
         )
     return metrics
+
+
+def loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """Every logger of ``cfg.logger`` (``logger=[csv,tensorboard]``: both), and always the CSV logger:
+    ``logs/metrics.csv`` holds the learning curves that reports and tables read."""
+    chosen = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    if not any(isinstance(lg, ResumableCSVLogger) for lg in chosen):
+        chosen.insert(0, ResumableCSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    return chosen
 
 
 def run_metrics(cfg: DictConfig, module: CausalLMModule, trainer: L.Trainer,

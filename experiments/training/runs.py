@@ -37,7 +37,11 @@ def load_run(
             f"run_dir={str(run_dir)!r} has no config.yaml; pass the folder that experiments.train "
             "wrote (it holds config.yaml, checkpoints/ and metrics.json)"
         )
-    cfg = OmegaConf.load(cfg_path)
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise ValueError(f"{cfg_path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); it is "
+                         "damaged: restore it (experiments.train wrote it) or retrain into a new run_dir") from None
     ckpt_file = Path(ckpt_path) if ckpt_path else last_checkpoint(run_dir) or run_dir / "checkpoints" / "last.ckpt"
     if not ckpt_file.exists():
         raise FileNotFoundError(

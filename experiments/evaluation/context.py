@@ -1,0 +1,123 @@
+"""What context buys: the same target bytes scored after the model has read only the last ``c`` bytes before
+them, for every ``c`` of a list, from a fresh state, through the model's own streaming path (a
+Transformer's KV window, Megalodon's carried state, a kNN memory, MEGABYTE's window).
+
+For each test document of at least ``max(contexts) + span`` bytes, the target is the fixed span
+``doc[C + 1 : C + span]`` with ``C = max(contexts)``; at context ``c`` the model reads
+``doc[C - c : C + span - 1]`` window by window and only its predictions of the target bytes are scored. So
+the target bytes are identical at every ``c`` (and for every model on the same corpus): a difference
+between two contexts is what those extra bytes bought, not easier or harder text. Documents that are too
+short are counted as skipped, never used partially.
+
+    python -m experiments.context_eval run_dir=<run> 'contexts=[0,256,1024,4096,16384]' span=4096
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from experiments.config import integer, precision, to_plain, write_json
+from experiments.data.corpus import Split
+from experiments.evaluation.bpb import Units, autocast
+from experiments.evaluation.run import eval_corpus
+from experiments.training.progress import Progress
+from experiments.training.runs import load_run, pick_device
+
+
+def eligible(split: Split, need: int, max_docs: int | None) -> tuple[list[int], int]:
+    """Documents of at least ``need`` bytes in split order (at most ``max_docs``), and how many were too short."""
+    long = [i for i in range(split.n_docs) if split.lengths[i] >= need]
+    return (long[:max_docs] if max_docs else long), split.n_docs - len(long)
+
+
+@torch.no_grad()
+def context_curve(net, split: Split, contexts: list[int], span: int, window: int, batch_size: int,
+                  device: torch.device, max_docs: int | None = None, precision: str = "32") -> dict[str, Any]:
+    """Bits per byte of each document's target span at every context; per-document units for intervals."""
+    contexts = sorted({int(c) for c in contexts})
+    top = contexts[-1]
+    docs, skipped = eligible(split, top + span, max_docs)
+    if not docs:
+        raise ValueError(f"no document of the split has max(contexts) + span = {top + span:,} bytes (the longest "
+                         f"has {int(split.lengths.max()):,}); use smaller contexts or span, or a corpus of longer "
+                         "documents (data=packages)")
+    progress = Progress("context", len(contexts) * len(docs), unit=" docs")
+    curve, units = [], {}
+    for n, c in enumerate(contexts):
+        u = Units()
+        for b0 in range(0, len(docs), batch_size):
+            group = docs[b0: b0 + batch_size]
+            x = torch.from_numpy(np.stack([split.document(i)[top - c: top + span].astype(np.int64) for i in group]))
+            x = x.to(device)
+            inputs, targets = x[:, :-1], x[:, 1:]
+            nll = torch.zeros(len(group), dtype=torch.float64, device=device)
+            state = None
+            for s in range(0, inputs.shape[1], window):
+                e = min(s + window, inputs.shape[1])
+                with autocast(device, precision):
+                    logits, state = net(inputs[:, s:e], state)
+                lo = max(s, c)  # only predictions of target bytes count
+                if lo < e:
+                    dt = torch.promote_types(logits.dtype, torch.float32)
+                    part = F.cross_entropy(logits[:, lo - s:].to(dt).transpose(1, 2), targets[:, lo:e],
+                                           reduction="none")
+                    nll += part.double().sum(1)
+            u.add(nll, torch.full((len(group),), span - 1), targets[:, c:])
+            progress.update(n * len(docs) + b0 + len(group), f"context {c:,}")
+        units[str(c)] = u.to_json("document")
+        curve.append({"context": c, **u.summary()})
+    first = curve[0]["bpb"]
+    for point in curve:
+        point["gain"] = first - point["bpb"]
+    return {"contexts": contexts, "span": span, "docs": len(docs), "skipped_docs": skipped,
+            "min_doc_bytes": top + span, "window": window, "curve": curve, "units": units}
+
+
+def check_context_config(cfg: DictConfig) -> list[int]:
+    precision(cfg.precision)
+    contexts = to_plain(cfg.contexts)
+    if not isinstance(contexts, list) or not contexts:
+        raise ValueError(f"contexts={contexts!r} must be a non-empty list of context lengths in bytes, "
+                         "e.g. [0,256,1024]")
+    for i, c in enumerate(contexts):
+        integer(c, f"contexts[{i}]", 0)
+    integer(cfg.span, "span", 2)
+    integer(cfg.batch_size, "batch_size")
+    integer(cfg.window, "window", optional=True)
+    integer(cfg.max_docs, "max_docs", optional=True)
+    return [int(c) for c in contexts]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """``configs/context_eval.yaml``: the context-use curve of a run; writes ``<run_dir>/<out>``."""
+    contexts = check_context_config(cfg)
+    device = pick_device(cfg.device)
+    train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
+    corpus, other = eval_corpus(cfg, train_cfg)
+    split = corpus.split(cfg.split)
+    window = int(cfg.window or train_cfg.data.seq_len)
+    limit = module.net.max_len
+    if limit is not None and max(contexts) + int(cfg.span) > limit:
+        raise ValueError(f"{type(module.net).__name__} represents at most max_len={limit} bytes but the largest "
+                         f"context plus the span is {max(contexts) + int(cfg.span)}; lower the contexts, or give the "
+                         "model a sliding window (MEGABYTE: model.net.global_window)")
+    r = context_curve(module.net, split, contexts, int(cfg.span), window, int(cfg.batch_size), device,
+                      cfg.max_docs, cfg.precision)
+    r.update({"run_dir": str(cfg.run_dir), "model": train_cfg.model.get("name"), "split": cfg.split,
+              "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
+                         "trained_on": not other}})
+    print(f"[longlab] context use: {r['docs']} documents of >= {r['min_doc_bytes']:,} bytes ({r['skipped_docs']} "
+          f"shorter ones skipped), the same {r['span'] - 1:,} target bytes each")
+    for p in r["curve"]:
+        print(f"  context {p['context']:>9,}: {p['bpb']:.4f} bits/byte (gain over {contexts[0]:,}: {p['gain']:+.4f})")
+    write_json(Path(cfg.run_dir) / cfg.out, r)
+    return r
+
+
+__all__ = ["context_curve", "eligible", "run"]

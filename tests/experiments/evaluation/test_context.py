@@ -1,0 +1,72 @@
+"""The context-use evaluation: the same target bytes at every context and for every architecture, and a
+score at context c that depends on the last c bytes before the target and on nothing earlier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.data.corpus import Split
+from experiments.evaluation.context import context_curve
+from tests.conftest import TINY_MODELS, build_net, compose
+
+C, SPAN = 96, 40
+
+
+def split_of(docs: list[np.ndarray]) -> Split:
+    offsets = np.cumsum([0] + [len(d) for d in docs])
+    return Split(np.concatenate(docs).astype(np.uint8), offsets, [f"d{i}" for i in range(len(docs))])
+
+
+def curve(net, docs, contexts):
+    return context_curve(net, split_of(docs), contexts, SPAN, window=32, batch_size=2, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_a_score_at_context_c_depends_on_the_last_c_bytes_and_nothing_earlier(model):
+    torch.manual_seed(0)
+    net = build_net(model).eval().double()  # an untrained model's use of context is below float32's resolution
+    rng = np.random.default_rng(0)
+    doc = rng.integers(97, 123, C + SPAN).astype(np.uint8)
+    c = 24
+    far, near = doc.copy(), doc.copy()
+    far[C - c - 1] ^= 7  # just outside the last c bytes
+    near[C - 2] ^= 7  # inside them
+    contexts = [0, c, C]  # the target is doc[C + 1 : C + SPAN] at every context
+    base = curve(net, [doc], contexts)["units"]
+    assert curve(net, [far], contexts)["units"][str(c)]["nll"] == base[str(c)]["nll"]
+    moved = curve(net, [near], contexts)["units"]
+    assert abs(moved[str(c)]["nll"][0] - base[str(c)]["nll"][0]) > 1e-9
+    assert moved["0"]["nll"] == base["0"]["nll"]  # at context 0 neither change is read
+
+
+def test_the_target_bytes_are_the_same_at_every_context_and_for_every_architecture():
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, 256, C + SPAN + extra).astype(np.uint8) for extra in (0, 5, 50)]
+    short = rng.integers(0, 256, C + SPAN - 1).astype(np.uint8)
+    hashes = set()
+    for model in ("transformer_tiny", "megalodon_tiny"):
+        r = curve(build_net(model).eval(), [docs[0], short, docs[1], docs[2]], [0, 8, C])
+        assert r["docs"] == 3 and r["skipped_docs"] == 1 and r["min_doc_bytes"] == C + SPAN
+        hashes |= {u["targets_sha256"] for u in r["units"].values()}
+        assert all(u["bytes"] == [SPAN - 1] * 3 for u in r["units"].values())
+        assert [p["context"] for p in r["curve"]] == [0, 8, C] and r["curve"][0]["gain"] == 0
+    assert len(hashes) == 1
+
+
+def test_documents_too_short_for_every_context_are_an_error_naming_the_fix():
+    with pytest.raises(ValueError, match=r"max\(contexts\) \+ span = 136 bytes .*data=packages"):
+        curve(build_net("transformer_tiny").eval(), [np.zeros(100, dtype=np.uint8)], [0, C])
+
+
+def test_the_command_line_scores_a_run_and_refuses_bad_contexts(tiny_corpus, tmp_path):
+    from experiments.evaluation.context import run
+    from experiments.train import train
+
+    data = [f"data.path={tiny_corpus}", "data.pattern=**/*.txt", "data.val_fraction=0.15", "data.test_fraction=0.15"]
+    train(compose("train", ["debug=smoke", f"run_dir={tmp_path}", *data]))
+    r = run(compose("context_eval", [f"run_dir={tmp_path}", "contexts=[0,16,64]", "span=32", "max_docs=4"]))
+    assert r["docs"] == 4 and (tmp_path / "context_eval.json").exists() and len(r["curve"]) == 3
+    with pytest.raises(ValueError, match=r"contexts\[1\]=-4 must be an integer >= 0"):
+        run(compose("context_eval", [f"run_dir={tmp_path}", "contexts=[0,-4]"]))
