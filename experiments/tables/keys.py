@@ -182,8 +182,12 @@ def composed(overrides: list[str]) -> dict:
 
 
 def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str], extra: list[str] | None) -> list[str]:
-    """``model.net.*`` overrides that size the row to the reference (``spec.match``), or none."""
+    """``model.net.*`` overrides that size the row to the reference (``spec.match``), or none. A row fine-tuned
+    from another (``init_from_row``) has its parent's size: the parent's widths, whatever the rule says."""
     m = spec.match
+    if m is not None and row.init_from_row is not None:
+        parent = spec.row(row.init_from_row)
+        return sizing_overrides(spec, parent, scale, _base_overrides(spec, parent, scale, extra), extra)
     if m is None or m.rule == "none" or row.name == m.reference or (m.rows is not None and row.name not in m.rows):
         return []
     ref = composed(_base_overrides(spec, spec.row(m.reference), scale, extra))
