@@ -19,7 +19,8 @@ least ``vocab_size``) or that config's fields as keywords, and which offers:
     fine-tunes from (FoT's temperatures on a baseline Transformer); nothing else may be missing.
 ``crossbatch_window``
     the window of FoT's CrossBatch training if the model supports it (then it also has
-    ``forward_crossbatch(prev, curr, d, return_distraction=False)``), else ``None``.
+    ``forward_crossbatch(prev, curr, d, return_distraction=False, score_previous=False)``: the logits of
+    ``curr``, or of ``prev`` and ``curr`` with ``score_previous``), else ``None``.
 ``patch_size``
     the patch length of a patch-based model (MEGABYTE: enables strided inference), else ``None``.
 ``decays_all_parameters``
@@ -86,7 +87,8 @@ class Architecture(nn.Module):
             "implement reset_state(state, rows), or train without task.carry_state"
         )
 
-    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction: bool = False):
+    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction: bool = False,
+                           score_previous: bool = False):
         raise NotImplementedError(f"{type(self).__name__} has no CrossBatch training (crossbatch_window is None)")
 
 

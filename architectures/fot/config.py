@@ -26,6 +26,9 @@ class FoTConfig(TransformerConfig, MemorySettings):
     positional: str = "rope_pos0"  # rope_pos0 (LongLLaMA) | none (paper's small models)
     token_shift: int = 0
     temperature_init: float | None = None  # positional=none: initial per-head scale (None: sqrt(head_dim))
+    # positional=none: where queries and keys are normalised with a learned per-head temperature: memory (the
+    # memory layers only, as longlab had it) | all (every layer, the paper's small models; other layers keep RoPE)
+    qk_norm: str = "memory"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,6 +43,7 @@ class FoTConfig(TransformerConfig, MemorySettings):
              "set model.net.window instead")
         need(self.window >= 1, f"window={self.window} must be >= 1")
         need(self.positional in POSITIONAL, f"positional={self.positional!r}; use one of {POSITIONAL}")
+        need(self.qk_norm in ("memory", "all"), f"qk_norm={self.qk_norm!r}; use memory or all")
         self.check_memory_settings()
         need(self.token_shift >= 0, f"token_shift={self.token_shift} must be >= 0")
         need(self.n_kv_heads == self.n_heads, "FoT memory layers need n_kv_heads == n_heads (one memory per head)")

@@ -41,15 +41,18 @@ class WindowAttention(nn.Module):
         self.wv = nn.Linear(D, D, bias=False)
         self.wo = nn.Linear(D, D, bias=False)
         self.rotary = RotaryEmbedding(self.hd, cfg.rope_base, "rotate_half")
-        self.no_pe = is_memory and cfg.positional == "none"
-        if self.no_pe:  # normalised q/k with a learned per-head temperature (log-parametrised)
+        self.no_pe = is_memory and cfg.positional == "none"  # memory layers without positions
+        # normalised q/k with a learned per-head temperature (log-parametrised): the memory layers, or every
+        # layer with qk_norm=all (the others keep RoPE, which preserves the norm)
+        self.qk_norm = self.no_pe or (cfg.positional == "none" and cfg.qk_norm == "all")
+        if self.qk_norm:
             init = cfg.temperature_init or math.sqrt(self.hd)
             self.temperature = nn.Parameter(torch.full((H,), math.log(init)))
 
     def project(self, x):
         """-> q, k (in memory form: unrotated, or normalised without PE), v; each [B, n, H, d]."""
         q, k, v = (rearrange(w(x), "b n (h d) -> b n h d", h=self.H) for w in (self.wq, self.wk, self.wv))
-        if self.no_pe:
+        if self.qk_norm:
             q = F.normalize(q, dim=-1) * self.temperature.exp()[:, None]
             k = F.normalize(k, dim=-1)
         return q, k, v
@@ -72,7 +75,7 @@ class WindowAttention(nn.Module):
         k_all = k if not m else torch.cat([cache[0], k], 1)
         v_all = v if not m else torch.cat([cache[1], v], 1)
         qr, kr = self.rotate(q, window_pos), self.rotate(k_all, window_pos - m)
-        scale = 1.0 if self.no_pe else None
+        scale = 1.0 if self.qk_norm else None
         weights = None
         if not self.is_memory or m_state is None:
             o, _ = chunk_attention(qr, kr[:, m:], v, self.cfg.window, scale=scale,
@@ -209,13 +212,16 @@ class FocusedTransformer(Architecture):
         return {**state, "kv": kv, "start": start}
 
     # ------------------------------------------------------------------ CrossBatch training
-    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False):
+    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False,
+                           score_previous: bool = False):
         """``prev`` [b, w*W]: the w previous windows of each row's document; ``curr`` [b, W].
 
         Memory layers of the current window attend to local keys plus the previous windows' keys and
         values of rows {i, i+1, ..., i+d-1} mod b (own document first: the positive, then d-1
         negatives), computed in this same pass so gradients reach them. Returns logits [b, W, V]
-        (and the distraction ratio r_d per memory layer when asked)."""
+        (and the distraction ratio r_d per memory layer when asked); with ``score_previous`` the logits of
+        the previous windows too (each read on its own, local attention only), [b, (w+1)W, V]: the official
+        training code scores every window it computes."""
         cfg, W = self.config, self.config.window
         b = curr.shape[0]
         if prev.shape[1] % W or curr.shape[1] != W:
@@ -231,6 +237,7 @@ class FocusedTransformer(Architecture):
             x, (kv, _), _ = run_layer(cfg.checkpoint_layers, layer, x, None, None, 0)
             if li in cfg.memory_layers:
                 mem_kv.append(tuple(rearrange(t, "(b w) n h d -> b (w n) h d", w=w) for t in kv))
+        prev_logits = self.head(self.norm(rearrange(x, "(b w) n e -> b (w n) e", w=w))) if score_previous else None
         # the current window with CrossBatch extra keys
         x = self.embed(curr)
         mi, stats = 0, []
@@ -245,6 +252,8 @@ class FocusedTransformer(Architecture):
                 ctx = wts[..., : d * w * W].reshape(*wts.shape[:3], d, w * W).sum(-1)  # mass per context
                 stats.append((ctx[..., 0] / ctx.sum(-1).clamp_min(1e-30)).mean())
         logits = self.head(self.norm(x))
+        if prev_logits is not None:
+            logits = torch.cat([prev_logits, logits], 1)
         return (logits, stats) if return_distraction else logits
 
     def flops_terms(self, context: int) -> dict[str, float]:

@@ -65,13 +65,13 @@ class GlobalWindows:
         return torch.cat(outs, 1), g_kv, g_mem
 
     # ------------------------------------------------------------------ CrossBatch (memory layers)
-    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False):
+    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False,
+                           score_previous: bool = False):
         """FoT's CrossBatch on the global model: ``prev`` [b, w*W*P] (w previous windows of each row's
         document, read from its start: attention inside windows, no memory) and ``curr`` [b, W*P] in one
         pass; the memory layers of the current window attend to their window plus the previous windows'
         keys and values of rows {i, ..., i+d-1} mod b (own first, then d-1 negatives), all in one graph.
-        Returns the logits of ``curr`` [b, W*P, V] (the local model also reads ``prev``: its logits are
-        dropped)."""
+        Returns the logits of ``curr`` [b, W*P, V] (with ``score_previous``, those of ``prev`` before them)."""
         Wb = self.crossbatch_window
         if Wb is None:
             raise ValueError("CrossBatch needs memory_layers (and global_window) on MEGABYTE")
@@ -84,4 +84,4 @@ class GlobalWindows:
         if not 1 <= d <= b:
             raise ValueError(f"CrossBatch d={d} must be in [1, batch size {b}]")
         logits, _ = self._forward(torch.cat([prev, curr], 1), None, (d, prev.shape[1] // Wb))
-        return logits[:, prev.shape[1] :]
+        return logits if score_previous else logits[:, prev.shape[1] :]

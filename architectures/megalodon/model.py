@@ -170,12 +170,14 @@ class Megalodon(Architecture):
         """With memory layers, FoT's CrossBatch trains them with one chunk as the window."""
         return self.config.chunk_size if self.config.memory_layers else None
 
-    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False):
+    def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False,
+                           score_previous: bool = False):
         """FoT's CrossBatch on this backbone: ``prev`` [b, w*C] (the w previous chunks of each row's
         document) runs as usual, its memory layers attending inside their chunks; ``curr`` [b, C]
         continues each row's state, and its memory layers attend, in one softmax, to their chunk plus the
         previous chunks' keys and values of rows {i, ..., i+d-1} mod b (own document first, then d-1
-        negatives), all in one graph so gradients reach them. Returns the logits of ``curr`` [b, C, V]."""
+        negatives), all in one graph so gradients reach them. Returns the logits of ``curr`` [b, C, V], with
+        ``score_previous`` those of ``prev`` before them ([b, (w+1)C, V])."""
         cfg, C = self.config, self.config.chunk_size
         b = curr.shape[0]
         if return_distraction:
@@ -186,12 +188,12 @@ class Megalodon(Architecture):
         if not 1 <= d <= b:
             raise ValueError(f"CrossBatch d={d} must be in [1, batch size {b}]")
         local = ["local" if li in cfg.memory_layers else None for li in range(cfg.num_layers)]
-        _, state = self._run(prev, None, local)
+        prev_logits, state = self._run(prev, None, local)
         rows = crossbatch_rows(b, d, curr.device)
         extra = [crossbatch_extra(*st.pop("keys"), rows) if li in cfg.memory_layers else None
                  for li, st in enumerate(state["layers"])]
         logits, _ = self._run(curr, state, extra)
-        return logits
+        return torch.cat([prev_logits, logits], 1) if score_previous else logits
 
     # ------------------------------------------------------------------ bookkeeping
     def flops_terms(self, context: int) -> dict[str, float]:

@@ -13,6 +13,7 @@ from experiments.config import CONFIGS, compose, to_plain
 from experiments.tables.cells import cell_dir, default_results, lookup, read_json, view_dir
 from experiments.tables.sizing import match, measure
 from experiments.tables.spec import RowSpec, TableSpec, load_table
+from experiments.training.crossbatch import CrossBatchConfig
 
 REPO = CONFIGS.parent
 PLACEHOLDER_DIR = "CELL"
@@ -27,7 +28,7 @@ NEUTRAL_ADDITIONS: dict[str, object] = {
     "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
     "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
     "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None, "data.skip_unreadable": False,
-    "overwrite": False,
+    "overwrite": False, "task.crossbatch.score_previous": False,
 }
 # classes that moved to another module (a ``_target_`` says where code lives, not what a cell computes): the
 # name a key was computed with, so that reorganising the code never orphans finished cells
@@ -44,6 +45,7 @@ _MEMORY_DEFAULTS: dict[str, object] = {
 NEUTRAL_NET_ADDITIONS: dict[str, dict[str, object]] = {
     "architectures.megalodon.Megalodon": _MEMORY_DEFAULTS,
     "architectures.megabyte.Megabyte": {**_MEMORY_DEFAULTS, "global_window": 0},
+    "architectures.fot.FocusedTransformer": {"qk_norm": "memory"},
 }
 
 
@@ -116,6 +118,9 @@ def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None =
     for k in IGNORED_KEYS:
         _drop(tree, k)
     _unmove_targets(tree)
+    crossbatch = (tree.get("task") or {}).get("crossbatch")
+    if isinstance(crossbatch, dict):  # a default that changes training must change the key: spell it out
+        crossbatch.setdefault("score_previous", CrossBatchConfig.score_previous)
     if set(tree.get("logger") or {}) == {"csv"}:  # loggers became a dict of loggers: the CSV one alone keys as before
         tree["logger"] = tree["logger"]["csv"]
     neutral_net = NEUTRAL_NET_ADDITIONS.get(str(_get(tree, "model.net._target_")), {})
@@ -190,7 +195,7 @@ def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str],
         return sizing_overrides(spec, parent, scale, _base_overrides(spec, parent, scale, extra), extra)
     if m is None or m.rule == "none" or row.name == m.reference or (m.rows is not None and row.name not in m.rows):
         return []
-    ref = composed(_base_overrides(spec, spec.row(m.reference), scale, extra))
+    ref = composed(_base_overrides(spec, spec.row(row.match_to or m.reference), scale, extra))
     mine = composed(base)
     target = measure(ref["model"]["net"], int(ref["data"]["seq_len"])).value(m.rule)
     changed, _ = match(mine["model"]["net"], int(mine["data"]["seq_len"]), target, m.rule, m.tolerance,
@@ -199,8 +204,10 @@ def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str],
 
 
 def tuned_rows(spec: TableSpec) -> list[str]:
+    """Rows with a tuning stage of their own (not those that take another row's rate, ``lr_from``)."""
     t = spec.tune
-    return [] if t is None else [r.name for r in spec.rows if t.rows is None or r.name in t.rows]
+    return [] if t is None else [r.name for r in spec.rows
+                                 if (t.rows is None or r.name in t.rows) and r.lr_from is None]
 
 
 def tuning_scale(spec: TableSpec, scale: str) -> str:
@@ -237,6 +244,8 @@ def tuned_lr(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None 
     """The row's tuned learning rate (None: the row is not tuned). Reads the tuning cells of the tuning scale
     (``tune.use_scale``; from that scale's default results when it is not this scale); raises TuningPending
     naming the rates still to run, or ValueError when the best stays at an edge after every extension."""
+    if row.lr_from is not None:
+        return tuned_lr(spec, spec.row(row.lr_from), scale, extra, results)
     if row.name not in tuned_rows(spec):
         return None
     t, tscale = spec.tune, tuning_scale(spec, scale)

@@ -65,7 +65,7 @@ def fmt(mean: float, std: float | None, digits: int = 4) -> str:
 def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> list[RowResult]:
     out = []
     eval_names = {ev.name for row in spec.rows for ev in spec.evals_for(row)}  # a row's metrics of another's eval: n/a
-    for row in spec.rows:
+    for row in spec.rows_at(scale):
         cells = row_cells(spec, row, scale, results, extra)
         requested = list(spec.seeds_for(scale, row))
         skipped = eval_names - {ev.name for ev in spec.evals_for(row)}
@@ -189,6 +189,10 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
                  "test units x seeds; other metrics: mean ± std over seeds."]
     body += sections.matching(spec, rows, scale) + sections.tuning(spec, rows, scale, res, extra)
     body += sections.differences(spec, rows) + sections.context_use(spec, rows)
+    if spec.scaling is not None:
+        from experiments.tables.scaling import section
+
+        body += section(spec, rows, res / f"{out_name}_scaling.png")
     if spec.figure:
         from experiments.tables.figures import draw_figure, figure_lines
 

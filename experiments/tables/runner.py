@@ -102,12 +102,12 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
             todo += [p for p in (r.init_from_row, r.cells_of) if p and p not in rows]
     code = git_commit()
     cells = []
-    for row in spec.rows:
+    for row in spec.rows_at(scale):
         if rows is not None and row.name not in rows:
             continue
         src = spec.row(row.cells_of) if row.cells_of else row
-        if src.name in tuned_rows(spec):
-            tune(spec, src, scale, results, extra, code)
+        if src.name in tuned_rows(spec) or src.lr_from:
+            tune(spec, spec.row(src.lr_from or src.name), scale, results, extra, code)
         key = row_key(spec, src, scale, extra, results=results)
         for seed in [s for s in seeds if s in spec.seeds_for(scale, row) or s not in spec.seeds_for(scale)]:
             cell = cell_dir(results, name, scale, src.name, key, seed)

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from experiments.config import CONFIGS
+from experiments.tables.protocol import MatchSpec, ScalingSpec, TuneSpec, check_protocol
 
 
 def _build(cls, values: Any, where: str):
@@ -99,6 +100,10 @@ class RowSpec:
     not_applicable: tuple[str, ...] = ()  # more metric keys undefined for this row (n/a, not missing); those of
     # an eval that another row runs and this one does not are n/a without being listed
     cells_of: str | None = None  # evaluate the cells of that (earlier) row instead of training its own
+    lr_from: str | None = None  # train at that (tuned) row's learning rate instead of tuning its own
+    match_to: str | None = None  # the reference this row is sized to (default: the table's match.reference)
+    group: dict = field(default_factory=dict)  # what the row is a point of (scaling: arch, size, budget)
+    scales: tuple[str, ...] | None = None  # the scales where the row exists (None: every scale)
 
     @property
     def title(self) -> str:
@@ -131,37 +136,6 @@ class HeatmapSpec:
 
 
 @dataclass(frozen=True)
-class MatchSpec:
-    """Matched by construction (``tables.sizing``): ``rows`` (default: every row but the reference) are
-    resized so that their ``rule`` value, training FLOPs per byte or parameters, equals the ``reference``
-    row's within ``tolerance``; ``rule: none`` leaves every row at its preset size."""
-    reference: str
-    rule: str = "flops"
-    rows: tuple[str, ...] | None = None
-    tolerance: float = 0.03
-
-
-@dataclass(frozen=True)
-class TuneSpec:
-    """Each row at its own tuned learning rate: the ``grid`` (a log grid of >= 4 rates) on seed ``seed``,
-    the best by ``metric`` (lower is better), the grid extended by its own ratio while the best sits at an
-    edge (at most ``max_extensions`` times). ``overrides`` is the tuning budget, appended to the row's
-    (empty: the row's own budget, so the best rate's tuning cell is the row's cell of that seed).
-    ``use_scale`` maps a scale to the scale whose tuned rates it uses (from that scale's results)."""
-    grid: tuple[float, ...]
-    metric: str = "metrics/val/bpb"
-    seed: int = 0
-    overrides: tuple[str, ...] = ()
-    rows: tuple[str, ...] | None = None
-    max_extensions: int = 4
-    use_scale: dict = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float:
-        return self.grid[1] / self.grid[0]
-
-
-@dataclass(frozen=True)
 class TableSpec:
     name: str
     title: str
@@ -181,6 +155,7 @@ class TableSpec:
     default_scale: str = "cpu"  # the scale published as results/<name>.md
     match: MatchSpec | None = None  # rows sized to a reference row's compute (or parameters)
     tune: TuneSpec | None = None  # rows at their tuned learning rates
+    scaling: ScalingSpec | None = None  # loss-vs-compute fits over the rows' groups
 
     def seeds_for(self, scale: str, row: RowSpec | None = None) -> tuple[int, ...]:
         """The seeds of a scale: ``scale_seeds`` if given, the first seed only for smoke, else ``seeds``."""
@@ -188,6 +163,10 @@ class TableSpec:
         if row is not None and row.seeds is not None and scale == self.default_scale:
             seeds = tuple(s for s in seeds if s in row.seeds)
         return seeds
+
+    def rows_at(self, scale: str) -> tuple[RowSpec, ...]:
+        """The rows that exist at ``scale`` (``RowSpec.scales``)."""
+        return tuple(r for r in self.rows if r.scales is None or scale in r.scales)
 
     def row(self, name: str) -> RowSpec:
         for r in self.rows:
@@ -226,7 +205,7 @@ def load_table(name: str) -> TableSpec:
     names = [r.name for r in spec.rows]
     if len(set(names)) != len(names):
         raise ValueError(f"table {name!r} repeats row names: {names}")
-    check_match_and_tune(spec)
+    check_protocol(spec)
     from experiments.tables.evals import EVALUATIONS
 
     for row in spec.rows:
@@ -248,35 +227,6 @@ def load_table(name: str) -> TableSpec:
                 raise ValueError(f"table {name!r} eval {ev.name!r}: kind={ev.kind!r} is unknown; "
                                  f"use one of {sorted(EVALUATIONS)}")
     return spec
-
-
-def check_match_and_tune(spec: TableSpec) -> None:
-    where, names = f"configs/table/{spec.name}.yaml", [r.name for r in spec.rows]
-    m, t = spec.match, spec.tune
-    if m is not None:
-        if m.rule not in ("flops", "params", "none"):
-            raise ValueError(f"{where}: match.rule={m.rule!r}; use flops, params or none")
-        unknown = [r for r in (m.reference, *(m.rows or ())) if r not in names]
-        if unknown:
-            raise ValueError(f"{where}: match names rows {unknown} that the table does not have ({names})")
-        if not 0 < m.tolerance < 1:
-            raise ValueError(f"{where}: match.tolerance={m.tolerance} must be in (0, 1), e.g. 0.03")
-    if t is not None:
-        grid = list(t.grid)
-        if len(grid) < 4 or any(g <= 0 for g in grid) or grid != sorted(grid):
-            raise ValueError(f"{where}: tune.grid={grid} must be >= 4 increasing positive learning rates")
-        ratios = [b / a for a, b in zip(grid, grid[1:])]
-        if max(ratios) / min(ratios) > 1.01:
-            raise ValueError(f"{where}: tune.grid={grid} must be a log grid (a constant ratio between neighbours)")
-        unknown = [r for r in (t.rows or ()) if r not in names]
-        if unknown:
-            raise ValueError(f"{where}: tune.rows names rows {unknown} that the table does not have ({names})")
-        bad = {k: v for k, v in t.use_scale.items() if k not in spec.scales or v not in spec.scales}
-        if bad:
-            raise ValueError(f"{where}: tune.use_scale={bad} names scales the table does not have "
-                             f"({sorted(spec.scales)})")
-        if any("optim.lr" in o for o in t.overrides):
-            raise ValueError(f"{where}: tune.overrides sets optim.lr; the grid sets it")
 
 
 def findings_path(results: Path, name: str) -> Path:

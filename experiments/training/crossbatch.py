@@ -24,6 +24,9 @@ class CrossBatchConfig:
     d_after: int | None = None
     switch_metric: str = "train/acc"
     switch_above: float = 0.98
+    # score the previous windows too, as the official training code does (every window it computes is a
+    # training example); false: only the current window is scored (the previous ones are memory only)
+    score_previous: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CrossBatchConfig:
@@ -51,13 +54,17 @@ class CrossBatch:
         self.d = self.cfg.d
 
     def logits(self, inputs: torch.Tensor) -> tuple[torch.Tensor, slice]:
-        """Logits of the current window and the slice of the targets they score."""
+        """Logits of the scored windows (the current one; with ``score_previous`` every window) and the slice
+        of the targets they score."""
         W, w = self.net.crossbatch_window, self.cfg.w
         if inputs.shape[1] != (w + 1) * W:
             raise ValueError(
                 f"CrossBatch with w={w} previous windows of window={W} needs data.seq_len={(w + 1) * W}, "
                 f"got {inputs.shape[1]}; set data.seq_len=(w+1)*window"
             )
+        if self.cfg.score_previous:
+            return self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], self.d,
+                                               score_previous=True), slice(0, None)
         return self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], self.d), slice(w * W, None)
 
     def maybe_switch(self, metrics: dict[str, float], batch_size: int) -> None:

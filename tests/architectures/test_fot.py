@@ -115,3 +115,20 @@ def test_bad_config_values_fail_clearly():
         FocusedTransformer(**{**TINY, "positional": "alibi"})
     with pytest.raises(ValueError, match=r"CrossBatch d=9 must be in \[1, batch size 2\]"):
         model().forward_crossbatch(tokens(T=8), tokens(T=8), 9)
+
+
+def test_positional_none_with_qk_norm_everywhere_normalises_every_layer_and_keeps_rope_outside_memory():
+    net = model(positional="none", qk_norm="all")
+    attn = [blk.attn for blk in net.layers]
+    assert all(a.qk_norm for a in attn) and all(hasattr(a, "temperature") for a in attn)
+    assert [a.no_pe for a in attn] == [i in net.config.memory_layers for i in range(len(attn))]
+    only = model(positional="none")
+    assert [hasattr(a, "temperature") for a in (b.attn for b in only.layers)] == \
+        [i in only.config.memory_layers for i in range(len(attn))]
+    x = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
+    full, _ = net(x)
+    a, state = net(x[:, :17])
+    b, _ = net(x[:, 17:], state)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="qk_norm='some'"):
+        model(qk_norm="some")

@@ -165,3 +165,38 @@ def test_carried_state_training_of_a_model_without_reset_state_fails_at_start(ti
                             "task.carry_state=true"])
     with pytest.raises(ValueError, match="Megabyte does not implement reset_state"):
         train(cfg)
+
+
+@pytest.mark.parametrize("arch", ["fot", "megalodon", "megabyte"])
+def test_crossbatch_scoring_the_previous_windows_gives_their_plain_logits_before_the_current_ones(arch):
+    """score_previous (the official training code's choice): the previous windows' logits are those of reading
+    them on their own (the first window of a document), the current window's are unchanged."""
+    from tests.conftest import build_net
+
+    if arch == "fot":
+        torch.manual_seed(0)
+        net = build_net("fot_tiny", ["model.net.window=8", "model.net.memory_k=4"]).double().eval()
+        W = 8
+    else:
+        net = model() if arch == "megalodon" else megabyte()
+        W = net.crossbatch_window
+    prev, curr = tokens(B=3, T=W, seed=5), tokens(B=3, T=W, seed=6)
+    both = net.forward_crossbatch(prev, curr, 2, score_previous=True)
+    assert both.shape[1] == 2 * W
+    torch.testing.assert_close(both[:, W:], net.forward_crossbatch(prev, curr, 2), atol=1e-10, rtol=0)
+    # MEGABYTE: the previous window's last byte predicts the current window's first, which the joint pass
+    # reads from the current window's global model (as in streaming): compared on the others
+    last = W - 1 if arch == "megabyte" else W
+    torch.testing.assert_close(both[:, :last], net(prev)[0][:, :last], atol=1e-10, rtol=0)
+
+
+def test_the_crossbatch_objective_scores_every_window_by_default_and_the_current_one_when_asked():
+    from experiments.training.crossbatch import CrossBatch
+    from tests.conftest import build_net
+
+    net = build_net("fot_tiny", ["model.net.window=8"]).eval()
+    x = tokens(B=2, T=16)
+    logits, scored = CrossBatch(net, {"d": 1, "w": 1}).logits(x)
+    assert logits.shape[1] == 16 and scored == slice(0, None)
+    logits, scored = CrossBatch(net, {"d": 1, "w": 1, "score_previous": False}).logits(x)
+    assert logits.shape[1] == 8 and scored == slice(8, None)

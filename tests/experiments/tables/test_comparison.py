@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 from experiments.tables.cells import cell_dir
 from experiments.tables.intervals import collect, interval, paired
 from experiments.tables.keys import TuningPending, row_key, row_overrides, tuned_lr, tuning_cell
+from experiments.tables.protocol import TuneSpec
 from experiments.tables.sizing import match, measure
-from experiments.tables.spec import TuneSpec, load_table
+from experiments.tables.spec import load_table
 from tests.conftest import compose
 
 
@@ -139,3 +140,19 @@ def test_windowed_and_streaming_evaluations_score_the_same_bytes_for_every_model
         assert len(w["units"]["nll"]) == 8 and len(s["units"]["nll"]) == 2
         out[model] = (w["units"]["targets_sha256"], s["units"]["targets_sha256"])
     assert out["transformer_tiny"] == out["megalodon_tiny"]
+
+
+def test_the_scaling_fit_recovers_a_power_law_and_finds_where_two_curves_cross():
+    from experiments.tables.scaling import Fit, crossing, fit
+
+    C = np.array([5e11, 1.25e12, 3.1e12, 7.8e12, 2e13])
+    true = Fit(1.2, 40.0, 0.12)
+    got = fit(C, true(C))
+    assert abs(got.alpha - 0.12) < 0.005 and abs(got(1e16) - true(1e16)) < 0.01
+    flat = fit(C, np.array([2.0, 2.1, 2.0, 2.2, 2.1]))  # no fall with compute: no exponent
+    assert flat.alpha < 0.05
+    a, b = Fit(1.0, 30, 0.1), Fit(1.5, 300, 0.2)  # b leads at 1e13, a (the lower floor) after they meet
+    c = crossing(a, b, 1e13, 1e22)
+    assert a(1e13) > b(1e13) and a(1e20) < b(1e20) and c is not None and 3e16 < c < 1e17
+    assert a(c * 0.9) > b(c * 0.9) and a(c * 1.1) < b(c * 1.1)
+    assert crossing(a, Fit(5.0, 1, 0.1), 1e13, 1e22) is None
