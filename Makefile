@@ -5,6 +5,9 @@ VENV ?= .venv
 # Pinned first so that pip never pulls a multi-GB CUDA build onto a machine without a GPU.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# glibc keeps freed memory (no mmap for large blocks, no trimming): fewer page faults per step (benchmarks/allocator.py);
+# the entry points (python -m experiments.*) set the same themselves, or jemalloc where the system has it
+GLIBC_KEEP := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776
 
 .PHONY: install run test test-all lint clean
 
@@ -22,10 +25,10 @@ run: install
 
 # the fast CPU set plus the Triton kernels under the interpreter (tiny shapes, a few seconds)
 test: install
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not slow and not gpu"
+	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not slow and not gpu"
 
 test-all: install
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not gpu"
+	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not gpu"
 
 lint: install
 	$(BIN)/ruff check .

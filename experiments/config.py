@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,30 @@ def int_div(a: Any, b: Any) -> int:
     return a // b
 
 
+def vocab_of(tokenizer: Any, bpe_vocab_size: Any = 4096) -> int:
+    """``${vocab_of:${data.tokenizer},${data.bpe_vocab_size}}``: the model's vocabulary for a tokenizer setting
+    (bytes: 256; bpe: its size; a saved tokenizer: one more than its largest id)."""
+    kind = str(tokenizer)
+    if kind == "bytes":
+        return 256
+    if kind == "bpe":
+        return int(bpe_vocab_size)
+    path = Path(os.path.expanduser(kind))
+    path = path / "tokenizer.json" if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"data.tokenizer={kind!r}: no readable tokenizer.json there ({e}); use bytes, bpe, or the "
+                         "path of a saved Hugging Face tokenizer") from None
+    ids = list((data.get("model") or {}).get("vocab", {}).values()) + [t["id"] for t in data.get("added_tokens", [])]
+    if not ids:
+        raise ValueError(f"data.tokenizer={kind!r}: its tokenizer.json lists no vocabulary")
+    return max(ids) + 1
+
+
 register_schemas()
+if not OmegaConf.has_resolver("vocab_of"):
+    OmegaConf.register_new_resolver("vocab_of", vocab_of)
 if not OmegaConf.has_resolver("safe_name"):
     OmegaConf.register_new_resolver("safe_name", safe_name)
 if not OmegaConf.has_resolver("div"):
@@ -235,51 +257,4 @@ def write_json(path: str | Path, obj: Any) -> None:
                       "folder") from None
 
 
-def git_commit() -> dict[str, Any]:
-    """The commit of the code and whether tracked code differs from it (``results/`` is data, not code)."""
-    repo = CONFIGS.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               cwd=repo, capture_output=True, text=True, check=True)
-        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown", "dirty": None}
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers of a run depend on besides code and config: the processor (bf16 kernels differ
-    between CPUs with AMX, with AVX-512 BF16 and with neither, so a cell retrained elsewhere differs in the
-    last digits), the core count, the GPU if any, and torch's version."""
-    import platform
-
-    import torch
-
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and ":" in line:
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and cpu:
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpus": os.cpu_count(), "bf16": [f for f in ("amx_bf16", "avx512_bf16") if f in flags],
-            "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def describe_machine(info: dict[str, Any]) -> str:
-    """One short line for a table's header: ``AMD EPYC (2 cores, avx512_bf16), torch 2.13.0+cpu``."""
-    extras = [f"{info.get('cpus')} cores", *(info.get("bf16") or ["no bf16 ISA"])]
-    gpu = f", {info['gpu']}" if info.get("gpu") else ""
-    return f"{info.get('cpu', 'unknown')} ({', '.join(extras)}){gpu}, torch {info.get('torch', '?')}"
-
-
-__all__ = ["CONFIGS", "OptimConfig", "compose", "describe_machine", "git_commit", "machine_info", "optim_config",
-           "register_schemas", "to_plain", "write_json"]
+__all__ = ["CONFIGS", "OptimConfig", "compose", "optim_config", "register_schemas", "to_plain", "write_json"]

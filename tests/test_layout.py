@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("architectures", "kernels", "memory", "experiments")
 LEVEL = {"kernels": 0, "memory": 0, "architectures": 1, "experiments": 2}
 # inside experiments: the rooms, from the leaves up (entry points, at the top level, may import any room)
-ROOMS = {"experiments.config": 0, "experiments.cli": 0, "experiments.data": 1, "experiments.training": 2,
-         "experiments.evaluation": 3, "experiments.tables": 4}
+ROOMS = {"experiments.config": 0, "experiments.cli": 0, "experiments.provenance": 0, "experiments.data": 1,
+         "experiments.training": 2, "experiments.evaluation": 3, "experiments.tables": 4}
 
 
 def room(module: str) -> int:
     return next((level for r, level in ROOMS.items() if module == r or module.startswith(r + ".")), 5)
 ENTRY_POINTS = ("train", "eval", "generate", "longeval", "fot_eval", "compare", "run_table", "make_table",
-                "context_eval")
+                "context_eval", "harness")
 
 
 def module_name(path: Path) -> str:

@@ -22,13 +22,34 @@ _FIELDS = {f.name for f in dataclasses.fields(MegalodonConfig)}
 
 
 def config_from_official(model_conf: dict[str, Any], **overrides: Any) -> MegalodonConfig:
-    """Map an official ``ModelConf`` dict onto ``MegalodonConfig`` (unknown official fields ignored)."""
+    """Map an official ``ModelConf`` dict onto ``MegalodonConfig`` (unknown official fields ignored); the
+    overrides apply first, so ``vocab_size=`` fills the official default of -1 (taken from the tokenizer)."""
     kw = {k: v for k, v in model_conf.items() if k in _FIELDS and v is not None}
-    if kw.get("vocab_size", 0) in (-1, 0):
-        raise ValueError("the official config has vocab_size=-1 (taken from its tokenizer); pass vocab_size=...")
     kw.pop("init_mode", None)
     kw.update(overrides)
+    if kw.get("vocab_size") in (-1, 0, None):
+        raise ValueError("the official config has vocab_size=-1 or none (taken from its tokenizer) and no "
+                         "vocab_size= was passed; pass vocab_size=<the tokenizer's size>")
     return MegalodonConfig(**kw)
+
+
+def is_official(folder: str | Path) -> bool:
+    """A folder in the official consolidated format (config.json with a "model" entry, consolidated.pth)."""
+    folder = Path(folder)
+    if not ((folder / "config.json").is_file() and (folder / "consolidated.pth").is_file()):
+        return False
+    try:
+        return isinstance(json.loads((folder / "config.json").read_text()).get("model"), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def official_state_dict(ckpt_dir: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """The weights of an official consolidated checkpoint, with this implementation's parameter names."""
+    state = torch.load(Path(ckpt_dir) / "consolidated.pth", map_location=map_location, weights_only=True)
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return strip_prefixes(state)
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,9 +74,10 @@ def load_official(ckpt_dir: str | Path, map_location: str = "cpu", **overrides: 
     weights = ckpt_dir / "consolidated.pth"
     if not weights.exists():
         raise FileNotFoundError(f"{weights} is missing: expected a consolidated (single-shard) checkpoint")
-    model = Megalodon(config_from_official(json.loads(cfg_path.read_text())["model"], **overrides))
-    state = torch.load(weights, map_location=map_location, weights_only=True)
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    model.load_state_dict(strip_prefixes(state), strict=True)
+    state = official_state_dict(ckpt_dir, map_location)
+    conf = json.loads(cfg_path.read_text())["model"]
+    if conf.get("vocab_size") in (-1, 0, None) and "vocab_size" not in overrides and "embed.weight" in state:
+        overrides = {**overrides, "vocab_size": int(state["embed.weight"].shape[0])}  # the tokenizer's, as trained
+    model = Megalodon(config_from_official(conf, **overrides))
+    model.load_state_dict(state, strict=True)
     return model

@@ -31,10 +31,11 @@ import numpy as np
 from experiments.data import records, sources
 from experiments.data.build import SPLITS, file_digest, group_documents, remove_abandoned_builds, summary, write_corpus
 from experiments.data.files import fingerprint, list_sources, package_files, package_roots
+from experiments.data.tokens import tokenize_corpus
 
 CORPUS_KEYS = ("path", "pattern", "exclude", "cache_dir", "name", "val_fraction", "test_fraction", "max_doc_bytes",
                "documents", "min_doc_bytes", "source", "text_field", "doc_separator", "block_bytes", "split_bytes",
-               "hf_name", "hf_config", "skip_unreadable")
+               "hf_name", "hf_config", "skip_unreadable", "tokenizer", "bpe_vocab_size")
 
 
 def corpus_options(data) -> dict:
@@ -55,9 +56,16 @@ def default_cache_dir() -> Path:
 class Split:
     """One split of a built corpus: bytes and document offsets, memory-mapped."""
 
-    data: np.ndarray  # uint8 [n_bytes]
+    data: np.ndarray  # uint8 [n_bytes] (a tokenized corpus: uint16 / uint32 token ids)
     offsets: np.ndarray  # int64 [n_docs + 1]
     paths: list[str]
+    token_bytes: np.ndarray | None = None  # tokens: the UTF-8 bytes each id stands for (None: one byte each)
+    tokenizer: str | None = None  # tokens: the tokenizer.json the ids come from
+
+    def bytes_of(self, ids) -> np.ndarray:
+        """The number of text bytes the token ids stand for (elementwise)."""
+        ids = np.asarray(ids)
+        return np.ones(ids.shape, dtype=np.int64) if self.token_bytes is None else self.token_bytes[ids]
 
     @property
     def n_docs(self) -> int:
@@ -139,7 +147,22 @@ class ByteCorpus:
         hf_name: str | None = None,
         hf_config: str | None = None,
         skip_unreadable: bool = False,
+        tokenizer: str = "bytes",
+        bpe_vocab_size: int = 4096,
     ) -> ByteCorpus:
+        """The byte corpus of these sources (built once, then reused); with ``tokenizer`` other than bytes, its
+        tokenized version (``experiments.data.tokens``)."""
+        corpus = cls._build_or_load(path, pattern, exclude, cache_dir, name, val_fraction, test_fraction, max_doc_bytes,
+                                    documents, min_doc_bytes, source, text_field, doc_separator, block_bytes,
+                                    split_bytes, hf_name, hf_config, skip_unreadable)
+        if str(tokenizer) == "bytes":
+            return corpus
+        return TokenCorpus(tokenize_corpus(corpus, str(tokenizer), int(bpe_vocab_size)))
+
+    @classmethod
+    def _build_or_load(cls, path, pattern, exclude, cache_dir, name, val_fraction, test_fraction, max_doc_bytes,
+                       documents, min_doc_bytes, source, text_field, doc_separator, block_bytes, split_bytes,
+                       hf_name, hf_config, skip_unreadable) -> ByteCorpus:
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= frac < 1.0:
                 raise ValueError(f"data.{key}={frac} must be in [0, 1)")
@@ -212,3 +235,25 @@ class ByteCorpus:
         corpus = cls(folder)
         print(summary(corpus.meta, name), flush=True)
         return corpus
+
+
+class TokenCorpus(ByteCorpus):
+    """A tokenized corpus folder (``experiments.data.tokens``): the same documents and splits as its byte
+    corpus, as token ids, with the bytes each token stands for."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        self.token_bytes = np.load(self.folder / "token_bytes.npy")
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
+        if name not in self._splits:
+            info = self.meta["splits"][name]
+            if info["tokens"] == 0:
+                raise ValueError(f"the {name!r} split of {self.folder} is empty; add more files to data.path")
+            data = np.memmap(self.folder / f"{name}.bin", dtype=self.meta["dtype"], mode="r", shape=(info["tokens"],))
+            self._splits[name] = Split(data, np.load(self.folder / f"{name}.idx.npy"),
+                                       json.loads((self.folder / f"{name}.paths.json").read_text()),
+                                       self.token_bytes, str(self.folder / "tokenizer.json"))
+        return self._splits[name]

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from experiments.config import vocab_of
 from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
 from experiments.data.samplers import SAMPLERS, RandomWindows, RankedDataModule, StepBatches
 
@@ -34,8 +35,11 @@ class ByteDataModule(RankedDataModule):
         if unknown:
             raise ValueError(f"data has unknown keys {unknown}; a byte corpus takes {sorted(CORPUS_KEYS)} and seq_len, "
                              "sample_len, batch_size, sampler, segment_len, seed, val_batches, eval_seed, vocab_size")
-        if vocab_size != 256:
-            raise ValueError(f"data.vocab_size={vocab_size}: byte corpora have 256 symbols")
+        tokens = vocab_of(corpus.get("tokenizer", "bytes"), corpus.get("bpe_vocab_size", 4096))
+        if not isinstance(vocab_size, int) or vocab_size < tokens:
+            raise ValueError(f"data.vocab_size={vocab_size}: data.tokenizer={corpus.get('tokenizer', 'bytes')!r} has "
+                             f"{tokens} symbols; leave data.vocab_size at its default (it follows the tokenizer) or "
+                             "make it larger (a checkpoint with padded embeddings)")
         if sampler not in SAMPLERS:
             raise ValueError(f"data.sampler={sampler!r} is unknown; use one of {sorted(SAMPLERS)}")
         for key, value in (("seq_len", seq_len), ("batch_size", batch_size), ("val_batches", val_batches)):
@@ -70,7 +74,8 @@ class ByteDataModule(RankedDataModule):
         start = 0
         if self.trainer is not None:
             start = self.trainer.global_step * self.trainer.accumulate_grad_batches
-        return DataLoader(StepBatches(sampler, start=start), batch_size=None, num_workers=0)
+        return DataLoader(StepBatches(sampler, start=start, token_bytes=self.corpus.split("train").token_bytes),
+                          batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank()
@@ -78,4 +83,5 @@ class ByteDataModule(RankedDataModule):
                                 split_name="val", sample_len=self.sample_len)
         # the same windows whatever the world size: rank r takes batches r, r + world, ...
         count = len(range(rank, self.val_batches, world))
-        return DataLoader(StepBatches(sampler, count=count, stride=world, offset=rank), batch_size=None)
+        return DataLoader(StepBatches(sampler, count=count, stride=world, offset=rank,
+                                      token_bytes=self.corpus.split("val").token_bytes), batch_size=None)

@@ -219,14 +219,21 @@ STREAMS = ("stream", "segments")  # samplers whose consecutive steps are consecu
 
 
 class StepBatches(torch.utils.data.IterableDataset):
-    """Yields ``sampler.batch(step)`` for step = start, start + 1, ... (optionally a fixed count)."""
+    """Yields ``sampler.batch(step)`` for step = start, start + 1, ... (optionally a fixed count). A tokenized
+    split (``token_bytes``) adds ``target_bytes`` [B, T]: the text bytes each target token stands for, what
+    bits per byte divide by."""
 
-    def __init__(self, sampler, start: int = 0, count: int | None = None, stride: int = 1, offset: int = 0):
+    def __init__(self, sampler, start: int = 0, count: int | None = None, stride: int = 1, offset: int = 0,
+                 token_bytes: np.ndarray | None = None):
         super().__init__()
         self.sampler, self.start, self.count, self.stride, self.offset = sampler, start, count, stride, offset
+        self.token_bytes = None if token_bytes is None else torch.from_numpy(np.asarray(token_bytes, np.int64))
 
     def __iter__(self):
         step = self.start
         while self.count is None or step < self.start + self.count:
-            yield self.sampler.batch(step * self.stride + self.offset)
+            batch = self.sampler.batch(step * self.stride + self.offset)
+            if self.token_bytes is not None:
+                batch["target_bytes"] = self.token_bytes[batch["tokens"][:, 1:]]
+            yield batch
             step += 1

@@ -98,7 +98,8 @@ def windowed_bpb(net, split: Split, context: int, batch_size: int, num_batches: 
         with autocast(device, precision):
             logits, _ = net(tokens[:, :-1])
         nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
-        units.add(nll.double().sum(1), tokens.new_full((tokens.shape[0],), tokens.shape[1] - 1), tokens[:, 1:])
+        nbytes = torch.from_numpy(split.bytes_of(tokens[:, 1:].cpu().numpy()).sum(1))
+        units.add(nll.double().sum(1), nbytes, tokens[:, 1:])
     return {**units.summary(), "context": context, "units": units.to_json("window")}
 
 
@@ -160,7 +161,8 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
 
     Documents are batched longest-first; a shorter document is padded at its end, and because the
     contract is causal the padding never influences the scored bytes. Position ``p`` in the curve is
-    the index of the predicted byte in its document.
+    the index of the predicted byte (a token model: token) in its document; bits per byte always divide
+    by the text bytes scored.
     """
     lengths = split.lengths
     order = np.argsort(-lengths, kind="stable")
@@ -175,7 +177,7 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
     b_nll = np.zeros(len(buckets))
     b_cnt = np.zeros(len(buckets), dtype=np.int64)
     pos_nll = np.zeros(longest)
-    pos_cnt = np.zeros(longest, dtype=np.int64)
+    pos_cnt = np.zeros(longest, dtype=np.int64)  # scored text bytes by position (a token model: its tokens' bytes)
     progress = Progress("stream", sum(n for _, n in docs), unit=" bytes")
     done = 0
     doc_nll = np.zeros(len(docs))
@@ -199,7 +201,7 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
             doc_nll[b0 : b0 + len(group)] += nll.sum(1).cpu().numpy()
             nll = nll.sum(0).cpu().numpy()
             pos_nll[s + 1 : e + 1] += nll
-            pos_cnt[s + 1 : e + 1] += m.sum(0).cpu().numpy()
+            pos_cnt[s + 1 : e + 1] += (split.bytes_of(tokens[:, s + 1 : e + 1].cpu().numpy()) * m.cpu().numpy()).sum(0)
             progress.update(done + int(valid[:, : e + 1].sum()), f"docs {b0 + 1}-{b0 + len(group)} of {len(docs)}")
         done += sum(n for _, n in group)
     for j, (lo, hi) in enumerate(buckets):
@@ -213,7 +215,7 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
     units = Units()
     for (i, n), v in zip(docs, doc_nll):
         units.nll.append(float(v))
-        units.bytes.append(n - 1)
+        units.bytes.append(int(split.bytes_of(split.document(i)[1:n]).sum()))
         units.add_targets(split.document(i)[1:n])
     return {"bpb": float(pos_nll.sum() / total / LN2), "loss": float(pos_nll.sum() / total),
             "bytes": int(total), "docs": len(docs), "window": window, "curve": curve,

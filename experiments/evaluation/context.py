@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.corpus import Split
 from experiments.evaluation.bpb import Units, autocast
-from experiments.evaluation.run import eval_corpus
+from experiments.evaluation.run import eval_corpus, refuse_tokens
 from experiments.training.progress import Progress
 from experiments.training.runs import load_run, pick_device
 
@@ -97,6 +97,7 @@ def check_context_config(cfg: DictConfig) -> list[int]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``configs/context_eval.yaml``: the context-use curve of a run; writes ``<run_dir>/<out>``."""
     contexts = check_context_config(cfg)
+    refuse_tokens(cfg.run_dir, "the context-use evaluation (contexts and spans are counted in bytes)")
     device = pick_device(cfg.device)
     train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
     corpus, other = eval_corpus(cfg, train_cfg)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.tasks import make
 from experiments.evaluation.bpb import autocast
+from experiments.evaluation.run import refuse_tokens
 from experiments.training.progress import Progress
 from experiments.training.runs import load_run, pick_device
 
@@ -127,6 +128,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """``configs/longeval.yaml``: every task of ``tasks`` (or ``task``) scored on the length x depth grid.
     Returns {task: result, "tasks": [...], "curve": [{task, length, accuracy}]}."""
     check_longeval_config(cfg)
+    refuse_tokens(cfg.run_dir, "the long-context tasks (byte-level documents and answers)")
     device = pick_device(cfg.device)
     train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
     tasks = [cfg.task] if cfg.task else list(to_plain(cfg.tasks))

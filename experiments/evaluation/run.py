@@ -26,6 +26,13 @@ def check_eval_config(cfg: DictConfig) -> None:
         integer(e[name], f"eval.{name}", 2 if name == "max_doc_bytes" else 1, optional=True)
 
 
+def refuse_tokens(run_dir, what: str) -> None:
+    """A token-level run (it has a tokenizer.json) cannot be scored by an evaluation defined on bytes."""
+    if (Path(run_dir) / "tokenizer.json").exists():
+        raise ValueError(f"{run_dir} is a token-level run (data.tokenizer): {what} is defined on bytes; evaluate it "
+                         "with experiments.eval (windowed or streaming bits per byte) or train a byte-level run")
+
+
 def eval_corpus(cfg: DictConfig, train_cfg: DictConfig) -> tuple[ByteCorpus, bool]:
     """The corpus to score: the run's own, or another one (``data=<preset>`` and/or ``data.path=...``), and
     whether it is another one."""
@@ -38,6 +45,9 @@ def eval_corpus(cfg: DictConfig, train_cfg: DictConfig) -> tuple[ByteCorpus, boo
     else:
         options = {**corpus_options(train_cfg.data), "name": "eval",
                    **{k: data[k] for k in data if k in CORPUS_KEYS}}
+    tokenizer = Path(cfg.run_dir) / "tokenizer.json"
+    if tokenizer.exists():  # another corpus read with the run's own tokenizer, never one trained on it
+        options["tokenizer"] = str(tokenizer)
     return ByteCorpus.build_or_load(**options), True
 
 

@@ -28,7 +28,8 @@ NEUTRAL_ADDITIONS: dict[str, object] = {
     "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
     "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
     "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None, "data.skip_unreadable": False,
-    "overwrite": False, "task.crossbatch.score_previous": False,
+    "overwrite": False, "task.crossbatch.score_previous": False, "data.tokenizer": "bytes",
+    "data.bpe_vocab_size": 4096,
 }
 # classes that moved to another module (a ``_target_`` says where code lives, not what a cell computes): the
 # name a key was computed with, so that reorganising the code never orphans finished cells

@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.config import describe_machine
+from experiments.provenance import describe_machine
 from experiments.tables import sections
 from experiments.tables.cells import cell_json, default_results, lookup, trained_cell
 from experiments.tables.keys import row_cells

@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from experiments.config import compose, git_commit, machine_info, write_json
+from experiments.config import compose, write_json
+from experiments.provenance import git_commit, machine_info
 from experiments.tables.cells import (
     cell_dir,
     cell_finished,

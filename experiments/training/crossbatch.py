@@ -67,6 +67,10 @@ class CrossBatch:
                                                score_previous=True), slice(0, None)
         return self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], self.d), slice(w * W, None)
 
+    def scored_slice(self, targets: int) -> slice:
+        """The targets (of ``targets`` per row) that ``logits`` scores."""
+        return slice(0, None) if self.cfg.score_previous else slice(targets - self.net.crossbatch_window, None)
+
     def maybe_switch(self, metrics: dict[str, float], batch_size: int) -> None:
         cfg = self.cfg
         if cfg.d_after is None or self.d == cfg.d_after:

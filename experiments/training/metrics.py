@@ -1,7 +1,8 @@
 """torchmetrics for byte-level language modelling.
 
-All three read the same two sums — total negative log-likelihood in nats and the number of scored
-bytes — so they agree exactly and reduce correctly across DDP ranks (sums, not means of means).
+They read the same two sums — total negative log-likelihood in nats and the number of scored targets
+(or, for bits per byte, of the text bytes they stand for) — so they agree exactly and reduce correctly
+across DDP ranks (sums, not means of means). For a token model, loss and perplexity are per token.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ class _NLLSum(Metric):
         self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, nll: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """``nll``: per-byte negative log-likelihood in nats; ``mask``: True where the byte counts."""
+    def update(self, nll: torch.Tensor, mask: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> None:
+        """``nll``: per-target negative log-likelihood in nats; ``mask``: True where the target counts;
+        ``weight``: what each target counts for in the denominator (the text bytes of a token; None: 1)."""
         nll = nll.detach().to(torch.float64)
+        weight = None if weight is None else weight.to(nll.device)
         if mask is not None:
             nll = nll[mask]
+            weight = None if weight is None else weight[mask]
         self.nll_sum += nll.sum()
-        self.count += nll.numel()
+        self.count += nll.numel() if weight is None else int(weight.sum())
 
     def _mean(self) -> torch.Tensor:
         if self.count == 0:
@@ -43,7 +47,8 @@ class MeanNLL(_NLLSum):
 
 
 class BitsPerByte(_NLLSum):
-    """Sum of NLL over scored bytes / (number of bytes * ln 2)."""
+    """Sum of NLL over the scored targets / (their text bytes * ln 2): one scale for byte and token models
+    (fed each target token's byte count as ``weight``; bytes: 1 each)."""
 
     def compute(self) -> torch.Tensor:
         return self._mean() / math.log(2)

@@ -70,7 +70,7 @@ class CausalLMModule(L.LightningModule):
         if self.carry_state:
             self._state = detach_state(state)
         self.train_loss.update(nll, mask)
-        self.train_bpb.update(nll, mask)
+        self.train_bpb.update(nll, mask, self.objective.target_bytes(batch))
         self.train_acc.update(hits, mask)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self._log_training()
@@ -93,8 +93,9 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         nll, mask, _, hits = self.objective.nll(batch)
-        for m in (self.val_loss, self.val_bpb, self.val_ppl):
+        for m in (self.val_loss, self.val_ppl):
             m.update(nll, mask)
+        self.val_bpb.update(nll, mask, self.objective.target_bytes(batch))
         self.val_acc.update(hits, mask)
 
     def on_validation_epoch_end(self):

@@ -58,6 +58,13 @@ class Objective:
             mask = mask & ~starts[:, 1:].to(mask.device)
         return mask & (targets != self.ignore_index), starts
 
+    def target_bytes(self, batch: dict[str, torch.Tensor], crossbatch: bool = True) -> torch.Tensor | None:
+        """The text bytes of each scored target [B, T'] aligned with ``nll``'s output (None: one byte each)."""
+        w = batch.get("target_bytes")
+        if w is None or not (crossbatch and self.crossbatch is not None):
+            return w
+        return w[:, self.crossbatch.scored_slice(w.shape[1])]
+
     def nll(self, batch: dict[str, torch.Tensor], state=None, crossbatch: bool = True):
         """Per-byte NLL [B, T] in nats, the mask of scored bytes, the new state, and top-1 hits."""
         tokens = batch["tokens"]

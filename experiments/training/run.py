@@ -7,8 +7,8 @@ A run dir holds ``config.yaml`` (the composed, resolved config), ``checkpoints/`
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from architectures.contract import Architecture
-from experiments.config import build, bytes_per_update, integer, write_json
+from architectures.megalodon.checkpoint import is_official, official_state_dict
+from experiments.config import build, bytes_per_update, write_json
 from experiments.data.samplers import STREAMS
 from experiments.training.bookkeeping import DivergenceGuard, Throughput, peak_memory_mb, reset_peak_memory
 from experiments.training.checkpointing import (
@@ -28,6 +29,7 @@ from experiments.training.checkpointing import (
     read_checkpoint,
     resolve_ckpt_path,
 )
+from experiments.training.checks import check_run_config, refuse_to_overwrite, sequence_parallel
 from experiments.training.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.training.loggers import ResumableCSVLogger, plot_loss_curve, trim_metrics_csv
 from experiments.training.module import CausalLMModule
@@ -44,12 +46,20 @@ def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
     """Load the weights of another run (a run dir or a .ckpt) into ``module.net`` before training:
     fine-tuning, e.g. a baseline Transformer into FoT. Returns the parameters left at their init."""
     path = Path(source)
+    if path.is_dir() and is_official(path):  # an official Megalodon checkpoint folder
+        sd = official_state_dict(path)
+        return load_net_weights(module, sd, source)
     if path.is_dir():
         path = last_checkpoint(path) or path / "checkpoints" / "last.ckpt"
     if not path.exists():
         raise FileNotFoundError(f"init_from={source!r}: no checkpoint at {path}; pass a run dir or a .ckpt file")
     ckpt = read_checkpoint(path)
     sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    return load_net_weights(module, sd, source)
+
+
+def load_net_weights(module: CausalLMModule, sd: dict, source: str) -> list[str]:
+    """``sd`` into ``module.net``, refusing anything but the parameters the architecture may add."""
     fix = "the architectures must share parameter names and shapes (e.g. model=fot with the baseline's sizes)"
     try:
         missing, unexpected = module.net.load_state_dict(sd, strict=False)
@@ -60,11 +70,6 @@ def init_from_checkpoint(module: CausalLMModule, source: str) -> list[str]:
         raise ValueError(f"init_from={source!r} does not fit this model: missing {bad[:8]}, "
                          f"unexpected {unexpected[:8]}; {fix}")
     return missing
-
-
-def sequence_parallel(cfg: DictConfig) -> int:
-    """``parallel.sequence``: the ranks that split each sequence (1: no chunk parallelism)."""
-    return int((cfg.get("parallel") or {}).get("sequence", 1))
 
 
 def build_module(cfg: DictConfig) -> CausalLMModule:
@@ -91,69 +96,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, run_dir)
 
 
-def check_run_config(cfg: DictConfig) -> None:
-    """Values that would make a run meaningless, refused before anything is built."""
-    steps = cfg.trainer.get("max_steps")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"trainer.max_steps={steps!r} must be an integer >= 1 (the training stream is endless)")
-    integer(cfg.get("seed"), "seed", 0)
-    t = cfg.trainer
-    integer(t.get("accumulate_grad_batches", 1), "trainer.accumulate_grad_batches")
-    integer(t.get("log_every_n_steps", 1), "trainer.log_every_n_steps")
-    every = t.get("val_check_interval")
-    if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
-        raise ValueError(f"trainer.val_check_interval={every!r} must be a number of steps >= 1 (the training stream "
-                         "is endless: validation runs every that many steps)")
-    clip = t.get("gradient_clip_val")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
-        raise ValueError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (0 or null: no clipping)")
-    if "FSDPStrategy" in str((t.get("strategy") or {}).get("_target_", "") if OmegaConf.is_dict(t.get("strategy"))
-                             else "") and not torch.cuda.is_available():
-        raise ValueError("trainer=fsdp shards models over GPUs and this machine has none; use trainer=ddp "
-                         "(one process per CPU device) or trainer=cpu")
-    warmup = int(cfg.optim.warmup_steps)
-    if warmup > (cfg.optim.get("max_steps") or steps):  # as every framework does: say so and run
-        print(f"[longlab] warning: optim.warmup_steps={warmup} is longer than the run "
-              f"({cfg.optim.get('max_steps') or steps} steps): the learning rate never reaches optim.lr="
-              f"{cfg.optim.lr} (it stops at {steps / max(warmup, 1):.0%} of it); lower optim.warmup_steps if that "
-              "is not what you want", flush=True)
-    n = sequence_parallel(cfg)
-    if n < 1:
-        raise ValueError(f"parallel.sequence={n} must be an integer >= 1 (the ranks that split each sequence)")
-    if n > 1:
-        seq_len = int(cfg.data.get("seq_len") or 0)
-        if seq_len % n:
-            raise ValueError(f"data.seq_len={seq_len} must be a multiple of parallel.sequence={n} (one span per rank)")
-        if cfg.data.get("sample_len"):
-            raise ValueError(f"parallel.sequence={n} splits each row of data.seq_len bytes; data.sample_len="
-                             f"{cfg.data.sample_len} cuts samples into rows first: leave data.sample_len unset")
-
-
-def refuse_to_overwrite(run_dir: Path, overwrite: bool) -> None:
-    """A fresh start in a folder that holds a run (its metrics or a checkpoint) would replace it: refused
-    unless ``overwrite=true``."""
-    held = [p.name for p in (run_dir / "metrics.json", run_dir / "checkpoints") if p.exists() and
-            (p.is_file() or any(p.glob("*.ckpt")))]
-    if held and overwrite:
-        print(f"[longlab] overwrite=true: starting {run_dir} over (its metrics and checkpoints are removed)",
-              flush=True)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-        for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
-            ckpt.unlink()
-    elif held:
-        status = (read_json_quietly(run_dir / "metrics.json") or {})
-        what = f"a {status.get('status', 'started')} run of {status.get('steps', '?')} steps" if status else "a run"
-        raise ValueError(f"run_dir={str(run_dir)!r} already holds {what} ({', '.join(held)}); resume it with "
-                         "ckpt_path=auto, choose another run_dir, or start it over with overwrite=true")
-
-
-def read_json_quietly(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def launched_rank() -> int:
     """This process's rank as set by a launcher (Lightning's DDP children, torchrun), 0 otherwise."""
     return max(int(os.environ.get(k, 0) or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
@@ -171,6 +113,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule.sequence_parallel = sequence_parallel(cfg)  # the ranks of a sequence group share rows
     datamodule.setup("fit")  # build (or load) the corpus and check its windows before any Trainer exists
     module = build_module(cfg)
+    tokenizer = getattr(datamodule, "corpus", None) and datamodule.corpus.split("train").tokenizer
+    if tokenizer and module.net.patch_size is not None:
+        raise ValueError(f"data.tokenizer={cfg.data.get('tokenizer')!r}: {type(module.net).__name__} reads bytes (its "
+                         "patches are groups of bytes); train it with data.tokenizer=bytes")
     if cfg.task.carry_state and module.net.max_len is not None:
         raise ValueError(
             f"task.carry_state=true streams past any length, but {type(module.net).__name__} represents at most "
@@ -223,6 +169,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         sequence_group(trainer.global_rank, trainer.world_size, sequence_parallel(cfg))
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        if tokenizer:  # the run is self-contained: eval and generation read its tokenizer from here
+            shutil.copyfile(tokenizer, run_dir / "tokenizer.json")
 
     preemption.install()
     reset_peak_memory(trainer.strategy.root_device)  # this run's peak, not an earlier run's in this process

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from architectures.contract import LanguageModel
+from architectures.megalodon.checkpoint import is_official, load_official
 from experiments.data.corpus import ByteCorpus, corpus_options
 from experiments.training.checkpointing import last_checkpoint, read_checkpoint
 from experiments.training.module import CausalLMModule
@@ -32,6 +33,8 @@ def load_run(
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists() and is_official(run_dir):
+        return load_official_run(run_dir, net_overrides, device)
     if not cfg_path.exists():
         raise FileNotFoundError(
             f"run_dir={str(run_dir)!r} has no config.yaml; pass the folder that experiments.train "
@@ -67,8 +70,31 @@ def load_run(
     return cfg, module
 
 
+def load_official_run(folder: Path, net_overrides: dict | None = None,
+                      device: str | torch.device = "cpu") -> tuple[DictConfig, CausalLMModule]:
+    """An official Megalodon checkpoint folder as a run: its model (vocabulary from its weights when the config
+    leaves it to the tokenizer), its ``tokenizer.json`` when present, no training corpus (an evaluation names
+    one with ``data.path=``), streaming windows of one chunk."""
+    net = load_official(folder)
+    fields = {f.name: (list(v) if isinstance(v := getattr(net.config, f.name), tuple) else v)
+              for f in dataclasses.fields(net.config)}
+    net_cfg = {"_target_": "architectures.megalodon.Megalodon", **fields, **(net_overrides or {})}
+    tokenizer = folder / "tokenizer.json"
+    cfg = OmegaConf.create({"model": {"name": f"official:{folder.name}", "net": net_cfg},
+                            "data": {"seq_len": int(net.config.chunk_size), "vocab_size": int(net.config.vocab_size),
+                                     "tokenizer": str(folder) if tokenizer.exists() else "bytes", "path": None},
+                            "official": str(folder)})
+    module = CausalLMModule(net=net_cfg)
+    module.net.load_state_dict(net.state_dict(), strict=True)
+    module.to(torch.device(device) if isinstance(device, str) else device).eval()
+    return cfg, module
+
+
 def corpus_of(cfg: DictConfig) -> ByteCorpus:
     """The same corpus the run trained on (built once, then reused)."""
+    if cfg.get("official"):
+        raise ValueError(f"{cfg.official} is an official checkpoint: it comes with no training corpus; name one to "
+                         "evaluate on with data.path=<dir> (or data=<preset>)")
     return ByteCorpus.build_or_load(**corpus_options(cfg.data))
 
 

@@ -78,3 +78,20 @@ def test_tensorboard_logging(tiny_corpus, tmp_path):
     train(compose("train", ["debug=smoke", f"run_dir={tmp_path}", "logger=tensorboard", f"data.path={tiny_corpus}",
                             "data.pattern=**/*.txt", "data.val_fraction=0.15"]))
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_every_entry_point_runs_under_an_allocator_that_keeps_freed_memory():
+    import subprocess
+    import sys
+
+    from experiments.cli import allocator_env
+
+    env = allocator_env({"PATH": "/usr/bin"})
+    assert env["LONGLAB_ALLOCATOR"] in ("jemalloc", "glibc-keep")
+    assert ("GLIBC_TUNABLES" in env and "mmap_max=0" in env["GLIBC_TUNABLES"]) or "LD_PRELOAD" in env
+    assert allocator_env({"LONGLAB_ALLOCATOR": "off"}) == {"LONGLAB_ALLOCATOR": "off"}
+    code = ("import os; from experiments.cli import with_allocator; with_allocator(); "
+            "print(os.environ['LONGLAB_ALLOCATOR'])")
+    clean = {k: v for k, v in os.environ.items() if k not in ("LONGLAB_ALLOCATOR", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == env["LONGLAB_ALLOCATOR"]  # the process re-ran itself once, under the setting

@@ -117,7 +117,7 @@ def test_every_table_runs_at_smoke_scale(tmp_path, name):
 
 
 def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
-    from experiments.config import machine_info
+    from experiments.provenance import machine_info
 
     cells = run_table("megabyte_strided", "smoke", [0], str(tmp_path))
     meta = json.loads((cells[0] / "meta.json").read_text())
@@ -396,7 +396,7 @@ def test_a_claim_is_checked_on_paired_seeds():
 def test_the_recorded_commit_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
     import subprocess
 
-    import experiments.config as config
+    import experiments.provenance as config
 
     git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
     (tmp_path / "configs").mkdir()

@@ -1,0 +1,85 @@
+"""Tokens as well as bytes: a byte-level BPE trained on the training split (or a saved tokenizer), the model's
+vocabulary following it, and bits per byte that always divide by the text's bytes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from experiments.data import ByteCorpus
+from experiments.data.tokens import id_bytes, load
+from experiments.eval import evaluate
+from experiments.generate import sample
+from experiments.train import train
+from experiments.training.runs import corpus_of, load_run
+from tests.conftest import compose
+
+pytest.importorskip("tokenizers")
+DATA = ["data.pattern=**/*.txt", "data.val_fraction=0.15", "data.test_fraction=0.15", "data.tokenizer=bpe",
+        "data.bpe_vocab_size=300"]
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tiny_corpus, tmp_path_factory):
+    run = tmp_path_factory.mktemp("bpe_run")
+    m = train(compose("train", ["model=transformer_tiny", "debug=smoke", f"run_dir={run}", f"data.path={tiny_corpus}",
+                                "data.seq_len=32", *DATA]))
+    return run, m
+
+
+def test_a_bpe_model_trains_with_the_tokenizers_vocabulary_and_keeps_its_tokenizer(bpe_run):
+    run, m = bpe_run
+    cfg, module = load_run(run)
+    assert module.net.config.vocab_size == cfg.data.vocab_size == 300 and (run / "tokenizer.json").exists()
+    assert math.isfinite(m["val/bpb"]) and m["val/bpb"] > 0
+
+
+def test_a_token_models_bits_per_byte_is_its_summed_nll_over_the_texts_bytes(bpe_run):
+    run, _ = bpe_run
+    cfg, module = load_run(run)
+    r = evaluate(compose("eval", [f"run_dir={run}", "eval.num_batches=1", "eval.batch_size=2"]))
+    split = corpus_of(cfg).split("test")
+    ib = id_bytes(load(split.tokenizer))
+    # the same two windows scored by hand
+    from experiments.data.samplers import RandomWindows
+
+    tokens = RandomWindows(split, 32, 2, 1234, split_name="test").batch(0)["tokens"]
+    with torch.no_grad():
+        logits, _ = module.net(tokens[:, :-1])
+    nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="sum").item()
+    text_bytes = sum(len(b"".join(ib[int(t)] for t in row)) for row in tokens[:, 1:])
+    assert text_bytes > tokens[:, 1:].numel()  # tokens stand for several bytes each
+    assert r["bytes"] == text_bytes == sum(r["units"]["bytes"])
+    assert r["test/bpb"] == pytest.approx(nll / text_bytes / math.log(2), rel=1e-5)
+    s = evaluate(compose("eval", [f"run_dir={run}", "eval.streaming=true", "eval.max_docs=2", "out=s.json"]))
+    docs = [bytes(b"".join(ib[int(t)] for t in split.document(i)[1:])) for i in np.argsort(-split.lengths)[:2]]
+    assert s["stream"]["bytes"] == sum(len(d) for d in docs)
+
+
+def test_a_token_model_generates_text(bpe_run):
+    run, _ = bpe_run
+    text = sample(compose("generate", [f"run_dir={run}", "prompt=the quick", "max_new_bytes=8", "stream=false"]))
+    assert text.startswith("the quick") and len(text) > len("the quick")
+
+
+def test_a_saved_tokenizer_by_path_sets_the_vocabulary(bpe_run, tiny_corpus, tmp_path):
+    run, _ = bpe_run
+    c = ByteCorpus.build_or_load(path=str(tiny_corpus), pattern="**/*.txt", val_fraction=0.15, test_fraction=0.15,
+                                 tokenizer=str(run))  # the folder holding tokenizer.json
+    assert c.split("train").data.dtype == np.uint16
+    cfg = compose("train", [f"data.path={tiny_corpus}", f"data.tokenizer={run}"])
+    assert cfg.data.vocab_size == 300
+
+
+def test_megabyte_and_byte_level_evaluations_refuse_tokens(bpe_run, tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"Megabyte reads bytes .* data.tokenizer=bytes"):
+        train(compose("train", ["model=megabyte_tiny", "debug=smoke", f"run_dir={tmp_path}",
+                                f"data.path={tiny_corpus}", *DATA]))
+    from experiments.evaluation.context import run as context_run
+
+    with pytest.raises(ValueError, match="token-level run .* defined on bytes"):
+        context_run(compose("context_eval", [f"run_dir={bpe_run[0]}"]))
