@@ -88,7 +88,7 @@ class Architecture(nn.Module):
         )
 
     def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction: bool = False,
-                           score_previous: bool = False):
+                           score_previous: bool = False, detach_previous: bool = False):
         raise NotImplementedError(f"{type(self).__name__} has no CrossBatch training (crossbatch_window is None)")
 
 

@@ -213,7 +213,7 @@ class FocusedTransformer(Architecture):
 
     # ------------------------------------------------------------------ CrossBatch training
     def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction=False,
-                           score_previous: bool = False):
+                           score_previous: bool = False, detach_previous: bool = False):
         """``prev`` [b, w*W]: the w previous windows of each row's document; ``curr`` [b, W].
 
         Memory layers of the current window attend to local keys plus the previous windows' keys and
@@ -221,7 +221,9 @@ class FocusedTransformer(Architecture):
         negatives), computed in this same pass so gradients reach them. Returns logits [b, W, V]
         (and the distraction ratio r_d per memory layer when asked); with ``score_previous`` the logits of
         the previous windows too (each read on its own, local attention only), [b, (w+1)W, V]: the official
-        training code scores every window it computes."""
+        training code scores every window it computes. ``detach_previous``: the previous windows' keys and values
+        reach the memory layers without gradients (memory written in the same step, as a memorizing
+        Transformer's would be if it were fresh: separates stale memory from missing key gradients)."""
         cfg, W = self.config, self.config.window
         b = curr.shape[0]
         if prev.shape[1] % W or curr.shape[1] != W:
@@ -236,7 +238,8 @@ class FocusedTransformer(Architecture):
         for li, layer in enumerate(self.layers):
             x, (kv, _), _ = run_layer(cfg.checkpoint_layers, layer, x, None, None, 0)
             if li in cfg.memory_layers:
-                mem_kv.append(tuple(rearrange(t, "(b w) n h d -> b (w n) h d", w=w) for t in kv))
+                mem_kv.append(tuple(rearrange(t.detach() if detach_previous else t, "(b w) n h d -> b (w n) h d", w=w)
+                                    for t in kv))
         prev_logits = self.head(self.norm(rearrange(x, "(b w) n e -> b (w n) e", w=w))) if score_previous else None
         # the current window with CrossBatch extra keys
         x = self.embed(curr)

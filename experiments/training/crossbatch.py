@@ -27,6 +27,9 @@ class CrossBatchConfig:
     # score the previous windows too, as the official training code does (every window it computes is a
     # training example); false: only the current window is scored (the previous ones are memory only)
     score_previous: bool = True
+    # the previous windows' keys and values enter memory without gradients (FoT only): fresh memory, no key
+    # gradients, to separate stale memory from missing key gradients (fot_dictionary's controls)
+    detach_previous: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CrossBatchConfig:
@@ -62,10 +65,11 @@ class CrossBatch:
                 f"CrossBatch with w={w} previous windows of window={W} needs data.seq_len={(w + 1) * W}, "
                 f"got {inputs.shape[1]}; set data.seq_len=(w+1)*window"
             )
-        if self.cfg.score_previous:
-            return self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], self.d,
-                                               score_previous=True), slice(0, None)
-        return self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], self.d), slice(w * W, None)
+        options = {"score_previous": True} if self.cfg.score_previous else {}
+        if self.cfg.detach_previous:
+            options["detach_previous"] = True
+        logits = self.net.forward_crossbatch(inputs[:, : w * W], inputs[:, w * W :], self.d, **options)
+        return logits, self.scored_slice(inputs.shape[1])
 
     def scored_slice(self, targets: int) -> slice:
         """The targets (of ``targets`` per row) that ``logits`` scores."""

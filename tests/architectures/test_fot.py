@@ -132,3 +132,22 @@ def test_positional_none_with_qk_norm_everywhere_normalises_every_layer_and_keep
     torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="qk_norm='some'"):
         model(qk_norm="some")
+
+
+def test_crossbatch_with_detached_previous_windows_sends_no_gradient_to_them():
+    from tests.conftest import build_net
+
+    net = build_net("fot_tiny", ["model.net.window=8", "model.net.memory_k=4"]).train()
+    outputs = []
+    def keep(module, inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    net.embed.register_forward_hook(keep)
+    prev = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(1))
+    curr = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
+    for detach, reaches in ((False, True), (True, False)):
+        outputs.clear()
+        net.forward_crossbatch(prev, curr, 2, detach_previous=detach).sum().backward()
+        prev_embedding = outputs[0]  # the previous windows are embedded first
+        assert (prev_embedding.grad is not None and prev_embedding.grad.abs().sum() > 0) == reaches
