@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from memory import exact
+
 BACKENDS = ("exact", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
@@ -40,6 +42,8 @@ class MemoryConfig:
     hnsw_m: int = 32
     ef_search: int = 64
     faiss_threads: int = 1
+    exact_bf16: bool = True  # exact search: bf16 candidates re-ranked in float32, certified exact (memory.exact)
+    exact_bf16_from: int = 8192  # ... from this many live entries on (smaller memories: float32 is as cheap)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -59,27 +63,6 @@ def _faiss():
         raise ImportError("memory backend 'faiss' needs faiss: `pip install faiss-cpu` (or faiss-gpu-cu12)") from e
 
 
-def _block_topk(scores: torch.Tensor, k: int, group: int = 64):
-    """``scores.topk(min(k, n), -1)`` (values, indices) over the last dim n, exactly, with less work: the
-    maxima of groups of ``group`` scores select k groups, and the top-k is taken among their members.
-    Every top-k score lies in one of the k groups with the largest maxima (a group left out has k groups
-    of larger maxima above it, so k larger scores), so nothing is lost; a top-k over n becomes a max over
-    n, a top-k over n / group and one over k * group."""
-    n = scores.shape[-1]
-    kk = min(k, n)
-    if n <= 4 * k * group:  # small: a plain top-k is as cheap
-        top = scores.topk(kk, dim=-1)
-        return top.values, top.indices
-    pad = -n % group
-    if pad:
-        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
-    groups = scores.unflatten(-1, (-1, group))  # [..., n / group, group]
-    best_groups = groups.amax(-1).topk(kk, dim=-1).indices  # [..., kk]
-    members = (best_groups.unsqueeze(-1) * group + torch.arange(group, device=scores.device)).flatten(-2)
-    top = scores.gather(-1, members).topk(kk, dim=-1)
-    return top.values, members.gather(-1, top.indices)
-
-
 class KNNMemory:
     def __init__(self, batch: int, heads: int, head_dim: int, config: MemoryConfig | None = None,
                  device=None, dtype=torch.float32, value_dim: int | None = None):
@@ -91,6 +74,8 @@ class KNNMemory:
         self.keys = torch.zeros(batch, heads, C, head_dim, device=device, dtype=dtype)
         self.values = torch.zeros(batch, heads, C, self.dv, device=device, dtype=dtype)
         self.count = torch.zeros(batch, dtype=torch.int64)  # entries ever written per row (CPU)
+        self.keys_bf16: torch.Tensor | None = None  # the keys in bfloat16 for the exact search (built when needed)
+        self.key_norm_max = torch.zeros(batch, heads, device=device)  # an upper bound of live keys' norms
         self._indexes: dict[tuple[int, int], object] = {}
         self._indexed: dict[tuple[int, int], tuple[int, int]] = {}  # entry numbers [lo, hi) each index holds
         self._keepalive: dict[tuple[int, int], object] = {}
@@ -147,6 +132,10 @@ class KNNMemory:
             slots = (torch.arange(start, start + m) % self.capacity).to(self.keys.device)
             self.keys[b][:, slots] = kb
             self.values[b][:, slots] = vb
+            if self.keys_bf16 is not None:
+                self.keys_bf16[b][:, slots] = kb.to(torch.bfloat16)
+            norms = kb.float().norm(dim=-1).amax(-1).to(self.key_norm_max.device)
+            self.key_norm_max[b] = torch.maximum(self.key_norm_max[b], norms)
             self.count[b] += m
 
     def reset(self, rows=None) -> None:
@@ -159,6 +148,7 @@ class KNNMemory:
             idx = [int(r) for r in rows]
         for b in idx:
             self.count[b] = 0
+            self.key_norm_max[b] = 0
             for h in range(self.H):
                 self._indexes.pop((b, h), None)
                 self._indexed.pop((b, h), None)
@@ -197,29 +187,19 @@ class KNNMemory:
         vv = self.values.view(-1, self.dv).index_select(0, flat).view(B, T, H, k, self.dv)
         return kk, vv, valid.permute(0, 2, 1, 3), torch.where(valid, ids, torch.full_like(ids, -1))
 
-    def _search_exact(self, queries, k, block: int | None = None, budget: int = 1 << 25):
-        """Exact top-k by blocks of slots: a matmul per block and a running top-k (by group maxima, see
-        ``_block_topk``), so the score matrix never holds more than ``budget`` scores ([B, H, T, block];
-        fewer, larger blocks cost less merging)."""
+    def _search_exact(self, queries, k, block: int | None = None):
+        """Exact top-k (``memory.exact``): bf16 candidates certified in float32 for large memories of float32
+        keys, float32 blocks otherwise."""
         n = max(1, int(self.size().max()))  # slots fill in order before the ring wraps
-        if block is None:
-            block = max(4096, budget // max(1, queries.shape[0] * queries.shape[1] * queries.shape[2]))
-        q = queries.to(self.keys.dtype)
-        live = self.size().to(self.keys.device).view(-1, 1, 1, 1)
-        best_v = best_s = None
-        for lo in range(0, n, block):
-            hi = min(n, lo + block)
-            scores = torch.einsum("bhtd,bhcd->bhtc", q, self.keys[:, :, lo:hi])
-            if hi > int(live.min()):  # some row has fewer live slots than this block reaches
-                slots = torch.arange(lo, hi, device=scores.device)
-                scores = scores.masked_fill(slots.view(1, 1, 1, -1) >= live, float("-inf"))
-            cand_v, cand_s = _block_topk(scores, k)
-            cand_s = cand_s + lo
-            if best_v is not None:
-                cand_v, cand_s = torch.cat([best_v, cand_v], -1), torch.cat([best_s, cand_s], -1)
-                top = cand_v.topk(min(k, cand_v.shape[-1]), dim=-1)
-                cand_v, cand_s = top.values, cand_s.gather(-1, top.indices)
-            best_v, best_s = cand_v, cand_s
+        live = self.size()
+        keys = self.keys[:, :, :n]
+        if self.cfg.exact_bf16 and self.keys.dtype == torch.float32 and n >= self.cfg.exact_bf16_from:
+            if self.keys_bf16 is None:
+                self.keys_bf16 = self.keys.to(torch.bfloat16)
+            best_v, best_s = exact.search_bf16(queries, keys, self.keys_bf16[:, :, :n], self.key_norm_max, live, k,
+                                               block=block)
+        else:
+            best_v, best_s = exact.search_fp32(queries, keys, live, k, block)
         count = self.count.to(best_s.device).view(-1, 1, 1, 1)
         base = (count - 1 - best_s) // self.capacity * self.capacity + best_s  # slot -> newest entry there
         ids = torch.where(torch.isfinite(best_v), base, torch.full_like(base, -1))
@@ -329,6 +309,7 @@ class KNNMemory:
         mem.keys.copy_(sd["keys"])
         mem.values.copy_(sd["values"])
         mem.count.copy_(sd["count"])
+        mem.key_norm_max = mem.keys.float().norm(dim=-1).amax(-1).to(mem.key_norm_max.device)  # bounds the live ones
         return mem
 
     def map_tensors(self, fn) -> KNNMemory:
@@ -336,5 +317,7 @@ class KNNMemory:
         new = KNNMemory.__new__(KNNMemory)
         new.__dict__.update(self.__dict__)
         new.keys, new.values = fn(self.keys), fn(self.values)
+        new.keys_bf16 = None if self.keys_bf16 is None else fn(self.keys_bf16)
+        new.key_norm_max = fn(self.key_norm_max)
         new._indexes, new._indexed, new._on_gpu = dict(self._indexes), dict(self._indexed), dict(self._on_gpu)
         return new

@@ -156,13 +156,13 @@ def test_blocked_exact_search_equals_one_top_k():
 def test_top_k_by_group_maxima_is_exact():
     """Exact search selects k groups of 64 scores by their maxima, then the top-k among their members:
     the same values and positions as a plain top-k, also with -inf (empty slots) and ragged ends."""
-    from memory.knn import _block_topk
+    from memory.exact import block_topk
 
     g = torch.Generator().manual_seed(4)
     for n in (40, 8193, 20000):
         scores = torch.randn(2, 3, 5, n, generator=g)
         scores[..., ::37] = float("-inf")
-        values, idx = _block_topk(scores, 32)
+        values, idx = block_topk(scores, 32)
         ref = scores.topk(min(32, n), -1)
         assert torch.equal(values, ref.values) and torch.equal(scores.gather(-1, idx), ref.values)
 
@@ -180,3 +180,45 @@ def test_exact_search_over_a_large_partly_filled_wrapped_memory_equals_brute_for
         ref = torch.einsum("htd,hnd->htn", q[b], live).topk(16, -1).values.sort(-1).values
         got = torch.einsum("thd,thkd->htk", q[b].transpose(0, 1), kk[b]).sort(-1).values
         torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("case", ["gaussian", "clustered", "ties"])
+def test_bf16_candidates_give_exactly_the_float32_top_k(case):
+    """The bf16 scan with its float32 re-rank returns the float32 search's entries: on spread scores (certified
+    directly), on keys clustered around the query direction, and on duplicated keys (near-ties the
+    certificate cannot separate: those queries are searched again in float32)."""
+    from memory import exact
+
+    g = torch.Generator().manual_seed({"gaussian": 6, "clustered": 7, "ties": 8}[case])
+    n, d, k = 20000, 32, 16
+    q = torch.randn(2, 2, 24, d, generator=g)
+    keys = torch.randn(2, 2, n, d, generator=g)
+    if case == "clustered":  # many keys almost parallel to the first query: scores bunched at the top
+        keys[:, :, ::3] = q[:, :, :1] + 0.01 * torch.randn(2, 2, keys[:, :, ::3].shape[2], d, generator=g)
+    if case == "ties":
+        keys[:, :, 1000:1100] = keys[:, :, 2000:2001]
+        q[:, :, :4] = keys[:, :, 2000:2001]
+    live = torch.tensor([n, 15000])
+    mem = KNNMemory(2, 2, d, MemoryConfig(capacity=n, exact_bf16_from=1))
+    mem.add(keys, keys, mask=torch.stack([torch.ones(n, dtype=torch.bool), torch.arange(n) < 15000]))
+    v32, s32 = exact.search_fp32(q, keys, live, k)
+    v16, s16 = exact.search_bf16(q, keys, keys.bfloat16(), mem.key_norm_max, live, k)
+    # the same entries; scores to float32 rounding (a GEMM and a gathered dot sum in different orders)
+    torch.testing.assert_close(v16, v32, rtol=1e-5, atol=1e-5)
+    assert torch.equal(s16.sort(-1).values, s32.sort(-1).values) or case == "ties"
+    ids = mem._search_exact(q, k)  # the memory takes the bf16 path here
+    ref = KNNMemory(2, 2, d, MemoryConfig(capacity=n, exact_bf16=False))
+    ref.add(keys, keys, mask=torch.stack([torch.ones(n, dtype=torch.bool), torch.arange(n) < 15000]))
+    assert torch.equal(ids.sort(-1).values, ref._search_exact(q, k).sort(-1).values) or case == "ties"
+
+
+def test_the_bf16_certificate_sends_unseparated_queries_back_to_float32(monkeypatch):
+    from memory import exact
+
+    calls = []
+    real = exact._refine
+    monkeypatch.setattr(exact, "_refine", lambda *a: calls.append(int(a[4].sum())) or real(*a))
+    keys = torch.ones(1, 1, 9000, 8)  # every score equal: nothing can be certified
+    exact.search_bf16(torch.ones(1, 1, 3, 8), keys, keys.bfloat16(), torch.full((1, 1), 8 ** 0.5),
+                      torch.tensor([9000]), 4)
+    assert calls == [3]

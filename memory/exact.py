@@ -1,0 +1,115 @@
+"""Exact top-k by inner product over a ring of keys, the oracle of every search backend, in two ways that
+return the same entries:
+
+* ``search_fp32`` — float32 scores by blocks of slots, a running top-k by group maxima (``block_topk``), so
+  the score matrix never exceeds a budget;
+* ``search_bf16`` — the same scan with bfloat16 scores (half the memory traffic, and the CPU's bf16 matrix
+  units), keeping ``k + extra`` candidates per query, re-ranked exactly in float32. It is exact by a
+  certificate, not by hope: a bf16 score differs from the float32 one by at most
+  ``delta = u * (2 |q| max|k| + |s|)`` (u = 2^-8, bf16's unit roundoff: two rounded inputs, one rounded
+  output), so when the k-th exact score among the candidates exceeds the largest bf16 score left out by more
+  than ``delta``, nothing left out can be in the top-k. A query without that margin (many near-ties) is
+  searched again in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+GROUP = 64
+BF16_U = 2.0 ** -8
+
+
+def block_topk(scores: torch.Tensor, k: int, group: int = GROUP):
+    """``scores.topk(min(k, n), -1)`` (values, indices) over the last dim n, exactly, with less work: the
+    maxima of groups of ``group`` scores select k groups, and the top-k is taken among their members.
+    Every top-k score lies in one of the k groups with the largest maxima (a group left out has k groups
+    of larger maxima above it, so k larger scores), so nothing is lost; a top-k over n becomes a max over
+    n, a top-k over n / group and one over k * group."""
+    n = scores.shape[-1]
+    kk = min(k, n)
+    if n <= 4 * k * group:  # small: a plain top-k is as cheap
+        top = scores.topk(kk, dim=-1)
+        return top.values, top.indices
+    pad = -n % group
+    if pad:
+        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
+    groups = scores.unflatten(-1, (-1, group))  # [..., n / group, group]
+    best_groups = groups.amax(-1).topk(kk, dim=-1).indices  # [..., kk]
+    members = (best_groups.unsqueeze(-1) * group + torch.arange(group, device=scores.device)).flatten(-2)
+    top = scores.gather(-1, members).topk(kk, dim=-1)
+    return top.values, members.gather(-1, top.indices)
+
+
+def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int, block: int):
+    """Running top-k (values, slots) of ``queries @ keys^T`` over blocks of slots; slots >= ``live`` [B] are
+    dead. ``queries`` [B, H, T, d] and ``keys`` [B, H, n, d] of one dtype."""
+    n = keys.shape[2]
+    live = live.to(keys.device).view(-1, 1, 1, 1)
+    best_v = best_s = None
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        scores = torch.matmul(queries, keys[:, :, lo:hi].transpose(-1, -2))
+        if hi > int(live.min()):  # some row has fewer live slots than this block reaches
+            slots = torch.arange(lo, hi, device=scores.device)
+            scores = scores.masked_fill(slots.view(1, 1, 1, -1) >= live, float("-inf"))
+        cand_v, cand_s = block_topk(scores, k)
+        cand_s = cand_s + lo
+        if best_v is not None:
+            cand_v, cand_s = torch.cat([best_v, cand_v], -1), torch.cat([best_s, cand_s], -1)
+            top = cand_v.topk(min(k, cand_v.shape[-1]), dim=-1)
+            cand_v, cand_s = top.values, cand_s.gather(-1, top.indices)
+        best_v, best_s = cand_v, cand_s
+    return best_v, best_s
+
+
+def block_size(queries: torch.Tensor, budget: int = 1 << 25) -> int:
+    """Slots per block so that a block's score matrix holds at most ``budget`` scores (at least 4096)."""
+    return max(4096, budget // max(1, queries.shape[0] * queries.shape[1] * queries.shape[2]))
+
+
+def search_fp32(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int,
+                block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (scores, slots) [B, H, T, <=k]; -inf scores where a row has fewer live slots than k."""
+    return _scan(queries.to(keys.dtype), keys, live, k, block or block_size(queries))
+
+
+def search_bf16(queries: torch.Tensor, keys: torch.Tensor, keys_bf16: torch.Tensor, key_norm_max: torch.Tensor,
+                live: torch.Tensor, k: int, extra: int | None = None, block: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k of ``search_fp32``, from bfloat16 candidates re-ranked in float32 (see the module's note).
+    ``keys_bf16``: ``keys`` in bfloat16; ``key_norm_max`` [B, H]: an upper bound of the keys' norms."""
+    extra = k if extra is None else extra
+    q = queries.to(keys.dtype)
+    cand_v, cand_s = _scan(q.to(torch.bfloat16), keys_bf16, live, k + extra, block or block_size(queries))
+    cand_v = cand_v.float()
+    # exact float32 scores of the candidates: one gather of k + extra keys per query
+    B, H, T, m = cand_s.shape
+    flat = (torch.arange(B * H, device=cand_s.device).view(B, H, 1, 1) * keys.shape[2] + cand_s.clamp(min=0))
+    cand_k = keys.reshape(-1, keys.shape[-1]).index_select(0, flat.reshape(-1)).view(B, H, T, m, -1)
+    exact = torch.einsum("bhtd,bhtmd->bhtm", q, cand_k)
+    exact = exact.masked_fill(~torch.isfinite(cand_v), float("-inf"))
+    top = exact.topk(min(k, m), dim=-1)
+    vals, slots = top.values, cand_s.gather(-1, top.indices)
+    # the certificate: every score left out (<= the last candidate's bf16 score) plus its error bound must lie
+    # below the k-th exact score; rows with fewer live slots than k + extra left nothing out
+    if m > k:
+        left_out = cand_v[..., -1]
+        delta = BF16_U * (2 * q.norm(dim=-1) * key_norm_max.to(q.device).unsqueeze(-1) + left_out.abs())
+        unsure = torch.isfinite(left_out) & ~(vals[..., -1] > left_out + delta)
+        if bool(unsure.any()):
+            vals, slots = _refine(q, keys, live, k, unsure, vals, slots)
+    return vals, slots
+
+
+def _refine(q, keys, live, k, unsure, vals, slots):
+    """Float32 search again for the queries the bf16 candidates could not certify."""
+    vals, slots = vals.clone(), slots.clone()
+    for b, h in unsure.any(-1).nonzero().tolist():
+        t = unsure[b, h].nonzero().flatten()
+        v, s = search_fp32(q[b:b + 1, h:h + 1, t], keys[b:b + 1, h:h + 1], live[b:b + 1], k)
+        vals[b, h, t], slots[b, h, t] = v[0, 0], s[0, 0]
+    return vals, slots
+
+
+__all__ = ["GROUP", "block_size", "block_topk", "search_bf16", "search_fp32"]
