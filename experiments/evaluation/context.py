@@ -36,12 +36,34 @@ def eligible(split: Split, need: int, max_docs: int | None) -> tuple[list[int], 
     return (long[:max_docs] if max_docs else long), split.n_docs - len(long)
 
 
+def distractors(split: Split, i: int, n: int) -> np.ndarray:
+    """The last ``n`` bytes of the documents that follow document ``i`` in the split (wrapping, never ``i``):
+    unrelated text read, without any reset, before a document (FoT paper section 5.4's multi-document
+    setting: the memory is kept across documents)."""
+    parts, total, j = [], 0, i
+    while total < n:
+        j = (j + 1) % split.n_docs
+        if j == i:
+            if not parts:
+                raise ValueError("distractors need a split with at least two documents")
+            continue
+        parts.append(split.document(j))
+        total += len(parts[-1])
+    return np.concatenate(parts)[-n:] if n else np.zeros(0, dtype=split.data.dtype)
+
+
 @torch.no_grad()
 def context_curve(net, split: Split, contexts: list[int], span: int, window: int, batch_size: int,
-                  device: torch.device, max_docs: int | None = None, precision: str = "32") -> dict[str, Any]:
-    """Bits per byte of each document's target span at every context; per-document units for intervals."""
+                  device: torch.device, max_docs: int | None = None, precision: str = "32",
+                  distract: int = 0, target_at: int | None = None) -> dict[str, Any]:
+    """Bits per byte of each document's target span at every context; per-document units for intervals.
+    ``distract`` > 0: that many bytes of other documents are read first, without a reset. ``target_at``: where
+    the target starts (default: the largest context), so that evaluations with other contexts share it."""
     contexts = sorted({int(c) for c in contexts})
-    top = contexts[-1]
+    top = contexts[-1] if target_at is None else int(target_at)
+    if top < contexts[-1]:
+        raise ValueError(f"target_at={top} is before the largest context {contexts[-1]}: the context would start "
+                         "before the document; raise target_at or lower the contexts")
     docs, skipped = eligible(split, top + span, max_docs)
     if not docs:
         raise ValueError(f"no document of the split has max(contexts) + span = {top + span:,} bytes (the longest "
@@ -53,7 +75,9 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
         u = Units()
         for b0 in range(0, len(docs), batch_size):
             group = docs[b0: b0 + batch_size]
-            x = torch.from_numpy(np.stack([split.document(i)[top - c: top + span].astype(np.int64) for i in group]))
+            x = torch.from_numpy(np.stack([np.concatenate([distractors(split, i, distract),
+                                                           split.document(i)[top - c: top + span]]).astype(np.int64)
+                                           for i in group]))
             x = x.to(device)
             inputs, targets = x[:, :-1], x[:, 1:]
             nll = torch.zeros(len(group), dtype=torch.float64, device=device)
@@ -62,20 +86,20 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
                 e = min(s + window, inputs.shape[1])
                 with autocast(device, precision):
                     logits, state = net(inputs[:, s:e], state)
-                lo = max(s, c)  # only predictions of target bytes count
+                lo = max(s, distract + c)  # only predictions of target bytes count
                 if lo < e:
                     dt = torch.promote_types(logits.dtype, torch.float32)
                     part = F.cross_entropy(logits[:, lo - s:].to(dt).transpose(1, 2), targets[:, lo:e],
                                            reduction="none")
                     nll += part.double().sum(1)
-            u.add(nll, torch.full((len(group),), span - 1), targets[:, c:])
+            u.add(nll, torch.full((len(group),), span - 1), targets[:, distract + c:])
             progress.update(n * len(docs) + b0 + len(group), f"context {c:,}")
         units[str(c)] = u.to_json("document")
         curve.append({"context": c, **u.summary()})
     first = curve[0]["bpb"]
     for point in curve:
         point["gain"] = first - point["bpb"]
-    return {"contexts": contexts, "span": span, "docs": len(docs), "skipped_docs": skipped,
+    return {"contexts": contexts, "span": span, "docs": len(docs), "skipped_docs": skipped, "distractors": distract,
             "min_doc_bytes": top + span, "window": window, "curve": curve, "units": units}
 
 
@@ -91,6 +115,8 @@ def check_context_config(cfg: DictConfig) -> list[int]:
     integer(cfg.batch_size, "batch_size")
     integer(cfg.window, "window", optional=True)
     integer(cfg.max_docs, "max_docs", optional=True)
+    integer(cfg.get("distractors", 0), "distractors", 0)
+    integer(cfg.get("target_at"), "target_at", 0, optional=True)
     return [int(c) for c in contexts]
 
 
@@ -104,17 +130,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     split = corpus.split(cfg.split)
     window = int(cfg.window or train_cfg.data.seq_len)
     limit = module.net.max_len
-    if limit is not None and max(contexts) + int(cfg.span) > limit:
-        raise ValueError(f"{type(module.net).__name__} represents at most max_len={limit} bytes but the largest "
-                         f"context plus the span is {max(contexts) + int(cfg.span)}; lower the contexts, or give the "
-                         "model a sliding window (MEGABYTE: model.net.global_window)")
+    distract = int(cfg.get("distractors", 0))
+    if limit is not None and distract + max(contexts) + int(cfg.span) > limit:
+        need = distract + max(contexts) + int(cfg.span)  # what one stream reads
+        raise ValueError(f"{type(module.net).__name__} represents at most max_len={limit} bytes but the distractors, "
+                         f"the largest context and the span take {need}; lower them, or give the model a sliding "
+                         "window (MEGABYTE: model.net.global_window)")
     r = context_curve(module.net, split, contexts, int(cfg.span), window, int(cfg.batch_size), device,
-                      cfg.max_docs, cfg.precision)
+                      cfg.max_docs, cfg.precision, distract, cfg.get("target_at"))
     r.update({"run_dir": str(cfg.run_dir), "model": train_cfg.model.get("name"), "split": cfg.split,
               "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
                          "trained_on": not other}})
     print(f"[longlab] context use: {r['docs']} documents of >= {r['min_doc_bytes']:,} bytes ({r['skipped_docs']} "
-          f"shorter ones skipped), the same {r['span'] - 1:,} target bytes each")
+          f"shorter ones skipped), the same {r['span'] - 1:,} target bytes each"
+          + (f", after {distract:,} bytes of other documents (no reset)" if distract else ""))
     for p in r["curve"]:
         print(f"  context {p['context']:>9,}: {p['bpb']:.4f} bits/byte (gain over {contexts[0]:,}: {p['gain']:+.4f})")
     write_json(Path(cfg.run_dir) / cfg.out, r)

@@ -66,7 +66,7 @@ def row_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | 
     base = _base_overrides(spec, row, scale, extra)
     base += sizing_overrides(spec, row, scale, base, extra)
     if lr is not None:
-        return [*base, *spec.tune.overrides, f"optim.lr={lr_text(lr)}"]
+        return [*base, *spec.tune.overrides, *spec.tune.scale_overrides.get(scale, []), f"optim.lr={lr_text(lr)}"]
     tuned = tuned_lr(spec, row, scale, extra, results)
     return base if tuned is None else [*base, f"optim.lr={lr_text(tuned)}"]
 

@@ -32,6 +32,7 @@ class TuneSpec:
     rows: tuple[str, ...] | None = None
     max_extensions: int = 4
     use_scale: dict = field(default_factory=dict)
+    scale_overrides: dict = field(default_factory=dict)  # {scale: [overrides]} after ``overrides`` at that scale
 
     @property
     def ratio(self) -> float:

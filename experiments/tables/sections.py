@@ -103,11 +103,14 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
         if not found:
             continue
         contexts = sorted({c for _, u in found for c in u})
+        first = next(iter(found[0][0].cells.values()))
+        distract = (cell_json(first, ev.name) or {}).get("distractors") or 0
+        after = f"{distract:,} bytes of other documents (no reset), then " if distract else ""
         out += ["", f"## Context use ({ev.name})", "",
-                "The same target bytes of each test document scored after reading only the last c bytes before them "
-                "(bits per byte, 95% interval over documents x seeds); below each, the gain over the previous "
-                "context (paired interval). Usable context: the largest c whose gain over the previous one is "
-                "separated from 0.", "",
+                f"The same target bytes of each test document scored after reading {after}only the last c bytes "
+                "before them (bits per byte, 95% interval over documents x seeds); below each, the gain over the "
+                "previous context (paired interval). Usable context: the largest c whose gain over the previous one "
+                "is separated from 0.", "",
                 "| row | " + " | ".join(f"c={c:,}" for c in contexts) + " | usable context |",
                 "|---|" + "---:|" * (len(contexts) + 1)]
         for r, u in found:

@@ -10,6 +10,7 @@ weights, both as Lightning callbacks beside the LightningModule:
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 
@@ -25,6 +26,24 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def release_free_memory() -> None:
+    """Hand memory the allocator keeps but no longer uses back to the kernel (glibc ``malloc_trim``; jemalloc's
+    purge of every arena), so the resident set is what is live. The entry points run under an allocator that
+    keeps freed memory (``experiments.cli.allocator_env``); without this, a run's peak would include what an
+    earlier run in the same process left."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        if os.environ.get("LONGLAB_ALLOCATOR") == "jemalloc":
+            lib = ctypes.CDLL(None)
+            lib.mallctl(b"arena.4096.purge", None, None, None, 0)  # MALLCTL_ARENAS_ALL
+        else:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_memory(device: torch.device | None = None) -> bool:
     """Start a new peak for ``peak_memory_mb``, so that a run in a process that ran others before (a table
     trains its cells one after another) reports its own peak, not the process's. On CPU this resets the
@@ -33,6 +52,7 @@ def reset_peak_memory(device: torch.device | None = None) -> bool:
     if device is not None and device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
+    release_free_memory()  # memory an allocator kept from earlier work would count as this run's
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")

@@ -70,3 +70,32 @@ def test_the_command_line_scores_a_run_and_refuses_bad_contexts(tiny_corpus, tmp
     assert r["docs"] == 4 and (tmp_path / "context_eval.json").exists() and len(r["curve"]) == 3
     with pytest.raises(ValueError, match=r"contexts\[1\]=-4 must be an integer >= 0"):
         run(compose("context_eval", [f"run_dir={tmp_path}", "contexts=[0,-4]"]))
+
+
+def test_distractors_are_other_documents_read_before_without_a_reset():
+    from experiments.evaluation.context import distractors
+
+    rng = np.random.default_rng(2)
+    docs = [rng.integers(0, 256, n).astype(np.uint8) for n in (C + SPAN, 30, 40)]  # only the first is long enough
+    split = split_of(docs)
+    d = distractors(split, 0, 60)
+    assert np.array_equal(d, np.concatenate([docs[1], docs[2]])[-60:])  # never the document itself
+    net = build_net("transformer_tiny").eval().double()
+    plain, mixed = curve(net, docs[:1] + docs[1:], [0, 8]), context_curve(
+        net, split, [0, 8], SPAN, window=32, batch_size=2, device=torch.device("cpu"), distract=60)
+    assert mixed["distractors"] == 60 and mixed["docs"] == plain["docs"] == 1
+    assert mixed["units"]["8"]["targets_sha256"] == plain["units"]["8"]["targets_sha256"]  # the same target bytes
+    assert mixed["units"]["8"]["nll"] != plain["units"]["8"]["nll"]  # read after other text: a different state
+
+
+def test_target_at_lets_evaluations_with_fewer_contexts_score_the_same_bytes():
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 256, C + SPAN + 9).astype(np.uint8) for _ in range(2)]
+    net = build_net("transformer_tiny").eval()
+    full = curve(net, docs, [0, 8, C])
+    short = context_curve(net, split_of(docs), [0, 8], SPAN, window=32, batch_size=2, device=torch.device("cpu"),
+                          target_at=C)
+    assert short["units"]["8"]["targets_sha256"] == full["units"]["8"]["targets_sha256"]
+    assert short["units"]["8"]["nll"] == pytest.approx(full["units"]["8"]["nll"])
+    with pytest.raises(ValueError, match="target_at=4 is before the largest context 8"):
+        context_curve(net, split_of(docs), [0, 8], SPAN, 32, 2, torch.device("cpu"), target_at=4)
