@@ -16,6 +16,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError, FloatingPointError,
                                                  RuntimeError)
@@ -138,6 +139,24 @@ def _dotted_keys(tree, prefix: str = "") -> list[str]:
     return out
 
 
+def check_run_dir(cfg, overrides: list[str]) -> None:
+    """What Hydra would otherwise fail on with a traceback before any longlab code runs: a required run_dir
+    that is missing, or one given that cannot be a folder (Hydra creates it first)."""
+    from omegaconf import OmegaConf
+
+    if "run_dir" in cfg.keys() and OmegaConf.is_missing(cfg, "run_dir"):
+        raise ValueError("run_dir is required: pass run_dir=<the folder experiments.train wrote>")
+    given = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.split("=", 1)[0].lstrip("+~") == "run_dir"]
+    if given and given[-1]:
+        path = Path(os.path.expanduser(given[-1]))
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"run_dir={given[-1]!r} is a file, not a folder; choose another run_dir")
+        parent = next((p for p in [path, *path.parents] if p.exists()), None)
+        if parent is not None and not os.access(parent, os.W_OK):
+            raise PermissionError(f"run_dir={given[-1]!r} cannot be created ({parent} is not writable); choose a "
+                                  "writable run_dir")
+
+
 def hydra_entry(config_name: str, task: Callable) -> Callable[[], None]:
     """The ``main()`` of a Hydra entry point: composition and the task fail in one line."""
     import hydra
@@ -169,7 +188,8 @@ def hydra_entry(config_name: str, task: Callable) -> Callable[[], None]:
             from experiments.config import compose
 
             try:  # the same composition Hydra is about to do, so that its errors read as one line
-                compose(config_name, overrides)
+                cfg = compose(config_name, overrides)
+                check_run_dir(cfg, overrides)
             except user_error_types() as e:
                 report(e, suggest(str(e), config_name, overrides))
                 sys.exit(EXIT_USER_ERROR)

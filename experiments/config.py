@@ -169,7 +169,8 @@ def build(node: Any, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
-        if isinstance(cause, (ValueError, TypeError, FileNotFoundError, ImportError, OSError)):
+        if isinstance(cause, (ValueError, TypeError, FileNotFoundError, ImportError, OSError, MemoryError)) or (
+                isinstance(cause, RuntimeError) and "allocate" in str(cause)):
             raise cause from None
         raise
 

@@ -73,8 +73,17 @@ def load_net_weights(module: CausalLMModule, sd: dict, source: str) -> list[str]
 
 
 def build_module(cfg: DictConfig) -> CausalLMModule:
-    return CausalLMModule(net=cfg.model.net, optim=cfg.optim, carry_state=cfg.task.carry_state,
-                          crossbatch=cfg.task.get("crossbatch"), sequence_parallel=sequence_parallel(cfg))
+    try:
+        return CausalLMModule(net=cfg.model.net, optim=cfg.optim, carry_state=cfg.task.carry_state,
+                              crossbatch=cfg.task.get("crossbatch"), sequence_parallel=sequence_parallel(cfg))
+    except (RuntimeError, MemoryError) as e:
+        cause = e.__cause__ or e
+        if "allocate" not in str(cause) and not isinstance(cause, MemoryError):
+            raise
+        sizes = {k: v for k, v in cfg.model.net.items() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+        why = " ".join(str(cause).split())[:120]
+        raise ValueError(f"model {cfg.model.get('name')!r} does not fit in memory ({why}); its sizes are {sizes}: "
+                         "lower the one that is too large") from None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -263,3 +263,22 @@ def test_a_damaged_config_yaml_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("model: [unclosed\n")
     with pytest.raises(ValueError, match=r"config.yaml cannot be read .* damaged"):
         evaluate(compose("eval", [f"run_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("args,message", [
+    (("experiments.eval",), "run_dir is required"),
+    (("experiments.train", "run_dir=/proc/version", "debug=smoke"), "run_dir='/proc/version' is a file"),
+], ids=["eval-without-run_dir", "run_dir-is-a-file"])
+def test_what_hydra_would_fail_on_first_is_one_line(args, message):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_model_too_large_for_memory_names_its_sizes(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"does not fit in memory .* 'd_model': 4000000"):
+        train(train_cfg(tmp_path / "run", tiny_corpus, "model.net.d_model=4000000", "model.net.n_heads=1"))
