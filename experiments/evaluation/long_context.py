@@ -11,6 +11,7 @@ never 0.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,12 @@ def check_longeval_config(cfg: DictConfig) -> None:
         raise ValueError(f"lengths={lengths!r} must be a non-empty list of document lengths in bytes")
     for i, n in enumerate(lengths):
         integer(n, f"lengths[{i}]", 2)
+    need = 16 * int(cfg.samples) * max(lengths)  # int64 documents and their targets, one length at a time
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if have and need > have // 2:
+        raise ValueError(f"lengths up to {max(lengths):,} bytes x samples={cfg.samples} need about {need / 2**30:.0f} "
+                         f"GiB before the model runs (this machine has {have / 2**30:.0f}); lower the lengths or "
+                         "samples")
     if not isinstance(depths, list) or not depths or not all(
             isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1 for d in depths):
         raise ValueError(f"depths={depths!r} must be a non-empty list of relative depths in [0, 1] "

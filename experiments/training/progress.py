@@ -50,7 +50,10 @@ class LineProgress(L.Callback):
         if self.progress is None or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        parts = [f"{k.replace('/', ' ')} {float(m[k]):.4g}" for k in ("train/loss", "train/bpb", "val/bpb") if k in m]
+        parts = [f"{k.replace('/', ' ')} {float(m[k]):.4g}" for k in ("train/loss", "train/bpb") if k in m]
+        if "val/bpb" in m:  # the last validation's, with its step (not mistaken for a value at this step)
+            at = f" @ step {int(float(m['val/step']))}" if "val/step" in m else ""
+            parts.append(f"val bpb {float(m['val/bpb']):.4g}{at}")
         tps = next((c.tokens_per_s for c in trainer.callbacks if isinstance(c, Throughput)), float("nan"))
         if tps == tps:
             parts.append(f"{tps:,.0f} tok/s")

@@ -205,7 +205,8 @@ def test_evaluation_values_that_would_score_something_else_are_refused(tmp_path,
     ("window=-8", r"window=-8 must be an integer >= 1"),
     ("depths=[2]", r"depths=\[2\] must be a non-empty list of relative depths in \[0, 1\]"),
     ("lengths=[]", r"lengths=\[\] must be a non-empty list"),
-], ids=["window", "depth", "lengths"])
+    ("lengths=[1000000000000]", r"lengths up to 1,000,000,000,000 bytes x samples=4 need about .* GiB"),
+], ids=["window", "depth", "lengths", "lengths-beyond-memory"])
 def test_long_context_values_that_would_score_nothing_are_refused(tmp_path, override, message):
     from experiments.evaluation.long_context import run
 
@@ -282,3 +283,21 @@ def test_what_hydra_would_fail_on_first_is_one_line(args, message):
 def test_a_model_too_large_for_memory_names_its_sizes(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match=r"does not fit in memory .* 'd_model': 4000000"):
         train(train_cfg(tmp_path / "run", tiny_corpus, "model.net.d_model=4000000", "model.net.n_heads=1"))
+
+
+def test_the_progress_line_says_which_step_its_validation_value_is_from():
+    from types import SimpleNamespace
+
+    import torch
+
+    from experiments.training.progress import LineProgress
+
+    lines = []
+    progress = LineProgress(every_s=0.0)
+    trainer = SimpleNamespace(max_steps=10, global_step=10, is_global_zero=True, callbacks=[],
+                              callback_metrics={"train/loss": torch.tensor(1.5), "val/bpb": torch.tensor(2.25),
+                                                "val/step": torch.tensor(8.0)})
+    progress.on_train_start(trainer, None)
+    progress.progress.update = lambda done, extra="", force=False: lines.append(extra)
+    progress.on_train_batch_end(trainer, None, None, None, 0)
+    assert "val bpb 2.25 @ step 8" in lines[0]
