@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("architectures", "kernels", "memory", "experiments")
 LEVEL = {"kernels": 0, "memory": 0, "architectures": 1, "experiments": 2}
 # inside experiments: the rooms, from the leaves up (entry points, at the top level, may import any room)
-ROOMS = {"experiments.config": 0, "experiments.cli": 0, "experiments.provenance": 0, "experiments.data": 1,
-         "experiments.training": 2, "experiments.evaluation": 3, "experiments.tables": 4}
+ROOMS = {"experiments.config": 0, "experiments.cli": 0, "experiments.provenance": 0, "experiments.plotting": 0,
+         "experiments.data": 1, "experiments.training": 2, "experiments.evaluation": 3, "experiments.tables": 4}
 
 
 def room(module: str) -> int:

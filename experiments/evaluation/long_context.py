@@ -23,6 +23,7 @@ from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.tasks import make
 from experiments.evaluation.bpb import autocast
 from experiments.evaluation.run import refuse_tokens
+from experiments.plotting import pyplot
 from experiments.training.progress import Progress
 from experiments.training.runs import load_run, pick_device
 
@@ -87,12 +88,8 @@ def draw_grid(ax, grid: np.ndarray, x_labels: list[str], y_labels: list[str], fo
 
 
 def heat_map(result: dict, path: Path, title: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     lengths, depths = result["lengths"], result["depths"]
     grid = np.array([[np.nan if result["accuracy"][str(L)][str(d)] is None else result["accuracy"][str(L)][str(d)]

@@ -10,18 +10,8 @@ import textwrap
 from pathlib import Path
 
 from experiments.config import val_step
+from experiments.plotting import pyplot
 from experiments.tables.cells import cell_json, read_json, trained_cell
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def curve_points(spec, row) -> dict[str, list[tuple[float, float, float | None]]]:
@@ -54,7 +44,7 @@ def figure_lines(spec, rows) -> list[str]:
 
 
 def draw_figure(spec, rows, path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     f = spec.figure
@@ -110,7 +100,7 @@ def heatmap_grids(spec, row) -> dict[str, tuple[list[str], list[str], list[list[
 def draw_heatmaps(spec, rows, path: Path) -> bool:
     """Rows x panels of heat maps (x: columns, y: lines; each panel drawn as experiments.longeval draws one
     run's), values in [0, 1] annotated, n/a blank."""
-    plt = _pyplot()
+    plt = pyplot()
     grids = [(r, g) for r, g in ((r, heatmap_grids(spec, r)) for r in rows) if g]
     if plt is None or not grids:
         return False
@@ -160,7 +150,7 @@ def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
 
 
 def draw_learning_curves(spec, rows, path: Path) -> bool:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.plotting import pyplot
 from experiments.tables.cells import cell_json
 from experiments.tables.intervals import LN2, REPLICATES, Units, collect
 from experiments.tables.spec import TableSpec
@@ -190,12 +191,8 @@ def section(spec: TableSpec, rows: list, png: Path) -> list[str]:
 
 
 def draw(r: dict, png: Path, spec: TableSpec) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     hi = max(spec.scaling.check_flops or 0, r["top"] * 100)

@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from experiments.plotting import pyplot
+
 
 class _AppendingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:  # keep the previous rows
@@ -54,14 +56,8 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     """``<run_dir>/loss_curve.png``: training loss and bits per byte, and validation bits per byte, by
     step (read from logs/metrics.csv). None when matplotlib or the log is missing."""
     path = Path(run_dir) / "logs" / "metrics.csv"
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not path.is_file():
+    plt = pyplot()
+    if plt is None or not path.is_file():
         return None
     series: dict[str, list[tuple[float, float]]] = {}
     with open(path, newline="") as fh:
