@@ -29,7 +29,7 @@ NEUTRAL_ADDITIONS: dict[str, object] = {
     "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
     "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None, "data.skip_unreadable": False,
     "overwrite": False, "task.crossbatch.score_previous": False, "data.tokenizer": "bytes",
-    "task.crossbatch.detach_previous": False,
+    "task.crossbatch.detach_previous": False, "compile": False,
     "data.bpe_vocab_size": 4096,
 }
 # classes that moved to another module (a ``_target_`` says where code lives, not what a cell computes): the

@@ -122,6 +122,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule.sequence_parallel = sequence_parallel(cfg)  # the ranks of a sequence group share rows
     datamodule.setup("fit")  # build (or load) the corpus and check its windows before any Trainer exists
     module = build_module(cfg)
+    if cfg.get("compile"):
+        module.net.compile()  # in place: the state dict keeps its names, checkpoints stay compatible
     tokenizer = getattr(datamodule, "corpus", None) and datamodule.corpus.split("train").tokenizer
     if tokenizer and module.net.patch_size is not None:
         raise ValueError(f"data.tokenizer={cfg.data.get('tokenizer')!r}: {type(module.net).__name__} reads bytes (its "

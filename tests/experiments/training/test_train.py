@@ -243,3 +243,14 @@ def test_megabyte_trains_and_evaluates_basic_and_strided(tiny_corpus, tmp_path):
 def test_strided_eval_needs_a_patch_model(trained_run):
     with pytest.raises(ValueError, match="needs a model with a patch_size"):
         evaluate(compose("eval", [f"run_dir={trained_run}", "eval.strided=true", "eval.num_batches=1"]))
+
+
+@pytest.mark.slow
+def test_a_compiled_network_trains_to_the_same_losses_and_checkpoint_names(tiny_corpus, tmp_path):
+    """compile=true (torch.compile in place): the same loss curve as eager to float32 rounding, and a
+    checkpoint an eager run loads."""
+    eager = train(_cfg(tmp_path / "eager", tiny_corpus, "trainer.log_every_n_steps=1"))
+    compiled = train(_cfg(tmp_path / "compiled", tiny_corpus, "trainer.log_every_n_steps=1", "compile=true"))
+    assert _losses(tmp_path / "eager") == pytest.approx(_losses(tmp_path / "compiled"), rel=1e-4, abs=1e-5)
+    assert compiled["val/bpb"] == pytest.approx(eager["val/bpb"], rel=1e-4)
+    load_run(tmp_path / "compiled")  # names unchanged: loads into an eager module
