@@ -27,6 +27,9 @@ least ``vocab_size``) or that config's fields as keywords, and which offers:
     the architecture's optimiser recipe: weight decay on every parameter (Megalodon, whose norm
     scales are stored as w + 1) rather than on matrices only. ``optim.decay_all`` overrides it.
 
+A config may also define ``resized(width, extra_layers=0)`` (the same architecture ``width`` times as wide,
+its own ratios kept, and deeper): the tables' sizing rule uses it to match compute or parameters.
+
 ``Architecture`` is a base class with the optional hooks' defaults; subclassing it is the short way
 to honour the contract. ``check(net)`` verifies any object and names what is missing.
 """

@@ -117,7 +117,10 @@ def check_longeval_config(cfg: DictConfig) -> None:
     for i, n in enumerate(lengths):
         integer(n, f"lengths[{i}]", 2)
     need = 16 * int(cfg.samples) * max(lengths)  # int64 documents and their targets, one length at a time
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no check
+        have = None
     if have and need > have // 2:
         raise ValueError(f"lengths up to {max(lengths):,} bytes x samples={cfg.samples} need about {need / 2**30:.0f} "
                          f"GiB before the model runs (this machine has {have / 2**30:.0f}); lower the lengths or "
