@@ -18,7 +18,7 @@ def curve_points(spec, row) -> dict[str, list[tuple[float, float, float | None]]
     """Mean (and std) over the row's seeds of the figure's curves: {series: [(x, mean, std)]}."""
     fig = spec.figure
     series: dict[str, dict[float, list[float]]] = {}
-    for cell in row.cells.values():
+    for cell in row.eval_cells(fig.file).values():
         data = read_json(cell / f"{fig.file}.json")
         if data is None:
             continue
@@ -80,7 +80,7 @@ def heatmap_grids(spec, row) -> dict[str, tuple[list[str], list[str], list[list[
     order the cells list them; a value that is None in every cell (not applicable) stays None."""
     h = spec.heatmaps
     acc: dict[str, dict[tuple[str, str], list[float]]] = {}
-    for cell in row.cells.values():
+    for cell in row.eval_cells(h.file).values():
         data = read_json(cell / f"{h.file}.json")
         for panel in (data or {}).get(h.panels, []):
             for x, column in data[panel][h.grid].items():

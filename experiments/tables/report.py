@@ -24,7 +24,7 @@ from pathlib import Path
 
 from experiments.provenance import describe_machine
 from experiments.tables import sections
-from experiments.tables.cells import cell_json, default_results, lookup, trained_cell
+from experiments.tables.cells import cell_json, default_results, eval_key, lookup, trained_cell
 from experiments.tables.keys import row_cells
 from experiments.tables.spec import TableSpec, findings_path, load_table
 
@@ -44,6 +44,11 @@ class RowResult:
     commits: set[str] = field(default_factory=set)
     machines: dict[str, set[str]] = field(default_factory=dict)  # machine line -> cells it trained ("" unrecorded)
     cells: dict[int, Path] = field(default_factory=dict)
+    stale: dict[int, set[str]] = field(default_factory=dict)  # seed -> evaluations run with other settings
+
+    def eval_cells(self, name: str) -> dict[int, Path]:
+        """The cells whose evaluation ``name`` is current (an out-of-date one is never read)."""
+        return {s: c for s, c in self.cells.items() if name not in self.stale.get(s, ())}
 
     def stats(self, metric: str) -> tuple[float, float | None, list[int]] | None:
         vals = self.values.get(metric, {})
@@ -72,8 +77,13 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
         not_run = tuple(m.key for m in spec.metrics if m.key.split("/")[0] in skipped)
         r = RowResult(row.name, row.title, dict(row.paper), sorted(set(requested) | set(cells)),
                       row.not_applicable + not_run, cells=cells)
+        expected = {ev.name: eval_key(ev) for ev in spec.evals_for(row, scale)}
         for seed, cell in cells.items():
+            r.stale[seed] = {name for name, key in expected.items()
+                             if (cell_json(cell, name) or {}).get("_eval_key") not in (None, key)}
             for m in spec.metrics:
+                if m.key.split("/")[0] in r.stale[seed]:
+                    continue  # run with other settings than the table's: rerun it, never show it as current
                 v = lookup(cell, m.key)
                 if v is not None and not math.isnan(v):
                     r.values.setdefault(m.key, {})[seed] = v
@@ -184,6 +194,11 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
         cells += [str(r.paper.get(p, "—")) for p in spec.paper_columns]
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     body = head + lines
+    stale = [f"{r.label}: {', '.join(sorted(set().union(*r.stale.values())))} (seeds "
+             f"{sorted(s for s, names in r.stale.items() if names)})" for r in rows if any(r.stale.values())]
+    if stale:
+        body += ["", "Evaluations run with other settings than this table's are left out until rerun (`python -m "
+                 f"experiments.run_table {name} --scale {scale}`): " + "; ".join(stale) + "."]
     if any(m.interval for m in spec.metrics):
         body += ["", "Interval metrics: bits per byte pooled over seeds with a 95% bootstrap interval [lo, hi] over "
                  "test units x seeds; other metrics: mean ± std over seeds."]

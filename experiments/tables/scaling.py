@@ -77,7 +77,7 @@ def points(spec: TableSpec, rows: list, metric: str) -> list[Point]:
     for r in rows:
         if not r.cells:
             continue
-        units = collect({seed: (cell_json(cell, file) or {}).get("units") for seed, cell in r.cells.items()})
+        units = collect({seed: (cell_json(cell, file) or {}).get("units") for seed, cell in r.eval_cells(file).items()})
         metrics = cell_json(next(iter(r.cells.values())), "metrics") or {}
         if units is None or "flops_per_token" not in metrics:
             continue

@@ -17,7 +17,7 @@ from experiments.tables.spec import MetricSpec, TableSpec
 def units(row, metric: MetricSpec) -> Units | None:
     """The row's per-unit losses for an interval metric (its eval file's ``units``), over its seeds."""
     file = metric.key.split("/")[0]
-    return collect({seed: (cell_json(cell, file) or {}).get("units") for seed, cell in row.cells.items()})
+    return collect({seed: (cell_json(cell, file) or {}).get("units") for seed, cell in row.eval_cells(file).items()})
 
 
 def interval_text(row, metric: MetricSpec) -> str | None:
@@ -86,7 +86,7 @@ def tuning(spec: TableSpec, rows: list, scale: str, results: str | Path, extra) 
 def context_units(row, name: str) -> dict[int, Units]:
     """{context: Units over the row's seeds} of a context evaluation named ``name``."""
     per_c: dict[int, dict[int, dict]] = {}
-    for seed, cell in row.cells.items():
+    for seed, cell in row.eval_cells(name).items():
         for c, u in ((cell_json(cell, name) or {}).get("units") or {}).items():
             per_c.setdefault(int(c), {})[seed] = u
     return {c: u for c, u in sorted((c, collect(v)) for c, v in per_c.items()) if u is not None}
@@ -137,7 +137,7 @@ def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     sizes = {}
     for r in rows:
         metrics = next((cell_json(c, "metrics") for c in r.cells.values()), None)
-        if metrics:
+        if metrics and "flops_per_token" in metrics and "params" in metrics:
             sizes[r.name] = (float(metrics["flops_per_token"]), int(metrics["params"]),
                              metrics.get("train/s_per_update"))
     ref = sizes.get(m.reference)

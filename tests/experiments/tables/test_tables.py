@@ -437,3 +437,23 @@ def test_an_interrupted_retrain_is_not_finished(tmp_path):
     assert cell_finished(cell, ()) and not interrupted(cell)
     (cell / "metrics.json").write_text(json.dumps({"status": "preempted", "steps": 620}))
     assert interrupted(cell) and not cell_finished(cell, ())
+
+
+def test_an_evaluation_run_with_other_settings_is_never_shown_as_current(tmp_path):
+    """A table whose evaluation settings changed reads none of the old evaluation's numbers (they are
+    listed as to be rerun), while training metrics of the same cells stay."""
+    import dataclasses
+
+    from experiments.tables.cells import eval_key
+
+    spec = load_table("megabyte_bpb")
+    cell = fabricate(tmp_path, "megabyte_bpb", "megabyte", 0, 2.5)
+    ev = spec.evals_for(spec.row("megabyte"), "tiny")[0]
+    (cell / f"{ev.name}.json").write_text(json.dumps({"test/bpb": 2.1, "_eval_key": eval_key(ev)}))
+    current = aggregate(spec, tmp_path, "tiny")[0]
+    assert current.values["test4096/test/bpb"] == {0: 2.1} and not current.stale[0]
+    (cell / f"{ev.name}.json").write_text(json.dumps({"test/bpb": 2.1, "_eval_key": "0ther5etting"}))
+    stale = aggregate(spec, tmp_path, "tiny")[0]
+    assert "test4096/test/bpb" not in stale.values and stale.stale[0] == {ev.name}
+    assert stale.values["metrics/val/bpb"] == {0: 2.5}
+    assert "left out until rerun" in make_table(dataclasses.replace(spec), str(tmp_path), "tiny")
