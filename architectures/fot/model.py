@@ -24,6 +24,7 @@ from architectures.common import RMSNorm, SwiGLU, run_layer
 from architectures.common.memory_layer import attend, crossbatch_extra, crossbatch_rows, write_window
 from architectures.common.rotary import RotaryEmbedding
 from architectures.contract import Architecture, build_config
+from architectures.fot import parallel
 from architectures.fot.config import FoTConfig
 from kernels import chunk_attention
 from memory import KNNMemory, MemoryConfig
@@ -158,6 +159,8 @@ class FocusedTransformer(Architecture):
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
         cfg, W = self.config, self.config.window
         B, T = tokens.shape
+        if state is None and parallel.usable(self, tokens):  # every window at once: the same numbers, faster
+            return parallel.forward(self, tokens)
         if state is None:
             state = {"pos": 0, "kv": [None] * cfg.n_layers, "memory": self.new_memory(B, tokens.device)}
         pos, caches, memories = int(state["pos"]), list(state["kv"]), state["memory"]

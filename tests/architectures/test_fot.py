@@ -151,3 +151,45 @@ def test_crossbatch_with_detached_previous_windows_sends_no_gradient_to_them():
         net.forward_crossbatch(prev, curr, 2, detach_previous=detach).sum().backward()
         prev_embedding = outputs[0]  # the previous windows are embedded first
         assert (prev_embedding.grad is not None and prev_embedding.grad.abs().sum() > 0) == reaches
+
+
+def _streamed(net, x):
+    """The reference: the windows read one after another (an explicit empty state takes that path)."""
+    return net(x, {"pos": 0, "kv": [None] * net.config.n_layers, "memory": net.new_memory(x.shape[0], x.device)})
+
+
+@pytest.mark.parametrize("over", [[], ["model.net.positional=none", "model.net.qk_norm=all"],
+                                  ["model.net.token_shift=4"], ["model.net.memory_backend=dense"],
+                                  ["model.net.memory_layers=[0,2]"]],
+                         ids=["rope", "no-pe", "token-shift", "dense", "two-memory-layers"])
+@pytest.mark.parametrize("T", [64, 70], ids=["whole-windows", "partial-window"])
+def test_every_window_at_once_equals_reading_them_in_order(over, T):
+    """The fast path from an empty state: the same logits, gradients and state (the next segment continues
+    identically) as the windows read one after another."""
+    from tests.conftest import build_net
+
+    torch.manual_seed(0)
+    net = build_net("fot_tiny", ["model.net.window=16", "model.net.memory_k=4", *over])
+    x = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(1))
+    fast, fast_state = net(x)
+    slow, slow_state = _streamed(net, x)
+    torch.testing.assert_close(fast, slow, atol=2e-5, rtol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().mean(), list(net.parameters()), allow_unused=True)
+    g_slow = torch.autograd.grad(slow.square().mean(), list(net.parameters()), allow_unused=True)
+    for a, b in zip(g_fast, g_slow):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    y = torch.randint(0, 256, (2, 37), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(net(y, fast_state)[0], net(y, slow_state)[0], atol=2e-5, rtol=1e-5)
+
+
+def test_the_fast_path_steps_aside_where_it_would_differ():
+    from architectures.fot import parallel
+    from tests.conftest import build_net
+
+    x = torch.zeros(1, 64, dtype=torch.long)
+    assert parallel.usable(build_net("fot_tiny"), x)
+    assert not parallel.usable(build_net("fot_tiny", ["model.net.memory_backend=faiss"]), x)  # approximate
+    assert not parallel.usable(build_net("fot_tiny", ["model.net.memory_capacity=32"]), x)  # evicts
+    assert not parallel.usable(build_net("fot_tiny", ["model.net.checkpoint_layers=true"]), x)
