@@ -336,7 +336,7 @@ def test_committed_cells_keep_their_keys():
     """Every cell committed under results/cells is found by the current code (its folder's key is the
     key of its row's current config): a code change that only adds options at neutral values never
     orphans finished work, and a real config change shows up here (delete the stale cells)."""
-    from experiments.tables.keys import REPO
+    from experiments.tables.keys import REPO, lr_text, tuned_rows
 
     root = REPO / "results" / "cells"
     keys = {}  # one composition per (table, scale, row): the seeds of a row share its key
@@ -345,8 +345,13 @@ def test_committed_cells_keep_their_keys():
         table, scale, row, key = cell.parts[-5:-1]
         if (table, scale, row) not in keys:
             spec = load_table(table)
-            keys[table, scale, row] = row_key(spec, spec.row(row), scale)
-        assert keys[table, scale, row] == key, f"{cell}: its row's config changed; rerun or delete it"
+            r = spec.row(row)
+            keys[table, scale, row] = {row_key(spec, r, scale)}
+            if row in tuned_rows(spec):  # the tuning cells at every rate of the grid and its extensions
+                t = spec.tune
+                keys[table, scale, row] |= {row_key(spec, r, scale, lr=float(lr_text(t.grid[0] * t.ratio**k)))
+                                            for k in range(-t.max_extensions, len(t.grid) + t.max_extensions)}
+        assert key in keys[table, scale, row], f"{cell}: its row's config changed; rerun or delete it"
     assert keys or not root.exists()
 
 
