@@ -1,104 +1,281 @@
-"""FoT on CPU: kNN retrieval backends, and the model's training / streaming speed with a memory of
-0 .. 256K tokens, side by side with `memorizing-transformers-pytorch` (installed only for this):
+"""FoT's kNN memory on CPU, side by side with `memorizing-transformers-pytorch` (installed only for this):
 
-    pip install --no-deps --target /tmp/peers memorizing-transformers-pytorch==0.4.1 einops-exts==0.0.4 \
+    pip install --no-deps --target /tmp/peers memorizing-transformers-pytorch==0.4.1 einops-exts==0.0.4 \\
         joblib filelock cloudpickle
-    PEERS=/tmp/peers OMP_WAIT_POLICY=PASSIVE python -m benchmarks.fot
+    PEERS=/tmp/peers OMP_WAIT_POLICY=PASSIVE python -m benchmarks.fot [--keys-run RUN_DIR] [--quick]
+
+Four tables:
+1. exact search against its floor: one window of a memory layer (4 heads x 512 queries, d=64, top-32)
+   over n keys per head; the floor is what any exact search must do on this CPU: the bf16 score matmul and
+   one read of the scores (their maxima by groups of 64);
+2. search on a trained FoT's own keys and queries (its first memory layer; ``--keys-run`` or a fot_tiny
+   trained here for ``--keys-steps``): recall@32 of each index against exact search, and its time;
+3. equal work: one memory of n keys (one head: the peer keeps one memory head shared by all heads),
+   the 2,048 queries of 4 heads x 512 tokens, top-32, on the trained keys: the peer's own memory class
+   beside longlab's, with recall;
+4. model level: streaming with n tokens in memory (width 256, 4 layers, windows of 512, batch 1): FoT's
+   per-head memory (the paper's design: 4x the peer's keys searched) against the peer's model.
+And the CrossBatch training step beside the peer's.
 
 The peer differs from FoT: one shared K/V head for memory, cosine-sim attention, separate memory and
-local softmaxes merged by a learned gate, memories in memmapped files (HNSW via faiss), no CrossBatch.
+local softmaxes merged by a learned gate, memories in memmapped files searched by faiss HNSW (M=15,
+efSearch 16), no CrossBatch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from architectures.fot import FocusedTransformer  # noqa: E402
 from benchmarks.common import measure, table  # noqa: E402
-from memory import KNNMemory, MemoryConfig  # noqa: E402
+from experiments.cli import with_allocator  # noqa: E402
+from memory import KNNMemory, MemoryConfig, exact  # noqa: E402
+
+K = 32  # neighbours per query (the peer's default)
+IVF = {"backend": "faiss", "index": "ivf", "nlist": "auto", "nprobe": 16, "faiss_threads": 1}
+HNSW_PEER = {"backend": "faiss", "index": "hnsw", "hnsw_m": 15, "ef_search": 16, "faiss_threads": 1}
 
 
-def retrieval_rows(sizes, d=64, queries=512, k=32):
+def recall(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Mean share of the exact top-k found, over queries ([..., k] ids)."""
+    g, w = got.reshape(-1, got.shape[-1]).tolist(), want.reshape(-1, want.shape[-1]).tolist()
+    return sum(len(set(a) & set(b)) for a, b in zip(g, w)) / max(1, sum(len(b) for b in w))
+
+
+# ---------------------------------------------------------------------------------------------- 1. floor
+def floor_rows(sizes, heads=4, queries=512, d=64):
     rows = []
     for n in sizes:
         g = torch.Generator().manual_seed(0)
-        keys = torch.randn(1, 1, n, d, generator=g)
-        q = torch.randn(1, 1, queries, d, generator=g)
-        exact = KNNMemory(1, 1, d, MemoryConfig(capacity=n))
-        exact.add(keys, keys)
-        ref = exact.search(q, k)[3]
-        for name, cfg in [("exact (torch)", MemoryConfig(capacity=n)),
-                          ("faiss flat", MemoryConfig(capacity=n, backend="faiss", index="flat", faiss_threads=2)),
-                          ("faiss ivf", MemoryConfig(capacity=n, backend="faiss", index="ivf", nlist=256, nprobe=16,
-                                                     ivf_train_size=min(n, 16384), faiss_threads=2)),
-                          ("faiss hnsw", MemoryConfig(capacity=n, backend="faiss", index="hnsw", hnsw_m=16,
-                                                      ef_search=64, faiss_threads=2))]:
-            if name == "faiss hnsw" and n > 262144:
-                continue
-            mem = KNNMemory(1, 1, d, cfg)
-            mem.add(keys, keys)
-            t0 = time.perf_counter()
-            mem.search(q[:, :, :1], k)  # builds the index
-            build = time.perf_counter() - t0
-            m = measure(lambda mem=mem: mem.search(q, k), repeat=3)
-            got = mem.search(q, k)[3]
-            recall = sum(len(set(got[0, 0, t].tolist()) & set(ref[0, 0, t].tolist())) for t in range(queries)) / (
-                queries * k)
-            rows.append({"n": n, "backend": name, "ms": m["wall"] * 1e3, "build_s": build, "recall": recall})
+        keys = torch.randn(1, heads, n, d, generator=g)
+        q = torch.randn(1, heads, queries, d, generator=g)
+        mem = KNNMemory(1, heads, d, MemoryConfig(capacity=n))
+        mem.add(keys, keys)
+        kb, qb = keys.bfloat16(), q.bfloat16()
+        block = exact.block_size(q, torch.bfloat16)
+
+        def scores():  # the score matmul of the same blocks the search uses
+            for lo in range(0, n, block):
+                torch.matmul(qb, kb[:, :, lo : lo + block].transpose(-1, -2))
+
+        s = torch.matmul(qb, kb[:, :, : min(n, block)].transpose(-1, -2))
+        reps = -(-n // block)
+        mm = measure(scores, repeat=3)["cpu"]
+        scan = measure(lambda: s.unflatten(-1, (-1, 64)).amax(-1), repeat=3)["cpu"] * reps
+        mem.search(q, K)  # the bf16 copy of the keys is built on the first search
+        search = measure(lambda: mem.search(q, K), repeat=3)["cpu"]
+        fp32 = KNNMemory(1, heads, d, MemoryConfig(capacity=n, exact_bf16=False))
+        fp32.add(keys, keys)
+        search32 = measure(lambda: fp32.search(q, K), repeat=1)["cpu"]
+        rows.append({"n": n, "mm": mm * 1e3, "scan": scan * 1e3, "floor": (mm + scan) * 1e3, "ms": search * 1e3,
+                     "ratio": search / (mm + scan), "fp32": search32 * 1e3})
     return rows
 
 
-STREAM_BACKENDS = {"exact": {"memory_backend": "exact"},
-                   "faiss flat": {"memory_backend": "faiss", "memory_index": "flat"},
-                   "faiss ivf": {"memory_backend": "faiss", "memory_index": "ivf"},
-                   "faiss hnsw": {"memory_backend": "faiss", "memory_index": "hnsw"}}
+# ---------------------------------------------------------------------------------------------- 2. keys
+def trained_run(a) -> str:
+    if a.keys_run:
+        return a.keys_run
+    run = tempfile.mkdtemp(prefix="fot_keys_")
+    print(f"[bench] training fot_tiny for {a.keys_steps} steps into {run} (its memory layer's keys are the "
+          "search tables' data; pass --keys-run to use another run)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "experiments.train", "model=fot_tiny", f"trainer.max_steps={a.keys_steps}",
+                    f"run_dir={run}", "trainer.enable_progress_bar=false"], check=True, stdout=subprocess.DEVNULL)
+    return run
 
 
-def fot_model(width, layers, window, capacity, backend="exact", **memory):
+@torch.no_grad()
+def model_keys(run: str, n: int, n_queries: int):
+    """Keys [H, n, d] and queries [H, n_queries, d] of the run's first memory layer over the first n + n_queries
+    test bytes. The keys of the first memory layer come from layers without memory, so a small memory gives
+    the same keys as a large one: the text streams with a ring of 4,096 entries read out after every chunk."""
+    from experiments.training.runs import corpus_of, load_run
+
+    cfg, module = load_run(run, net_overrides={"memory_capacity": 4096, "memory_backend": "exact"})
+    net = module.net
+    data = corpus_of(cfg).split("test").data
+    if len(data) < n + n_queries:
+        raise ValueError(f"--keys-run's test split has {len(data):,} tokens; the tables need {n + n_queries:,}")
+    x = torch.from_numpy(np.asarray(data[: n + n_queries]).astype(np.int64))[None]
+    chunk, state, keys, queries = 2048, None, [], []
+    for s in range(0, n + n_queries, chunk):
+        if s >= n:  # the last tokens: keep the memory layer's queries
+            mem = state["memory"][0]
+            search = mem.search
+            mem.search = lambda q, k, search=search: (queries.append(q[0].clone()), search(q, k))[1]
+        _, state = net(x[:, s : s + chunk], state)
+        if s < n:
+            mem = state["memory"][0]
+            m = min(chunk, n - s)
+            slots = torch.arange(int(mem.count[0]) - m, int(mem.count[0])) % mem.capacity
+            keys.append(mem.keys[0][:, slots].clone())
+    return torch.cat(keys, 1), torch.cat(queries, 1)[:, :n_queries]
+
+
+def key_rows(keys, queries, sizes):
+    """One head's memory of n trained keys, its 512 queries: exact, IVF (lifted, auto lists), and the HNSW
+    settings of the peer and of longlab's default."""
+    rows = []
+    q = queries[:1].unsqueeze(0)
+    for n in sizes:
+        kn = keys[:1, :n].unsqueeze(0)
+        ref = KNNMemory(1, 1, kn.shape[-1], MemoryConfig(capacity=n))
+        ref.add(kn, kn)
+        want = ref.search(q, K)[3]
+        norms = kn.norm(dim=-1)
+        for name, cfg in [("exact", {}), ("faiss ivf (nlist auto, nprobe 16)", IVF),
+                          ("faiss ivf inner product (before: nlist 64, nprobe 8)", None),
+                          ("faiss hnsw (peer's M=15, ef 16)", HNSW_PEER),
+                          ("faiss hnsw (M=32, ef 64)", {**HNSW_PEER, "hnsw_m": 32, "ef_search": 64})]:
+            if name.startswith("faiss hnsw") and n > 262144:
+                continue
+            t0 = time.perf_counter()
+            if cfg is None:
+                got, ms, build = inner_product_ivf(kn[0, 0], q[0, 0], n)
+            else:
+                mem = KNNMemory(1, 1, kn.shape[-1], MemoryConfig(capacity=n, **cfg))
+                mem.add(kn, kn)
+                mem.search(q[:, :, :1], K)  # builds the index
+                build = time.perf_counter() - t0
+                ms = measure(lambda mem=mem: mem.search(q, K), repeat=3)["cpu"] * 1e3
+                got = mem.search(q, K)[3]
+            rows.append({"n": n, "backend": name, "ms": ms, "build_s": build, "recall": recall(got, want),
+                         "norms": f"{float(norms.min()):.1f}-{float(norms.max()):.1f}"})
+    return rows
+
+
+def inner_product_ivf(keys, q, n):
+    """The IVF this commit replaced (inner-product lists, 64 of them, trained on the first 4,096 keys), kept
+    here as the control of the lifted one."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    quant = faiss.IndexFlatIP(keys.shape[-1])
+    idx = faiss.IndexIVFFlat(quant, keys.shape[-1], 64, faiss.METRIC_INNER_PRODUCT)
+    idx.nprobe = 8
+    idx.train(keys[:4096].numpy())
+    idx.add(keys.numpy())
+    build = time.perf_counter() - t0
+    ms = measure(lambda: idx.search(q.numpy(), K), repeat=3)["cpu"] * 1e3
+    return torch.from_numpy(idx.search(q.numpy(), K)[1]), ms, build
+
+
+# ---------------------------------------------------------------------------------------------- 3. equal work
+def equal_work_rows(keys, queries, sizes, peer_memory):
+    """One memory of n keys (head 0's), the queries of every head (as the peer searches its shared memory)."""
+    rows = []
+    q = queries.reshape(1, 1, -1, queries.shape[-1])
+    for n in sizes:
+        kn = keys[:1, :n].unsqueeze(0)
+        ref = KNNMemory(1, 1, kn.shape[-1], MemoryConfig(capacity=n))
+        ref.add(kn, kn)
+        want = ref.search(q, K)[3]
+        peer_ms = None
+        if peer_memory is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                pm = peer_memory(dim=kn.shape[-1], max_memories=n, num_indices=1,
+                                 memmap_filename=os.path.join(tmp, "m.memmap"), multiprocessing=False)
+                t0 = time.perf_counter()
+                pm.add(torch.stack([kn[0, 0], kn[0, 0]], 1)[None])  # [b, n, (key, value), d]
+                build = time.perf_counter() - t0
+                peer_ms = measure(lambda: pm.search(q[0], K), repeat=3)["cpu"] * 1e3
+                ids = torch.from_numpy(np.asarray(pm.knns[0].search(q[0, 0].numpy(), K, increment_age=False)))
+                rows.append({"n": n, "backend": "memorizing-transformers-pytorch (hnsw M=15, ef 16)", "ms": peer_ms,
+                             "build_s": build, "recall": recall(ids, want)})
+                del pm
+        for name, cfg in [("longlab exact", {}), ("longlab faiss ivf (nlist auto, nprobe 16)", IVF),
+                          ("longlab faiss hnsw (peer's M=15, ef 16)", HNSW_PEER)]:
+            if name.endswith("ef 16)") and n > 262144:
+                continue
+            mem = KNNMemory(1, 1, kn.shape[-1], MemoryConfig(capacity=n, **cfg))
+            t0 = time.perf_counter()
+            mem.add(kn, kn)
+            mem.search(q[:, :, :1], K)
+            build = time.perf_counter() - t0
+            ms = measure(lambda mem=mem: mem.search(q, K), repeat=3)["cpu"] * 1e3
+            got = mem.search(q, K)[3]
+            rows.append({"n": n, "backend": name, "ms": ms, "build_s": build, "recall": recall(got, want),
+                         "vs_peer": peer_ms / ms if peer_ms else None})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- 4. model level
+STREAM = {"exact": {"memory_backend": "exact"},
+          "faiss ivf": {"memory_backend": "faiss", "memory_index": "ivf", "memory_nlist": "auto", "memory_nprobe": 16}}
+
+
+def fot_model(width, layers, window, capacity, **memory):
     torch.manual_seed(0)
-    return FocusedTransformer(d_model=width, n_layers=layers, n_heads=width // 64, window=window, memory_k=32,
-                              memory_capacity=capacity, **({"memory_backend": backend} | memory))
+    return FocusedTransformer(d_model=width, n_layers=layers, n_heads=width // 64, window=window, memory_k=K,
+                              memory_capacity=capacity, **memory)
 
 
 def peer_model(cls, width, layers, capacity, directory):
     torch.manual_seed(0)
     return cls(num_tokens=256, dim=width, depth=layers, heads=width // 64, dim_head=64,
                memorizing_layers=(max(1, round(2 * layers / 3)),), max_knn_memories=capacity,
-               num_retrieved_memories=32, knn_memories_directory=directory)
+               num_retrieved_memories=K, knn_memories_directory=directory)
+
+
+def with_memory_config(state: dict, **cfg) -> dict:
+    """The state with every memory rebuilt under another search config (the same entries)."""
+    mems = []
+    for mem in state["memory"]:
+        sd = mem.state_dict()
+        sd["config"] = {**sd["config"], **cfg}
+        mems.append(KNNMemory.from_state_dict(sd))
+    return {**state, "memory": mems}
 
 
 @torch.no_grad()
 def streaming_rows(a, cls):
+    """Each memory size is filled once (through FoT's IVF path: the entries do not depend on the search) and
+    every FoT backend streams the same measured tokens from that memory."""
     rows = []
     W = a.window
     for mem_tokens in a.memories:
         cap = max(mem_tokens + 4 * W, 1024)
-        x = torch.randint(0, 256, (1, mem_tokens + a.measure_tokens))
-        for name in a.backends if mem_tokens else ["exact"]:
-            net = fot_model(a.width, a.layers, W, cap, **STREAM_BACKENDS[name]).eval()
+        x = torch.randint(0, 256, (1, mem_tokens + a.measure_tokens), generator=torch.Generator().manual_seed(0))
+        filled = None
+        if mem_tokens:
+            net = fot_model(a.width, a.layers, W, cap, **STREAM["faiss ivf"]).eval()
+            t0 = time.perf_counter()
+            for s in range(0, mem_tokens, 4 * W):
+                _, filled = net(x[:, s : min(s + 4 * W, mem_tokens)], filled)
+            print(f"[bench] {mem_tokens:,} tokens in memory filled in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr)
+        for name, memory in STREAM.items():
+            if not mem_tokens and name != "exact":
+                continue
+            net = fot_model(a.width, a.layers, W, cap, **memory).eval()
             state = None
-            for s in range(0, mem_tokens, 4 * W):  # fill the memory (not timed)
-                _, state = net(x[:, s : min(s + 4 * W, mem_tokens)], state)
+            if filled is not None:
+                cfg = {"backend": "exact"} if name == "exact" else {k: v for k, v in IVF.items()
+                                                                    if k != "faiss_threads"}
+                state = with_memory_config(filled, **cfg)
+                for m in state["memory"]:  # steady state: the index (or the keys' bf16 copy) is built before timing
+                    m.search(torch.zeros(1, m.H, 1, m.d), K)
             t0, c0 = time.perf_counter(), time.process_time()
             for s in range(mem_tokens, x.shape[1], W):
                 _, state = net(x[:, s : s + W], state)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            mem = state["memory"][0] if state else None
-            per_token = mem.nbytes() / max(1, int(mem.size()[0])) if mem is not None and int(mem.size()[0]) else None
-            kv = 2 * a.width * 4  # keys + values of one token (all heads), float32
-            rows.append({"model": f"FoT (ours, {name})", "mem": mem_tokens, "tok_s": a.measure_tokens / wall,
-                         "cpu_tok_s": a.measure_tokens / cpu, "bytes_per_token": per_token,
-                         "kv_ratio": per_token / kv if per_token else None})
-        if cls is not None:
+            mem = state["memory"][0]
+            per_token = mem.nbytes() / max(1, int(mem.size()[0]))
+            rows.append({"model": f"FoT (longlab, {name})", "mem": mem_tokens, "tok_s": a.measure_tokens / wall,
+                         "cpu_tok_s": a.measure_tokens / cpu, "bytes_per_token": per_token})
+        if cls is not None and mem_tokens <= a.peer_max:
             with tempfile.TemporaryDirectory() as tmp:
                 peer = peer_model(cls, a.width, a.layers, cap, tmp).eval()
                 with peer.knn_memories_context(batch_size=1) as knn:
@@ -110,10 +287,9 @@ def streaming_rows(a, cls):
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             rows.append({"model": "memorizing-transformers-pytorch (faiss hnsw)", "mem": mem_tokens,
                          "tok_s": a.measure_tokens / wall, "cpu_tok_s": a.measure_tokens / cpu})
-            peer_tok_s = rows[-1]["tok_s"]
             for r in rows:
                 if r["mem"] == mem_tokens:
-                    r["vs_peer"] = r["tok_s"] / peer_tok_s
+                    r["vs_peer"] = r["cpu_tok_s"] / rows[-1]["cpu_tok_s"]
     return rows
 
 
@@ -146,38 +322,70 @@ def train_rows(a, cls):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536, 262144, 1048576])
-    ap.add_argument("--memories", type=int, nargs="+", default=[0, 8192, 65536])
-    ap.add_argument("--backends", nargs="+", default=list(STREAM_BACKENDS), choices=list(STREAM_BACKENDS))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 65536, 262144, 1048576])
+    ap.add_argument("--key-sizes", type=int, nargs="+", default=[8192, 65536, 262144])
+    ap.add_argument("--memories", type=int, nargs="+", default=[0, 8192, 65536, 262144, 1048576])
+    ap.add_argument("--peer-max", type=int, default=262144, help="largest memory the peer streams with")
+    ap.add_argument("--keys-run", help="a trained FoT run whose memory layer's keys the search tables use")
+    ap.add_argument("--keys-steps", type=int, default=300)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--measure-tokens", type=int, default=2048)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["floor", "keys", "equal", "stream", "train"])
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
+    with_allocator()  # measured under the allocator every entry point runs with
     if a.quick:
-        a.sizes, a.memories, a.window, a.measure_tokens, a.width, a.layers = [4096], [0, 4096], 128, 512, 128, 2
+        a.sizes, a.key_sizes, a.memories, a.window, a.measure_tokens, a.width, a.layers, a.keys_steps = (
+            [8192], [8192], [0, 4096], 128, 512, 128, 2, 20)
     if os.environ.get("PEERS"):
         sys.path.insert(0, os.environ["PEERS"])
     try:
         from memorizing_transformers_pytorch import MemorizingTransformer as cls
+        from memorizing_transformers_pytorch.knn_memory import KNNMemory as peer_memory
     except ImportError:
-        cls = None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; peer package: "
-          f"{'found' if cls else 'not installed (set PEERS=...)'}\n")
-    print("## retrieval: one (row, head) memory of n keys, d=64, 512 queries, top-32")
-    print(table(retrieval_rows(a.sizes), [("n", "keys", "{:,}"), ("backend", "backend", "{}"),
-                                          ("ms", "ms / 512 queries", "{:.1f}"), ("build_s", "index build s", "{:.2f}"),
-                                          ("recall", "recall@32 vs exact", "{:.3f}")]))
-    print(f"\n## streaming evaluation, width {a.width}, {a.layers} layers, windows of {a.window}, batch 1")
-    print(table(streaming_rows(a, cls), [("model", "model", "{}"), ("mem", "tokens in memory", "{:,}"),
-                                         ("tok_s", "tokens/s", "{:,.0f}"), ("vs_peer", "vs peer (wall)", "{:.2f}x"),
-                                         ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}"),
-                                         ("bytes_per_token", "memory bytes/token", "{:,.0f}"),
-                                         ("kv_ratio", "vs keys+values fp32", "{:.2f}x")]))
-    print("\n## training step, batch 8")
-    print(table(train_rows(a, cls), [("model", "model", "{}"), ("tok_s", "tokens/s", "{:,.0f}"),
-                                     ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}")]))
+        cls = peer_memory = None
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"allocator {os.environ.get('LONGLAB_ALLOCATOR')}, CPU; peer package: "
+          f"{'found' if cls else 'not installed (set PEERS=...)'}; times are CPU-seconds (median of 3)\n")
+    if "floor" not in a.skip:
+        print(f"## 1. exact search against its floor: 4 heads x 512 queries, d=64, top-{K}, n keys per head")
+        print(table(floor_rows(a.sizes), [
+            ("n", "keys per head", "{:,}"), ("mm", "bf16 score matmul ms", "{:.0f}"),
+            ("scan", "one read of the scores ms", "{:.0f}"), ("floor", "floor ms", "{:.0f}"),
+            ("ms", "exact search ms", "{:.0f}"), ("ratio", "search / floor", "{:.2f}x"),
+            ("fp32", "float32 exact search ms", "{:.0f}")]))
+    if {"keys", "equal"} - set(a.skip):
+        run = trained_run(a)
+        n = max(a.key_sizes)
+        keys, queries = model_keys(run, n, 512)
+        print(f"\nkeys and queries: the first memory layer of {run} over {n + 512:,} test tokens "
+              f"({keys.shape[0]} heads of {keys.shape[-1]} dims)")
+        if "keys" not in a.skip:
+            print(f"\n## 2. search on a trained FoT's keys: one head's memory of n keys, its 512 queries, top-{K}")
+            print(table(key_rows(keys, queries, a.key_sizes), [
+                ("n", "keys", "{:,}"), ("backend", "backend", "{}"), ("ms", "ms / 512 queries", "{:.1f}"),
+                ("build_s", "index build s", "{:.2f}"), ("recall", f"recall@{K} vs exact", "{:.3f}"),
+                ("norms", "key norms", "{}")]))
+        if "equal" not in a.skip:
+            print(f"\n## 3. equal work: one memory of n keys, {queries.shape[0] * 512:,} queries "
+                  f"({queries.shape[0]} heads x 512 tokens), top-{K}, on the trained keys")
+            print(table(equal_work_rows(keys, queries, a.key_sizes, peer_memory), [
+                ("n", "keys", "{:,}"), ("backend", "backend", "{}"), ("ms", "search ms", "{:.1f}"),
+                ("vs_peer", "vs peer", "{:.2f}x"), ("build_s", "add + index build s", "{:.2f}"),
+                ("recall", f"recall@{K} vs exact", "{:.3f}")]))
+    if "stream" not in a.skip:
+        print(f"\n## 4. streaming evaluation, width {a.width}, {a.layers} layers ({a.width // 64} memory heads), "
+              f"windows of {a.window}, batch 1, {a.measure_tokens:,} tokens measured")
+        print(table(streaming_rows(a, cls), [
+            ("model", "model", "{}"), ("mem", "tokens in memory", "{:,}"), ("tok_s", "tokens/s", "{:,.0f}"),
+            ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}"), ("vs_peer", "vs peer (CPU-s)", "{:.2f}x"),
+            ("bytes_per_token", "memory bytes/token", "{:,.0f}")]))
+    if "train" not in a.skip:
+        print("\n## 5. training step, batch 8")
+        print(table(train_rows(a, cls), [("model", "model", "{}"), ("tok_s", "tokens/s", "{:,.0f}"),
+                                         ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}")]))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,20 @@ overflowing memory can return fewer neighbours but never wrong values.
 Backends:
 * ``exact`` — torch matmul + top-k on any device (the oracle);
 * ``faiss`` — one index per (row, head): ``flat`` (IndexFlatIP, exact), ``ivf`` (IndexIVFFlat with
-  ``nlist``/``nprobe``; trained on the first ``ivf_train_size`` keys, searched exactly until then), or
+  ``nlist``/``nprobe``, searched exactly until ``ivf_train_size`` keys are live), or
   ``hnsw`` (IndexHNSWFlat with ``hnsw_m``/``ef_search``; it cannot remove: evicted entries are over-fetched
   and dropped, the index rebuilt from the ring once they reach half of it). A GPU
   index is used when faiss has GPU support and the tensors live on CUDA. faiss is imported lazily;
+
+The IVF index searches inner products as Euclidean distances (Bachrach et al. 2014): a key k becomes
+[k, sqrt(R^2 - |k|^2)] and a query q becomes [q, 0], so |q' - k'|^2 = |q|^2 + R^2 - 2 q.k ranks keys exactly
+as q.k does, for every key of norm <= R. Trained model keys have norms spread over a factor of 5 or more,
+and an inner-product IVF then files them under the few centroids of large norm: on keys of a trained FoT
+its recall@32 was 0.19 at nprobe 8 where the Euclidean form reaches 0.89 (``benchmarks/fot.py``). Its
+quantizer is trained on the memory's own live keys, with R 1.5 times the longest of them, and retrained (the
+index rebuilt from the ring) when the live keys have grown ``ivf_regrow`` times since, or a new key is longer
+than R; ``nlist="auto"`` picks
+the number of lists at each training (about 2 sqrt(n), at least 39 keys per list).
 
 Dense attention over the whole memory (FoT's ``memory_backend: dense``) needs no search: ``all()``
 hands every live entry to attention, whatever the backend.
@@ -28,6 +38,7 @@ import torch
 from memory import exact
 
 BACKENDS = ("exact", "faiss")
+IVF_NORM_MARGIN = 1.5  # the IVF's norm bound R over its training keys' longest (recall on model keys: no loss)
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
 
@@ -36,9 +47,10 @@ class MemoryConfig:
     capacity: int = 65536  # entries per batch row (a token writes one entry per head)
     backend: str = "exact"
     index: str = "flat"  # faiss: flat | ivf | hnsw
-    nlist: int = 64
+    nlist: int | str = 64  # or "auto": about 2 sqrt(live keys), chosen at each (re)training
     nprobe: int = 8
     ivf_train_size: int = 4096
+    ivf_regrow: float = 4.0  # retrain once the live keys have grown this many times since the last training
     hnsw_m: int = 32
     ef_search: int = 64
     faiss_threads: int = 1
@@ -52,6 +64,19 @@ class MemoryConfig:
             raise ValueError(f"memory index={self.index!r} is unknown; use one of {FAISS_INDEXES}")
         if self.capacity < 1:
             raise ValueError(f"memory capacity={self.capacity} must be >= 1")
+        if self.nlist != "auto" and (isinstance(self.nlist, bool) or not isinstance(self.nlist, int) or self.nlist < 1):
+            raise ValueError(f"memory nlist={self.nlist!r} must be an integer >= 1 or 'auto'")
+        if not self.ivf_regrow > 1:
+            raise ValueError(f"memory ivf_regrow={self.ivf_regrow} must be > 1 (retrain when the keys grow that much)")
+
+
+def auto_nlist(n: int) -> int:
+    """IVF lists for ``n`` training keys: the largest power of two <= 2 sqrt(n) with >= 39 keys per list (faiss
+    warns below), at least 1."""
+    nlist = 1
+    while nlist * 2 <= 2 * n ** 0.5 and nlist * 2 * 39 <= n:
+        nlist *= 2
+    return nlist
 
 
 def _faiss():
@@ -80,6 +105,7 @@ class KNNMemory:
         self._indexed: dict[tuple[int, int], tuple[int, int]] = {}  # entry numbers [lo, hi) each index holds
         self._keepalive: dict[tuple[int, int], object] = {}
         self._on_gpu: dict[tuple[int, int], bool] = {}
+        self._ivf: dict[tuple[int, int], tuple[int, float]] = {}  # (keys trained on, norm bound R) per IVF index
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -153,6 +179,7 @@ class KNNMemory:
                 self._indexes.pop((b, h), None)
                 self._indexed.pop((b, h), None)
                 self._on_gpu.pop((b, h), None)
+                self._ivf.pop((b, h), None)
 
     # ------------------------------------------------------------------ reading
     def all(self):
@@ -216,14 +243,22 @@ class KNNMemory:
         elif cfg.index == "hnsw":
             idx = faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT))
             faiss.downcast_index(idx.index).hnsw.efSearch = cfg.ef_search
-        else:
-            quant = faiss.IndexFlatIP(d)
-            idx = faiss.IndexIVFFlat(quant, d, cfg.nlist, faiss.METRIC_INNER_PRODUCT)  # ids built in
-            idx.nprobe = cfg.nprobe
-            self._keepalive[(b, h)] = quant  # the IVF index does not own its quantizer
+        else:  # Euclidean IVF over keys lifted to norm R (see the module's note)
+            self._ivf.pop((b, h), None)
             ids = torch.arange(live_from, int(self.count[b]))
-            if len(ids) >= cfg.ivf_train_size:  # trained on the memory's own live keys
-                idx.train(self._rows(b, h, ids))
+            n = len(ids)
+            nlist = auto_nlist(n) if cfg.nlist == "auto" else cfg.nlist
+            quant = faiss.IndexFlatL2(d + 1)
+            idx = faiss.IndexIVFFlat(quant, d + 1, nlist, faiss.METRIC_L2)  # ids built in
+            idx.nprobe = min(cfg.nprobe, nlist)
+            idx.cp.max_points_per_centroid = 64  # k-means on a sample: training stays seconds at 1M keys
+            idx.cp.niter = 10
+            self._keepalive[(b, h)] = quant  # the IVF index does not own its quantizer
+            if n >= cfg.ivf_train_size:  # trained on the memory's own live keys
+                keys = self.keys[b, h, (ids % self.capacity).to(self.keys.device)].float().cpu()
+                bound = IVF_NORM_MARGIN * float(keys.norm(dim=-1).max())
+                self._ivf[(b, h)] = (n, bound)
+                idx.train(self._lifted(keys, bound))
         if self.keys.is_cuda and cfg.index != "hnsw" and hasattr(faiss, "StandardGpuResources"):
             self._gpu_res = getattr(self, "_gpu_res", None) or faiss.StandardGpuResources()
             idx = faiss.index_cpu_to_gpu(self._gpu_res, self.keys.device.index or 0, idx)
@@ -244,20 +279,45 @@ class KNNMemory:
         stale = max(0, live_from - lo)
         untrained_ivf = cfg.index == "ivf" and idx is not None and not idx.is_trained
         removable = cfg.index != "hnsw" and not self._on_gpu.get(key, False)
+        new_ids = torch.arange(max(hi, live_from), count)
         if idx is None or (untrained_ivf and count - live_from >= cfg.ivf_train_size) or \
-                (stale and not removable and stale * 2 >= hi - lo):
+                (stale and not removable and stale * 2 >= hi - lo) or self._ivf_stale(key, count - live_from, new_ids):
             self._on_gpu.pop(key, None)
             idx, lo, hi = self._new_index(b, h, live_from), live_from, live_from
+            new_ids = torch.arange(live_from, count)
         elif stale and removable:
             idx.remove_ids(faiss.IDSelectorRange(lo, live_from))
             lo = live_from
-        if getattr(idx, "is_trained", True) and count > hi:
-            ids = torch.arange(max(hi, live_from), count)
-            idx.add_with_ids(self._rows(b, h, ids), ids.numpy().astype("int64"))
+        if getattr(idx, "is_trained", True) and len(new_ids):
+            rows = self._rows(b, h, new_ids)
+            if key in self._ivf:
+                rows = self._lifted(torch.from_numpy(rows), self._ivf[key][1]).numpy()
+            idx.add_with_ids(rows, new_ids.numpy().astype("int64"))
             hi = count
         self._indexes[key] = idx
         self._indexed[key] = (lo, hi)
         return idx, max(0, live_from - lo)
+
+    def _ivf_stale(self, key, live: int, new_ids: torch.Tensor) -> bool:
+        """A trained IVF index to retrain: the live keys grew ``ivf_regrow`` times since its training, or a key
+        to add is longer than its norm bound (it would not rank by inner product)."""
+        if key not in self._ivf:
+            return False
+        trained_on, bound = self._ivf[key]
+        if live >= self.cfg.ivf_regrow * trained_on:
+            return True
+        if not len(new_ids):
+            return False
+        b, h = key
+        norms = self.keys[b, h, (new_ids % self.capacity).to(self.keys.device)].float().norm(dim=-1)
+        return bool(norms.max() > bound)
+
+    @staticmethod
+    def _lifted(keys: torch.Tensor, bound: float) -> torch.Tensor:
+        """Keys [n, d] -> [n, d + 1] of norm ``bound``: Euclidean distance to [q, 0] ranks as inner product."""
+        keys = keys.float()
+        extra = (bound ** 2 - keys.pow(2).sum(-1, keepdim=True)).clamp(min=0).sqrt()
+        return torch.cat([keys, extra], -1).contiguous()
 
     def _rows(self, b, h, ids):
         return self.keys[b, h, (ids % self.capacity).to(self.keys.device)].float().cpu().contiguous().numpy()
@@ -277,7 +337,10 @@ class KNNMemory:
                 if self.cfg.index == "ivf" and not getattr(idx, "is_trained", True):
                     out[b, h] = self._exact_row(q[b, h], b, h, k)  # too few keys to train yet
                     continue
-                _, ids = idx.search(q[b, h].numpy(), k + stale)
+                queries = q[b, h]
+                if (b, h) in self._ivf:  # [q, 0]: Euclidean distance to the lifted keys ranks by q.k
+                    queries = torch.nn.functional.pad(queries, (0, 1))
+                _, ids = idx.search(queries.contiguous().numpy(), k + stale)
                 ids = torch.from_numpy(ids)
                 if stale:  # keep the first k live ones per query
                     live = ids >= live_from
@@ -320,4 +383,5 @@ class KNNMemory:
         new.keys_bf16 = None if self.keys_bf16 is None else fn(self.keys_bf16)
         new.key_norm_max = fn(self.key_norm_max)
         new._indexes, new._indexed, new._on_gpu = dict(self._indexes), dict(self._indexed), dict(self._on_gpu)
+        new._ivf = dict(self._ivf)
         return new

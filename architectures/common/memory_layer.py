@@ -30,7 +30,7 @@ class MemorySettings:
     memory_index: str = "flat"  # faiss: flat | ivf | hnsw
     memory_capacity: int = 65536  # entries (tokens) per row and memory layer; oldest evicted first
     memory_k: int = 128  # retrieved keys per query and head (paper: 128 for LM, 32 for the dictionary)
-    memory_nlist: int = 64
+    memory_nlist: int | str = 64  # IVF lists, or "auto" (about 2 sqrt(n), re-chosen as the memory grows)
     memory_nprobe: int = 8
     memory_hnsw_m: int = 32
     memory_ef_search: int = 64
@@ -47,8 +47,11 @@ class MemorySettings:
         for field in ("memory_capacity", "memory_k", "memory_nlist", "memory_nprobe", "memory_hnsw_m",
                       "memory_ef_search", "memory_threads"):
             value = getattr(self, field)
+            if field == "memory_nlist" and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: {field}={value!r} must be an integer >= 1")
+                auto = " or 'auto'" if field == "memory_nlist" else ""
+                raise ValueError(f"{name}: {field}={value!r} must be an integer >= 1{auto}")
 
     def memory_config(self) -> MemoryConfig:
         backend = "exact" if self.memory_backend == "dense" else self.memory_backend

@@ -38,7 +38,10 @@ def vandermonde_sum(coef: torch.Tensor, log_q: torch.Tensor, L: int, shift: int 
     small = cexp(log_q[:, None, :] * r[None, :, None])  # [D, b, N]: q^r
     big = cexp(log_q[:, :, None] * a[None, None, :])  # [D, N, A]: q^(a b + shift)
     lhs = coef[..., :, None, :] * small  # [..., D, b, N]
-    out = torch.matmul(lhs, big).real  # [..., D, b, A]
+    # Re(lhs @ big) as one real matmul: [Re lhs, -Im lhs] @ [Re big; Im big] (no complex product, and a backward
+    # without the zero-filled imaginary parts that ``.real`` of a complex result costs)
+    lhs = torch.cat([lhs.real, -lhs.imag], -1)  # [..., D, b, 2N]
+    out = torch.matmul(lhs, torch.cat([big.real, big.imag], -2))  # [..., D, b, A]
     return out.transpose(-1, -2).reshape(*out.shape[:-2], A * b)[..., :L]
 
 
@@ -73,6 +76,34 @@ def _fft_len(n: int) -> int:
     return best
 
 
+class CausalFFTConv(torch.autograd.Function):
+    """``y[b, d, t] = sum_{s <= t} x[b, d, s] k[d, t - s]`` for x [B, D, L], k [D, L], by FFTs of length n >= 2L.
+
+    The backward is written out: the two correlations that are its gradients, from the spectra the forward
+    kept, are one rfft and two irffts (the batch summed in frequency for the kernel's). Autograd's own
+    backward of ``rfft`` builds a zero-filled full spectrum and runs a complex-to-complex FFT of it: the
+    same result at about twice the time of the whole op (profiled at L = 16K)."""
+
+    @staticmethod
+    def forward(ctx, x, k, n: int):
+        L = x.shape[-1]
+        xf, kf = torch.fft.rfft(x, n=n), torch.fft.rfft(k, n=n)
+        ctx.save_for_backward(xf, kf)
+        ctx.n, ctx.L = n, L
+        return torch.fft.irfft(xf * kf, n=n)[..., :L]
+
+    @staticmethod
+    def backward(ctx, gy):
+        xf, kf = ctx.saved_tensors
+        n, L = ctx.n, ctx.L
+        gf = torch.fft.rfft(gy, n=n)  # gy zero-padded: the correlations below never wrap (n >= 2L)
+        gx = torch.fft.irfft(gf * kf.conj(), n=n)[..., :L] if ctx.needs_input_grad[0] else None
+        gk = None
+        if ctx.needs_input_grad[1]:
+            gk = torch.fft.irfft((gf * xf.conj()).sum(0), n=n)[..., :L]
+        return gx, gk, None
+
+
 def cema_fft(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False):
     B, D, L = x.shape
     dt = compute_dtype(x.dtype)
@@ -80,7 +111,7 @@ def cema_fft(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False):
     p, log_q, gamma_c = cema_coefficients(alpha, delta, theta, gamma)
     kernel = vandermonde_sum(p * gamma_c, log_q, L)  # [D, L]
     n = _fft_len(2 * L)
-    y = torch.fft.irfft(torch.fft.rfft(xc, n=n) * torch.fft.rfft(kernel, n=n), n=n)[..., :L]
+    y = CausalFFTConv.apply(xc, kernel, n)
     y = y + omega.to(dt).reshape(1, D, 1) * xc
     if h0 is not None:
         y = y + vandermonde_sum(gamma_c * h0.to(log_q.dtype), log_q, L, shift=1)

@@ -5,7 +5,7 @@ import torch
 from kernels._autograd import recompute_grad
 from kernels._dispatch import check, compute_dtype, resolve_backend
 from kernels.timestep_norm.reference import initial_state, timestep_norm_reference
-from kernels.timestep_norm.torch_impl import timestep_norm_cumsum
+from kernels.timestep_norm.torch_impl import timestep_norm_cumsum, timestep_norm_fused
 
 
 def timestep_norm(x, weight, bias, num_groups, eps=1e-5, state=None, mask=None, backend=None):
@@ -30,7 +30,8 @@ def timestep_norm(x, weight, bias, num_groups, eps=1e-5, state=None, mask=None, 
     if b == "reference":
         return timestep_norm_reference(x, weight, bias, G, eps, state, mask)
     if b == "torch":
-        return timestep_norm_cumsum(x, weight, bias, G, eps, state, mask)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, *(state or ())))
+        return (timestep_norm_cumsum if grad else timestep_norm_fused)(x, weight, bias, G, eps, state, mask)
     from kernels.timestep_norm.triton_impl import timestep_norm_triton_forward
 
     count, mean, var = state if state is not None else initial_state(B, G, x.device, compute_dtype(x.dtype))

@@ -224,6 +224,16 @@ def test_every_memory_knob_is_checked_whether_or_not_memory_is_used(field):
             build(compose("train", [f"model={model}", f"model.net.{field}=0"]).model.net)
 
 
+def test_ivf_lists_can_be_chosen_by_the_memory_size():
+    from experiments.config import build
+
+    net = build(compose("train", ["model=fot_tiny", "model.net.memory_backend=faiss", "model.net.memory_index=ivf",
+                                  "model.net.memory_nlist=auto"]).model.net)
+    assert net.memory_config().nlist == "auto"
+    with pytest.raises(ValueError, match="memory_nlist='many' must be an integer >= 1 or 'auto'"):
+        build(compose("train", ["model=fot_tiny", "model.net.memory_nlist=many"]).model.net)
+
+
 def test_compare_publish_refuses_a_quick_run():
     from experiments.compare import main
 

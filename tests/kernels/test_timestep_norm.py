@@ -82,6 +82,22 @@ def test_cumsum_path_matches_reference(B, L, D, G, dtype, tol):
         assert_close_rms(a, c, tol * 10, f"grad {name}")
 
 
+@pytest.mark.parametrize("B,L,D,G", SHAPES, ids=IDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("with_state,with_mask", [(False, False), (True, True)], ids=["fresh", "state+mask"])
+def test_no_grad_path_matches_reference(B, L, D, G, dtype, tol, with_state, with_mask):
+    """Without autograd the torch backend takes its fused path (batch_norm on centred tokens)."""
+    x, w, b, st, m = make(B, L, D, G, dtype, seed=B + L, state=with_state, mask=with_mask)
+    with torch.no_grad():
+        y1, s1 = timestep_norm(x, w, b, G, state=st, mask=m, backend="torch")
+    y2, s2 = timestep_norm(x, w, b, G, state=st, mask=m, backend="reference")
+    assert torch.equal(s1[0], s2[0])
+    for name, a, c in zip(["y", "mean", "var"], (y1, s1[1], s1[2]), (y2, s2[1], s2[2])):
+        assert_close_rms(a, c, tol, name)
+    if with_mask:
+        assert (y1[~m] == 0).all()
+
+
 def test_gradcheck_float64():
     x, w, b, st, m = make(2, 5, 6, 2)
     leaves = [t.clone().requires_grad_() for t in (x, w, b, st[1], st[2])]

@@ -71,6 +71,63 @@ def test_approximate_indexes_recall_above_a_floor(index, floor):
     assert recall >= floor, f"{index} recall@10 {recall:.2f} < {floor}"
 
 
+def recall(a, e):
+    return sum(len(set(a[0, 0, t].tolist()) & set(e[0, 0, t].tolist())) for t in range(a.shape[2])) / a[0, 0].numel()
+
+
+def spread_keys(n, g, clusters=32):
+    """Clustered keys whose norms spread over a factor of ~3, like a trained model's."""
+    centres = torch.randn(clusters, D, generator=g)
+    keys = centres[torch.randint(0, clusters, (n,), generator=g)] + 0.5 * torch.randn(n, D, generator=g)
+    return keys * torch.exp(torch.randn(n, 1, generator=g) * 0.3)
+
+
+def test_ivf_ranks_by_inner_product_on_keys_of_spread_norms():
+    """The lifted (Euclidean) IVF finds the inner-product neighbours of keys whose norms differ: all of them
+    when every list is probed (an IVF ranking by Euclidean distance without the lift would not), most of them
+    with an eighth of the lists probed."""
+    g = torch.Generator().manual_seed(11)
+    keys = spread_keys(8192, g).view(1, 1, -1, D)
+    q = torch.randn(1, 1, 128, D, generator=g)
+    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=8192))
+    exact.add(keys, keys)
+    want = exact.search(q, 10)[3]
+    for nprobe, floor in ((64, 1.0), (8, 0.9)):
+        ivf = KNNMemory(1, 1, D, MemoryConfig(capacity=8192, backend="faiss", index="ivf", nlist=64, nprobe=nprobe,
+                                              ivf_train_size=1024))
+        ivf.add(keys, keys)
+        got = recall(ivf.search(q, 10)[3], want)
+        assert got >= floor, f"recall@10 {got:.3f} with {nprobe} of 64 lists probed"
+
+
+def test_ivf_retrains_on_its_own_keys_as_the_memory_grows_and_for_a_longer_key():
+    g = torch.Generator().manual_seed(12)
+    mem = KNNMemory(1, 1, D, MemoryConfig(capacity=1 << 16, backend="faiss", index="ivf", nlist="auto", nprobe=64,
+                                          ivf_train_size=1000, ivf_regrow=4.0))
+    q = torch.randn(1, 1, 4, D, generator=g)
+    trained, lists = [], []
+    for _ in range(5):
+        keys = spread_keys(1000, g).view(1, 1, -1, D)
+        mem.add(keys, keys)
+        mem.search(q, 4)
+        trained.append(mem._ivf[(0, 0)][0])
+        lists.append(mem._indexes[(0, 0)].nlist)
+    assert trained == [1000, 1000, 1000, 4000, 4000]  # retrained at 4x the keys it was trained on
+    assert lists == [16, 16, 16, 64, 64]  # auto: the most (a power of two) <= 2 sqrt(n) with >= 39 keys each
+    # a key longer than every trained one, aligned with a query: the index is retrained and finds it first
+    bound = mem._ivf[(0, 0)][1]
+    long_key = q[:, :, :1] / q[:, :, :1].norm() * bound * 3
+    mem.add(long_key, long_key)
+    ids = mem.search(q[:, :, :1], 1)[3]
+    assert mem._ivf[(0, 0)][1] == pytest.approx(bound * 3 * 1.5, rel=1e-5) and int(ids.flatten()[0]) == 5000
+
+
+def test_ivf_nlist_accepts_auto_and_refuses_other_words():
+    MemoryConfig(nlist="auto")
+    with pytest.raises(ValueError, match="nlist='many' must be an integer >= 1 or 'auto'"):
+        MemoryConfig(nlist="many")
+
+
 @pytest.mark.parametrize("backend", ["exact", "faiss"])
 def test_reset_isolates_rows(backend):
     mem, _, _ = filled(MemoryConfig(capacity=500, backend=backend))
