@@ -9,6 +9,8 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the machine is shared: do not spin idle threads
 
+from experiments.training.bookkeeping import release_free_memory  # noqa: E402
+
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
@@ -18,10 +20,12 @@ def rss_bytes() -> int:
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled every millisecond by a thread.
 
-    Large tensors are mmapped by the allocator and returned to the OS when freed, so RSS tracks the
-    live working set of an op on CPU."""
+    Memory the allocator keeps after frees (the project's allocator setting, ``experiments.cli.allocator_env``)
+    is handed back at entry, so the resident set rises by the working set of what runs inside; without that, an
+    op re-using kept memory would read as 0 MB."""
 
     def __enter__(self):
+        release_free_memory()
         self.base = rss_bytes()
         self.peak = self.base
         self._stop = False
@@ -42,16 +46,19 @@ class PeakRSS:
 
 
 def measure(fn, repeat: int = 3, warmup: int = 1) -> dict:
-    """Median wall and CPU seconds of ``fn()`` over ``repeat`` runs, and the peak extra RSS."""
+    """Median wall and CPU seconds of ``fn()`` over ``repeat`` runs, then the peak extra RSS of one more run
+    (apart, so that handing kept memory back to the kernel for the memory figure never costs the timed runs
+    their page faults)."""
     for _ in range(warmup):
         fn()
     walls, cpus = [], []
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
     with PeakRSS() as mem:
-        for _ in range(repeat):
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            walls.append(time.perf_counter() - w0)
-            cpus.append(time.process_time() - c0)
+        fn()
     return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "mem_mb": mem.delta_mb}
 
 

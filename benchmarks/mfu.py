@@ -1,0 +1,116 @@
+"""Training MFU on CPU: the measured matmul peaks (fp32 and bf16) and the share of them a training step of the
+Transformer at 2K context reaches, in fp32 and under bf16 autocast (what ``trainer.precision=bf16-mixed``
+runs), side by side in one run.
+
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.mfu [--model transformer] [--seq 2048] [--batch 4] [--steps 6]
+
+FLOPs are the model's own accounting (``flops_per_token``: 3 x the forward matmuls and causal attention, the
+count every table matches compute with); a step is forward, loss, backward and the AdamW update. The peak is
+the best of square matmuls of a few sizes, per CPU-second (so it does not depend on how many cores were
+free) and per wall-second at this process's threads. MFU = model FLOPs per CPU-second / peak per CPU-second.
+A profile of the bf16 step's most expensive ops follows (``--profile``), to show where the rest goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.common import table  # noqa: E402
+from experiments.cli import with_allocator  # noqa: E402
+from experiments.config import build, compose  # noqa: E402
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``fn()`` after one warm-up call."""
+    fn()
+    runs = []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        runs.append((time.perf_counter() - t0, time.process_time() - c0))
+    runs.sort()
+    return runs[len(runs) // 2]
+
+
+def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096)) -> dict:
+    """The best GFLOP per CPU-second (and per wall-second) of ``a @ b`` over square sizes, in ``dtype``."""
+    best = {"cpu": 0.0, "wall": 0.0, "n": 0}
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+        wall, cpu = timed(lambda: torch.matmul(a, b), 3)
+        flops = 2.0 * n ** 3 / 1e9
+        if flops / cpu > best["cpu"]:
+            best = {"cpu": flops / cpu, "wall": flops / wall, "n": n}
+    return best
+
+
+def train_step(net, opt, x, bf16: bool):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits, _ = net(x[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="transformer")
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="print the bf16 step's most expensive ops")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    a = ap.parse_args(argv)
+    with_allocator()  # measured under the allocator every entry point runs with
+    sizes = (256, 512) if a.quick else (1024, 2048, 4096)
+    if a.quick:
+        a.model, a.seq, a.batch, a.steps = "transformer_tiny", 256, 2, 2
+    peaks = {name: matmul_peak(dt, sizes) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    x = torch.randint(0, 256, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = build(compose("train", [f"model={a.model}", f"data.seq_len={a.seq}"]).model.net)
+    params = sum(p.numel() for p in net.parameters())
+    step_flops = net.flops_per_token(a.seq) * a.batch * a.seq
+    rows = []
+    for name in ("fp32", "bf16"):
+        opt = torch.optim.AdamW(net.parameters(), 1e-4)
+        wall, cpu = timed(lambda: train_step(net, opt, x, name == "bf16"), a.steps)
+        rows.append({"precision": name, "tok_s": a.batch * a.seq / wall, "gflops_cpu": step_flops / cpu / 1e9,
+                     "peak": peaks[name]["cpu"], "mfu": step_flops / cpu / 1e9 / peaks[name]["cpu"],
+                     "wall": wall, "cpu": cpu})
+    rows.append({"precision": "bf16 / fp32", "tok_s": rows[1]["tok_s"] / rows[0]["tok_s"],
+                 "gflops_cpu": rows[1]["gflops_cpu"] / rows[0]["gflops_cpu"], "peak": peaks["bf16"]["cpu"] / peaks[
+                     "fp32"]["cpu"]})
+    head = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator "
+            f"{os.environ.get('LONGLAB_ALLOCATOR')}; model={a.model} ({params / 1e6:.1f}M parameters), "
+            f"{a.batch} x {a.seq} tokens per step, {step_flops / 1e9:.1f} GFLOP per step (flops_per_token); "
+            f"medians of {a.steps} steps\n\n")
+    peak_text = table([{"dtype": k, **v} for k, v in peaks.items()], [
+        ("dtype", "matmul dtype", ""), ("cpu", "peak GFLOP / CPU-s", "{:,.0f}"),
+        ("wall", "GFLOP / wall-s", "{:,.0f}"), ("n", "at n", "{}")])
+    step_text = table(rows, [
+        ("precision", "training", ""), ("tok_s", "tokens/s", "{:,.2f}"), ("gflops_cpu", "GFLOP / CPU-s", "{:,.1f}"),
+        ("peak", "peak GFLOP / CPU-s", "{:,.1f}"), ("mfu", "MFU", "{:.1%}"), ("wall", "s / step", "{:.2f}"),
+        ("cpu", "CPU-s / step", "{:.2f}")])
+    text = head + "## matmul peaks\n" + peak_text + "\n\n## training step\n" + step_text
+    print(text)
+    if a.profile:
+        opt = torch.optim.AdamW(net.parameters(), 1e-4)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            train_step(net, opt, x, True)
+        print("\n## bf16 step profile\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    return text
+
+
+if __name__ == "__main__":
+    main()
