@@ -66,6 +66,7 @@ class Architecture(nn.Module):
     config: Any
     added_parameters: tuple[str, ...] = ()
     decays_all_parameters: bool = False
+    compiles: bool = True  # compile=true may torch.compile it (benchmarks/compile.py checks it computes the same)
 
     @property
     def max_len(self) -> int | None:

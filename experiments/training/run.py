@@ -123,6 +123,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule.setup("fit")  # build (or load) the corpus and check its windows before any Trainer exists
     module = build_module(cfg)
     if cfg.get("compile"):
+        if not getattr(module.net, "compiles", True):
+            raise ValueError(f"compile=true: {type(module.net).__name__} does not compile to the same numbers with "
+                             f"torch {torch.__version__} (benchmarks/compile.py); train it with compile=false")
         module.net.compile()  # in place: the state dict keeps its names, checkpoints stay compatible
     tokenizer = getattr(datamodule, "corpus", None) and datamodule.corpus.split("train").tokenizer
     if tokenizer and module.net.patch_size is not None:

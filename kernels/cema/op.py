@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from kernels._autograd import recompute_grad
@@ -26,6 +28,26 @@ def _validate(x, alpha, delta, theta, gamma, omega, h0):
               f"cema: h0 must be complex [B={B}, D={D}, N={N}], got {h0.dtype} {tuple(h0.shape)}")
 
 
+_EAGER: dict = {}  # these ops wrapped by torch.compiler.disable, made on first use under torch.compile
+
+
+def eager_under_compile(fn):
+    """Run ``fn`` outside any torch.compile graph: torch 2.13's inductor compiles the complex EMA to NaN losses
+    from the second optimiser step (tests/architectures/test_megalodon.py). The wrapper is made lazily
+    because importing torch's compiler loads triton and costs a second at import."""
+    name = fn.__name__
+
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            if name not in _EAGER:
+                _EAGER[name] = torch.compiler.disable(fn)
+            return _EAGER[name](*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return functools.wraps(fn)(call)
+
+
+@eager_under_compile
 def cema(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False, backend=None):
     """Megalodon's complex EMA over x [B, D, L] -> (y [B, D, L], h_L [B, D, N] complex or None).
 
@@ -50,6 +72,7 @@ def cema(x, alpha, delta, theta, gamma, omega, h0=None, return_state=False, back
     return y.to(x.dtype), (h if return_state else None)
 
 
+@eager_under_compile
 def cema_step_coefficients(alpha, delta, theta, gamma, omega):
     """What a decoding step needs, computed once: (p [D, N], q [D, N] complex, gamma_c [D, N] complex,
     omega [D]). A module caches it while its parameters are unchanged (eval-time decoding)."""
@@ -57,6 +80,7 @@ def cema_step_coefficients(alpha, delta, theta, gamma, omega):
     return p, torch.exp(log_q), gamma_c, omega.to(p.dtype).reshape(-1)
 
 
+@eager_under_compile
 def cema_step(x_t, h, alpha=None, delta=None, theta=None, gamma=None, omega=None, coefficients=None):
     """O(1) decoding step: x_t [B, D], h [B, D, N] complex (or None) -> (y_t [B, D], h').
 
