@@ -258,10 +258,10 @@ class KNNMemory:
             idx.cp.niter = 10
             self._keepalive[(b, h)] = quant  # the IVF index does not own its quantizer
             if n >= cfg.ivf_train_size:  # trained on the memory's own live keys
-                keys = self.keys[b, h, (ids % self.capacity).to(self.keys.device)].float().cpu()
+                keys = self._rows(b, h, ids)
                 bound = IVF_NORM_MARGIN * float(keys.norm(dim=-1).max())
                 self._ivf[(b, h)] = (n, bound)
-                idx.train(self._lifted(keys, bound))
+                idx.train(self._lifted(keys, bound).numpy())
         if self.keys.is_cuda and cfg.index != "hnsw" and hasattr(faiss, "StandardGpuResources"):
             self._gpu_res = getattr(self, "_gpu_res", None) or faiss.StandardGpuResources()
             idx = faiss.index_cpu_to_gpu(self._gpu_res, self.keys.device.index or 0, idx)
@@ -294,8 +294,8 @@ class KNNMemory:
         if getattr(idx, "is_trained", True) and len(new_ids):
             rows = self._rows(b, h, new_ids)
             if key in self._ivf:
-                rows = self._lifted(torch.from_numpy(rows), self._ivf[key][1]).numpy()
-            idx.add_with_ids(rows, new_ids.numpy().astype("int64"))
+                rows = self._lifted(rows, self._ivf[key][1])
+            idx.add_with_ids(rows.numpy(), new_ids.numpy().astype("int64"))
             hi = count
         self._indexes[key] = idx
         self._indexed[key] = (lo, hi)
@@ -311,19 +311,17 @@ class KNNMemory:
             return True
         if not len(new_ids):
             return False
-        b, h = key
-        norms = self.keys[b, h, (new_ids % self.capacity).to(self.keys.device)].float().norm(dim=-1)
-        return bool(norms.max() > bound)
+        return bool(self._rows(*key, new_ids).norm(dim=-1).max() > bound)
 
     @staticmethod
     def _lifted(keys: torch.Tensor, bound: float) -> torch.Tensor:
         """Keys [n, d] -> [n, d + 1] of norm ``bound``: Euclidean distance to [q, 0] ranks as inner product."""
-        keys = keys.float()
         extra = (bound ** 2 - keys.pow(2).sum(-1, keepdim=True)).clamp(min=0).sqrt()
         return torch.cat([keys, extra], -1).contiguous()
 
-    def _rows(self, b, h, ids):
-        return self.keys[b, h, (ids % self.capacity).to(self.keys.device)].float().cpu().contiguous().numpy()
+    def _rows(self, b, h, ids) -> torch.Tensor:
+        """Keys of entry numbers ``ids`` of (row b, head h): float32, on the CPU, contiguous (faiss reads them)."""
+        return self.keys[b, h, (ids % self.capacity).to(self.keys.device)].float().cpu().contiguous()
 
     def _search_faiss(self, queries, k):
         """One search call per (row, head) index with all of that row's queries at once; candidates
