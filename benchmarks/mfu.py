@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import table  # noqa: E402
+from benchmarks.common import measure, table  # noqa: E402
 from experiments.cli import with_allocator  # noqa: E402
 from experiments.config import build, compose  # noqa: E402
-
-
-def timed(fn, repeat: int) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of ``fn()`` after one warm-up call."""
-    fn()
-    runs = []
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        runs.append((time.perf_counter() - t0, time.process_time() - c0))
-    runs.sort()
-    return runs[len(runs) // 2]
 
 
 def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096)) -> dict:
@@ -45,7 +32,8 @@ def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096)) -> dict:
     for n in sizes:
         g = torch.Generator().manual_seed(n)
         a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
-        wall, cpu = timed(lambda: torch.matmul(a, b), 3)
+        m = measure(lambda: torch.matmul(a, b), repeat=3)
+        wall, cpu = m["wall"], m["cpu"]
         flops = 2.0 * n ** 3 / 1e9
         if flops / cpu > best["cpu"]:
             best = {"cpu": flops / cpu, "wall": flops / wall, "n": n}
@@ -84,7 +72,8 @@ def main(argv=None) -> str:
     rows = []
     for name in ("fp32", "bf16"):
         opt = torch.optim.AdamW(net.parameters(), 1e-4)
-        wall, cpu = timed(lambda: train_step(net, opt, x, name == "bf16"), a.steps)
+        m = measure(lambda: train_step(net, opt, x, name == "bf16"), repeat=a.steps)
+        wall, cpu = m["wall"], m["cpu"]
         rows.append({"precision": name, "tok_s": a.batch * a.seq / wall, "gflops_cpu": step_flops / cpu / 1e9,
                      "peak": peaks[name]["cpu"], "mfu": step_flops / cpu / 1e9 / peaks[name]["cpu"],
                      "wall": wall, "cpu": cpu})
