@@ -245,6 +245,16 @@ class TokenCorpus(ByteCorpus):
         super().__init__(folder)
         self.token_bytes = np.load(self.folder / "token_bytes.npy")
 
+    @property
+    def bytes_per_token(self) -> float:
+        """Text bytes per token over the training split (what sizes a token model's windows in bytes)."""
+        train = self.meta["splits"]["train"]
+        return train["bytes"] / max(1, train["tokens"])
+
+    def byte_corpus(self) -> ByteCorpus:
+        """The byte corpus these tokens were made from (it sits beside this folder)."""
+        return ByteCorpus(self.folder.parent / self.meta["byte_corpus"])
+
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")

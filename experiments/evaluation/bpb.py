@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -153,70 +154,89 @@ def position_buckets(max_len: int, base: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+@dataclass
+class StreamDoc:
+    """One document as a model reads it: ``ids`` (int64), scored from index ``first`` on; ``nbytes`` the text
+    bytes each id stands for (the curve's positions are the byte offsets where the predicted ids start);
+    ``targets`` the scored text bytes (hashed: the proof of identical text) and ``scored_bytes`` their count."""
+
+    ids: np.ndarray
+    first: int
+    nbytes: np.ndarray
+    targets: np.ndarray
+    scored_bytes: int
+
+
 @torch.no_grad()
 def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch.device,
                   max_docs: int | None = None, max_doc_bytes: int | None = None, curve_base: int = 256,
                   precision="32") -> dict:
-    """Score byte ``i`` (i >= 1) of every document given bytes ``0..i-1`` of the same document only.
-
-    Documents are batched longest-first; a shorter document is padded at its end, and because the
-    contract is causal the padding never influences the scored bytes. Position ``p`` in the curve is
-    the index of the predicted byte (a token model: token) in its document; bits per byte always divide
-    by the text bytes scored.
-    """
+    """Score byte ``i`` (i >= 1) of every document given bytes ``0..i-1`` of the same document only (a token
+    split: token ``i`` given the tokens before it; documents ordered and truncated in tokens)."""
     lengths = split.lengths
     order = np.argsort(-lengths, kind="stable")
     if max_docs:
         order = order[:max_docs]
-    docs = [(int(i), int(min(lengths[i], max_doc_bytes or lengths[i]))) for i in order]
-    docs = [(i, n) for i, n in docs if n >= 2]
+    docs = []
+    for i in order:
+        ids = np.asarray(split.document(int(i))[: int(min(lengths[i], max_doc_bytes or lengths[i]))], dtype=np.int64)
+        if len(ids) >= 2:
+            nbytes = split.bytes_of(ids)
+            docs.append(StreamDoc(ids, 1, nbytes, ids[1:], int(nbytes[1:].sum())))
+    return stream_documents(net, docs, window, batch_size, device, curve_base, precision)
+
+
+@torch.no_grad()
+def stream_documents(net, docs: list[StreamDoc], window: int, batch_size: int, device: torch.device,
+                     curve_base: int = 256, precision="32") -> dict:
+    """Walk each document window by window (``window`` ids per forward call) with carried state, scoring the
+    ids from ``first`` on. Documents are batched longest-first as given; a shorter one is padded at its end,
+    and because the contract is causal the padding never influences the scored ids. The curve buckets the
+    NLL by the byte offset where each predicted id starts; bits per byte divide by the text bytes scored."""
     if not docs:
         raise ValueError("streaming evaluation found no document with at least 2 bytes")
-    longest = max(n for _, n in docs)
+    starts = [np.cumsum(d.nbytes) - d.nbytes for d in docs]  # byte offset of every id in its document
+    longest = max(int(s[-1]) + 1 for s in starts)
     buckets = position_buckets(longest, curve_base)
-    b_nll = np.zeros(len(buckets))
-    b_cnt = np.zeros(len(buckets), dtype=np.int64)
     pos_nll = np.zeros(longest)
-    pos_cnt = np.zeros(longest, dtype=np.int64)  # scored text bytes by position (a token model: its tokens' bytes)
-    progress = Progress("stream", sum(n for _, n in docs), unit=" bytes")
+    pos_cnt = np.zeros(longest, dtype=np.int64)  # scored text bytes by the offset of the id they belong to
+    progress = Progress("stream", sum(len(d.ids) for d in docs), unit=" ids")
     done = 0
     doc_nll = np.zeros(len(docs))
     for b0 in range(0, len(docs), batch_size):
         group = docs[b0 : b0 + batch_size]
-        L = max(n for _, n in group)
+        L = max(len(d.ids) for d in group)
         tokens = torch.zeros(len(group), L, dtype=torch.long)
-        valid = torch.zeros(len(group), L, dtype=torch.bool)
-        for r, (i, n) in enumerate(group):
-            tokens[r, :n] = torch.from_numpy(split.document(i)[:n].astype(np.int64))
-            valid[r, :n] = True
-        tokens, valid = tokens.to(device), valid.to(device)
+        scored = torch.zeros(len(group), L, dtype=torch.bool)
+        for r, d in enumerate(group):
+            tokens[r, : len(d.ids)] = torch.from_numpy(d.ids)
+            scored[r, d.first : len(d.ids)] = True
+        tokens, scored = tokens.to(device), scored.to(device)
         state = None
         for s in range(0, L - 1, window):
             e = min(s + window, L - 1)
             with autocast(device, precision):
                 logits, state = net(tokens[:, s:e], state)
             nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, s + 1 : e + 1], reduction="none")
-            m = valid[:, s + 1 : e + 1]
-            nll = (nll * m).double()
-            doc_nll[b0 : b0 + len(group)] += nll.sum(1).cpu().numpy()
-            nll = nll.sum(0).cpu().numpy()
-            pos_nll[s + 1 : e + 1] += nll
-            pos_cnt[s + 1 : e + 1] += (split.bytes_of(tokens[:, s + 1 : e + 1].cpu().numpy()) * m.cpu().numpy()).sum(0)
-            progress.update(done + int(valid[:, : e + 1].sum()), f"docs {b0 + 1}-{b0 + len(group)} of {len(docs)}")
-        done += sum(n for _, n in group)
-    for j, (lo, hi) in enumerate(buckets):
-        b_nll[j] = pos_nll[lo:hi].sum()
-        b_cnt[j] = pos_cnt[lo:hi].sum()
-    total = pos_cnt.sum()
-    curve = [
-        {"start": lo, "end": hi, "bpb": float(b_nll[j] / b_cnt[j] / LN2), "bytes": int(b_cnt[j])}
-        for j, (lo, hi) in enumerate(buckets) if b_cnt[j] > 0
-    ]
+            nll = (nll * scored[:, s + 1 : e + 1]).double().cpu().numpy()
+            doc_nll[b0 : b0 + len(group)] += nll.sum(1)
+            for r, d in enumerate(group):
+                hi = min(e + 1, len(d.ids))
+                lo = max(s + 1, d.first)
+                if lo < hi:
+                    np.add.at(pos_nll, starts[b0 + r][lo:hi], nll[r, lo - s - 1 : hi - s - 1])
+                    np.add.at(pos_cnt, starts[b0 + r][lo:hi], d.nbytes[lo:hi])
+            progress.update(done + min(e + 1, L) * len(group), f"docs {b0 + 1}-{b0 + len(group)} of {len(docs)}")
+        done += sum(len(d.ids) for d in group)
+    b_nll = np.array([pos_nll[lo:hi].sum() for lo, hi in buckets])
+    b_cnt = np.array([pos_cnt[lo:hi].sum() for lo, hi in buckets])
+    curve = [{"start": lo, "end": hi, "bpb": float(b_nll[j] / b_cnt[j] / LN2), "bytes": int(b_cnt[j])}
+             for j, (lo, hi) in enumerate(buckets) if b_cnt[j] > 0]
     units = Units()
-    for (i, n), v in zip(docs, doc_nll):
+    for d, v in zip(docs, doc_nll):
         units.nll.append(float(v))
-        units.bytes.append(int(split.bytes_of(split.document(i)[1:n]).sum()))
-        units.add_targets(split.document(i)[1:n])
-    return {"bpb": float(pos_nll.sum() / total / LN2), "loss": float(pos_nll.sum() / total),
-            "bytes": int(total), "docs": len(docs), "window": window, "curve": curve,
-            "units": units.to_json("document")}
+        units.bytes.append(int(d.scored_bytes))
+        units.add_targets(d.targets)
+    total = sum(units.bytes)
+    return {"bpb": float(doc_nll.sum() / total / LN2), "loss": float(doc_nll.sum() / total), "bytes": int(total),
+            "docs": len(docs), "window": window, "curve": curve, "units": units.to_json("document")}

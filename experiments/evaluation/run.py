@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
+from experiments.data.tokens import load as load_tokenizer
+from experiments.evaluation.aligned import aligned_streaming_bpb, aligned_windowed_bpb
 from experiments.evaluation.bpb import streaming_bpb, windowed_bpb
 from experiments.training.runs import corpus_of, load_run, pick_device
 
@@ -66,9 +68,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print(f"[longlab] evaluating on {'another corpus' if other else 'the corpus the run trained on'}: "
           f"{corpus.meta['source'].get('path') or 'the Python standard library'} ({e.split} split, "
           f"{split.n_docs:,} documents)")
-    if e.streaming:
+    aligned = bool(e.get("byte_windows")) and split.tokenizer is not None
+    if aligned:  # the byte windows and documents a byte-level run is scored on, read through the tokenizer
+        tok, split = load_tokenizer(split.tokenizer), corpus.byte_corpus().split(e.split)
+        result["byte_windows"] = True
+    if aligned and e.streaming:
+        r = aligned_streaming_bpb(module.net, split, tok, int(e.window or seq_len), int(e.batch_size), device,
+                                  e.max_docs, e.max_doc_bytes, int(e.curve_base), cfg.precision)
+    elif e.streaming:
         r = streaming_bpb(module.net, split, int(e.window or seq_len), int(e.batch_size), device,
                           e.max_docs, e.max_doc_bytes, int(e.curve_base), cfg.precision)
+    if e.streaming:
         result["units"] = r.pop("units")
         result.update({f"{e.split}/stream_bpb": r["bpb"], f"{e.split}/stream_loss": r["loss"],
                        "stream": r})
@@ -77,11 +87,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for c in r["curve"]:
             print(f"  positions [{c['start']:>7}, {c['end']:>7}): {c['bpb']:.4f} bpb  ({c['bytes']:,} bytes)")
     else:
-        ctx = int(e.context or seq_len)
+        ctx = int(e.context or (round(seq_len * corpus.bytes_per_token) if aligned else seq_len))
         methods = list(to_plain(e.methods) or [])
-        r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
-                         device, cfg.precision, e.split, strided=bool(e.strided), methods=methods,
-                         patch_size=e.patch_size)
+        if aligned and (methods or e.strided):
+            raise ValueError("eval.byte_windows=true scores plain windows; drop eval.methods / eval.strided (they are "
+                             "MEGABYTE's inference methods, defined on bytes)")
+        if aligned:
+            r = aligned_windowed_bpb(module.net, split, tok, ctx, int(e.batch_size), int(e.num_batches),
+                                     int(e.seed), device, cfg.precision, e.split)
+        else:
+            r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
+                             device, cfg.precision, e.split, strided=bool(e.strided), methods=methods,
+                             patch_size=e.patch_size)
         if "units" in r:
             result["units"] = r.pop("units")
         result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,
@@ -98,6 +115,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             print(f"[longlab] strided inference: {r['bpb']:.4f} bits/byte (basic pass on the same bytes: "
                   f"{r['bpb_basic']:.4f})")
         print(f"[longlab] {e.split} bits/byte {r['bpb']:.4f} at context {ctx} over {r['bytes']:,} bytes")
+    if aligned:
+        result["edited_units"] = r["edited_units"]
+        print("[longlab] byte windows: the same text a byte-level run scores, read through the run's tokenizer"
+              + (f"; {r['edited_units']} of {len(result['units']['nll'])} units hold bytes that are not UTF-8 and "
+                 "reached the tokenizer as U+FFFD" if r["edited_units"] else ""))
     run_dir = Path(cfg.run_dir)
     write_json(run_dir / cfg.out, result)
     if cfg.out == "eval_metrics.json":  # the default: also kept per setting, so settings never overwrite each other
@@ -117,6 +139,7 @@ def setting_name(cfg: DictConfig, train_cfg: DictConfig) -> str:
         parts.append(f"ctx{int(e.context or seq)}")
         parts += ["strided"] if e.strided else []
         parts += list(to_plain(e.methods) or [])
+    parts += ["bytewin"] if e.get("byte_windows") and (Path(cfg.run_dir) / "tokenizer.json").exists() else []
     parts += [f"{k}{v}" for k, v in sorted((to_plain(e.net_overrides) or {}).items())]
     data = cfg.get("data")
     if data is not None and ("_target_" in data or data.get("path") is not None):

@@ -86,12 +86,20 @@ def cell_json(cell: Path, name: str) -> dict | None:
     return data
 
 
+# metrics.json keys per byte of text, and the per-token key that holds the same value in a byte-level run
+# trained before the per-byte keys were written
+BYTE_LEVEL_ALIASES = {"flops_per_byte": "flops_per_token", "train/bytes_per_s": "train/tokens_per_s",
+                      "bytes_seen": "tokens_seen"}
+
+
 def lookup(cell: Path, metric: str) -> float | None:
     """``file/key`` -> the value in <cell>/<file>.json (``metrics/val/bpb`` reads metrics.json)."""
     file, _, key = metric.partition("/")
     data = cell_json(cell, file)
     if data is None:
         return None
+    if file == "metrics" and key in BYTE_LEVEL_ALIASES and key not in data and "bytes_per_token" not in data:
+        key = BYTE_LEVEL_ALIASES[key]  # a run from before bytes_per_token was recorded: byte-level, a byte a token
     for part in [key] if key in data else key.split("."):
         if isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]

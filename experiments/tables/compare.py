@@ -54,28 +54,59 @@ def steps_for(cfg, kind: str, value: float) -> tuple[int, float]:
     return max(1, math.ceil(tokens / bytes_per_update(cfg))), fpt
 
 
-def table_for(a: argparse.Namespace) -> TableSpec:
-    """The compare table with the command line's rows and matching rule."""
+def tokenizer_overrides(text: str) -> list[str]:
+    """``bpe`` | ``bpe<vocabulary size>`` | the path of a saved tokenizer -> the row's data overrides."""
+    if text == "bpe":
+        return ["data.tokenizer=bpe"]
+    if text.startswith("bpe") and text[3:].isdigit():
+        return ["data.tokenizer=bpe", f"data.bpe_vocab_size={int(text[3:])}"]
+    return [f"data.tokenizer='{text}'"]
+
+
+def token_row(row: RowSpec, tokenizer: str, evals, context: int) -> RowSpec:
+    """A row read through a tokenizer (``--archs transformer@bpe``): sized by the table's rule per byte of text
+    (``tables.keys.sizing_overrides`` also sets its windows to the reference's bytes), and scored on exactly the
+    byte windows and documents of the byte-level rows (``eval.byte_windows``, windows of ``context`` bytes)."""
+    aligned = tuple(dataclasses.replace(ev, overrides=(*ev.overrides, "eval.byte_windows=true",
+                                                       *([f"eval.context={context}"] if ev.kind == "window" else [])))
+                    for ev in evals)
+    label = f"{row.title.removesuffix(' (reference)')} ({tokenizer} tokens)"
+    return dataclasses.replace(row, name=f"{row.name}@{tokenizer}", label=label,
+                               overrides=(*row.overrides, *tokenizer_overrides(tokenizer)), evals=aligned,
+                               skip_table_evals=True)
+
+
+def table_for(a: argparse.Namespace, scale: str = "run",
+              extra: list[str] | None = None) -> tuple[TableSpec, list[str]]:
+    """The compare table with the command line's rows and matching rule, and the rows to train (the reference
+    is in the table either way: the others are sized against it)."""
     spec = load_table("compare")
     rows = []
     for arch in a.archs or [r.name for r in spec.rows]:
+        arch, _, tokenizer = arch.partition("@")
         name = arch.removesuffix("_tiny")
         known = [r for r in spec.rows if r.name == name]
-        rows.append(known[0] if known else RowSpec(name=arch, experiment=None, overrides=(f"model={arch}",)))
+        row = known[0] if known else RowSpec(name=arch, experiment=None, overrides=(f"model={arch}",))
+        if tokenizer:
+            ref = composed(row_overrides(spec, spec.row(spec.match.reference), scale, extra, lr=1.0))
+            row = token_row(row, tokenizer, spec.evals_for(row), int(ref["data"]["seq_len"]))
+        rows.append(row)
+    names = [r.name for r in rows]
     reference = spec.row(spec.match.reference)
     if reference not in rows:  # the reference is sized against, not necessarily trained
         rows.insert(0, reference)
     spec = dataclasses.replace(spec, rows=tuple(rows))
     if a.match:
         spec = dataclasses.replace(spec, match=dataclasses.replace(spec.match, rule=a.match))
-    return spec
+    return spec, names
 
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", help="rows of the compare table (transformer megalodon megabyte fot) or "
-                    "model presets; default: every row")
+                    "model presets, each optionally read through a tokenizer: transformer@bpe, transformer@bpe8192, "
+                    "transformer@<tokenizer path>; default: every row")
     ap.add_argument("--match", choices=["flops", "params", "none"], help="sizing rule (default: the table's, flops)")
     ap.add_argument("--lr", type=float, help="one learning rate for every row instead of each row's tuned rate "
                     "(not a fair comparison: say so)")
@@ -92,8 +123,8 @@ def main(argv: list[str] | None = None) -> str:
                          "cannot be combined with --quick, --set, --budget, --match, --archs or --lr")
     scale = QUICK_SCALE if a.quick else ("cpu" if a.publish else a.scale)
     out = Path(a.out or ("results" if a.publish else "runs/compare-quick" if a.quick else "runs/compare"))
-    spec = table_for(a)
     extra = list(a.set)
+    spec, names = table_for(a, scale, extra)
     if a.budget:
         kind, value = parse_budget(a.budget)
         # the reference's config at any rate (the budget does not depend on it)
@@ -106,7 +137,6 @@ def main(argv: list[str] | None = None) -> str:
         spec = dataclasses.replace(spec, tune=None)
         extra.append(f"optim.lr={a.lr}")
     spec = tune_here_if_needed(spec, scale, extra, out)
-    names = [r.name for r in spec.rows if not a.archs or r.name in [x.removesuffix("_tiny") for x in a.archs]]
     run_table(spec, scale, a.seeds, str(out), extra, rows=names)
     text = make_table(spec, str(out), scale, extra)
     print(text)

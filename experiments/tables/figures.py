@@ -139,14 +139,15 @@ def learning_curve(cell: Path) -> list[tuple[float, float, float]] | None:
     path = trained_cell(cell) / "logs" / "metrics.csv"
     if metrics is None or not path.exists():
         return None
-    per_step = metrics["tokens_per_step"]
+    per_step = metrics["tokens_per_step"]  # tokens: bytes are bytes_per_token times as many
     fpt = float(metrics.get("flops_per_token", float("nan")))
+    bpt = float(metrics.get("bytes_per_token", 1.0))
     pts = {}
     with open(path, newline="") as fh:
         for rec in csv.DictReader(fh):
             if rec.get("val/bpb"):
                 pts[val_step(rec)] = float(rec["val/bpb"])
-    return [(s * per_step, s * per_step * fpt, v) for s, v in sorted(pts.items())]
+    return [(s * per_step * bpt, s * per_step * fpt, v) for s, v in sorted(pts.items())]
 
 
 def draw_learning_curves(spec, rows, path: Path) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from experiments.config import CONFIGS, compose, to_plain
 from experiments.tables.cells import cell_dir, default_results, lookup, read_json, view_dir
-from experiments.tables.sizing import match, measure
+from experiments.tables.sizing import bytes_per_token, match, measure
 from experiments.tables.spec import RowSpec, TableSpec, load_table
 from experiments.training.crossbatch import CrossBatchConfig
 
@@ -190,7 +190,9 @@ def composed(overrides: list[str]) -> dict:
 
 def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str], extra: list[str] | None) -> list[str]:
     """``model.net.*`` overrides that size the row to the reference (``spec.match``), or none. A row fine-tuned
-    from another (``init_from_row``) has its parent's size: the parent's widths, whatever the rule says."""
+    from another (``init_from_row``) has its parent's size: the parent's widths, whatever the rule says. A
+    token-level row (``data.tokenizer``) also gets ``data.seq_len``: windows of the reference's bytes on average
+    (the same training bytes per step), its FLOPs matched per byte of text."""
     m = spec.match
     if m is not None and row.init_from_row is not None:
         parent = spec.row(row.init_from_row)
@@ -199,10 +201,19 @@ def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str],
         return []
     ref = composed(_base_overrides(spec, spec.row(row.match_to or m.reference), scale, extra))
     mine = composed(base)
+    out = []
+    ref_bpt, my_bpt = bytes_per_token(ref["data"]), bytes_per_token(mine["data"])
+    if (ref_bpt, my_bpt) != (1.0, 1.0):  # tokens: windows of the reference's bytes, FLOPs matched per byte
+        seq_len = max(1, round(int(ref["data"]["seq_len"]) * ref_bpt / my_bpt))
+        if seq_len != int(mine["data"]["seq_len"]):
+            out.append(f"data.seq_len={seq_len}")
+            mine = composed([*base, *out])
     target = measure(ref["model"]["net"], int(ref["data"]["seq_len"])).value(m.rule)
+    if m.rule == "flops":  # per byte, in the row's own units (per token)
+        target *= my_bpt / ref_bpt
     changed, _ = match(mine["model"]["net"], int(mine["data"]["seq_len"]), target, m.rule, m.tolerance,
                        what=f"table {spec.name!r} row {row.name!r}")
-    return [f"model.net.{k}={_value(v)}" for k, v in sorted(changed.items())]
+    return [*out, *(f"model.net.{k}={_value(v)}" for k, v in sorted(changed.items()))]
 
 
 def tuned_rows(spec: TableSpec) -> list[str]:

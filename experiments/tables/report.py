@@ -90,7 +90,7 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
             metrics = cell_json(cell, "metrics") or {}
             if "steps" in metrics:
                 r.steps.append(int(metrics["steps"]))
-                r.tokens.append(int(metrics.get("tokens_seen", 0)))
+                r.tokens.append(int(metrics.get("bytes_seen", metrics.get("tokens_seen", 0))))  # bytes, not tokens
             meta = cell_json(cell, "meta") or {}
             code = meta.get("code", {})
             for m in meta.get("machines") or [None]:

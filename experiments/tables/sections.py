@@ -138,7 +138,8 @@ def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     for r in rows:
         metrics = next((cell_json(c, "metrics") for c in r.cells.values()), None)
         if metrics and "flops_per_token" in metrics and "params" in metrics:
-            sizes[r.name] = (float(metrics["flops_per_token"]), int(metrics["params"]),
+            sizes[r.name] = (float(metrics["flops_per_token"]) / float(metrics.get("bytes_per_token", 1.0)),
+                             int(metrics["params"]),
                              metrics.get("train/s_per_update"))
     ref = sizes.get(m.reference)
     if ref is None:

@@ -22,6 +22,7 @@ import torch
 
 from architectures.contract import check
 from experiments.config import build
+from experiments.data.corpus import ByteCorpus, corpus_options
 
 RULES = ("flops", "params", "none")
 WIDTHS = tuple(math.exp(math.log(0.2) + i * (math.log(6.0) - math.log(0.2)) / 400) for i in range(401))
@@ -40,6 +41,19 @@ class Size:
 def measure_net(net: Any, context: int) -> Size:
     params = sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
     return Size(float(net.flops_per_token(context)), int(params))
+
+
+def bytes_per_token(data_cfg: dict) -> float:
+    """Text bytes per token of a ``data`` config's training split: 1 for bytes; a tokenizer's corpus is built
+    (and tokenized) once to count them."""
+    if str(data_cfg.get("tokenizer", "bytes")) == "bytes":
+        return 1.0
+    return _bytes_per_token(json.dumps(corpus_options(data_cfg), sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=64)
+def _bytes_per_token(blob: str) -> float:
+    return ByteCorpus.build_or_load(**json.loads(blob)).bytes_per_token
 
 
 def measure(net_cfg: dict, context: int) -> Size:
@@ -104,4 +118,4 @@ def _match(blob: str, context: int, target: float, rule: str, tolerance: float, 
     return changed, size
 
 
-__all__ = ["RULES", "Size", "match", "measure"]
+__all__ = ["RULES", "Size", "bytes_per_token", "match", "measure"]

@@ -241,6 +241,9 @@ def run_metrics(cfg: DictConfig, module: CausalLMModule, trainer: L.Trainer,
     """What a run measured about itself (without the final validation). With ``parallel.sequence=N``
     the N ranks of a group read the same rows: an update consumes ``world / N`` ranks' worth of bytes."""
     replicas = trainer.world_size // sequence_parallel(cfg)
+    corpus = getattr(trainer.datamodule, "corpus", None)
+    bpt = float(getattr(corpus, "bytes_per_token", 1.0))  # a token run: its training split's bytes per token
+    fpt = float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1))
     return {
         "train/tokens_per_s": float(throughput.tokens_per_s),  # all ranks together
         "train/tokens_per_cpu_s": float(throughput.tokens_per_cpu_s),  # this rank's process
@@ -256,5 +259,9 @@ def run_metrics(cfg: DictConfig, module: CausalLMModule, trainer: L.Trainer,
         "tokens_per_step": bytes_per_update(cfg) * replicas,
         "world_size": int(trainer.world_size),
         "seed": int(cfg.seed),
-        "flops_per_token": float(module.net.flops_per_token(int(cfg.data.seq_len or 0) or 1)),
+        "flops_per_token": fpt,
+        "bytes_per_token": bpt,
+        "flops_per_byte": fpt / bpt,
+        "train/bytes_per_s": float(throughput.tokens_per_s) * bpt,
+        "bytes_seen": round(throughput.tokens_seen * bpt),
     }

@@ -3,6 +3,7 @@ vocabulary following it, and bits per byte that always divide by the text's byte
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -83,3 +84,67 @@ def test_megabyte_and_byte_level_evaluations_refuse_tokens(bpe_run, tiny_corpus,
 
     with pytest.raises(ValueError, match="token-level run .* defined on bytes"):
         context_run(compose("context_eval", [f"run_dir={bpe_run[0]}"]))
+
+
+def test_byte_windows_score_a_token_model_on_exactly_a_byte_models_text(bpe_run):
+    """eval.byte_windows=true: the byte windows (documents) a byte run is scored on, the same targets' hash, the
+    bytes w[1:] divided by their count, and the NLL of the tokens of w[1:] read after the tokens of w[:1]."""
+    from experiments.evaluation.aligned import encode_aligned
+    from experiments.evaluation.bpb import streaming_bpb, windowed_bpb
+    from tests.conftest import build_net
+
+    run, _ = bpe_run
+    cfg, module = load_run(run)
+    corpus = corpus_of(cfg)
+    byte_split = corpus.byte_corpus().split("test")
+    r = evaluate(compose("eval", [f"run_dir={run}", "eval.num_batches=2", "eval.batch_size=3", "eval.context=40",
+                                  "eval.byte_windows=true", "out=w.json"]))
+    byte_net = build_net("transformer_tiny").eval()
+    b = windowed_bpb(byte_net, byte_split, 40, 3, 2, 1234, torch.device("cpu"))
+    assert r["units"]["targets_sha256"] == b["units"]["targets_sha256"]
+    assert r["units"]["bytes"] == b["units"]["bytes"] == [40] * 6 and r["byte_windows"] is True
+    # one window by hand: the tokens of w[1:] after those of w[:1], over the window's 40 bytes
+    from experiments.data.samplers import RandomWindows
+
+    w = RandomWindows(byte_split, 40, 3, 1234, split_name="test").batch(1)["tokens"][2].numpy()
+    ids, first, _ = encode_aligned(load(corpus.split("test").tokenizer), w)
+    text = b"".join(id_bytes(load(corpus.split("test").tokenizer))[int(t)] for t in ids[first:])
+    assert len(text) == 40 and text == w[1:].astype(np.uint8).tobytes()
+    with torch.no_grad():
+        logits, _ = module.net(torch.from_numpy(ids[None, :-1]))
+    nll = F.cross_entropy(logits[0, first - 1 :].float(), torch.from_numpy(ids[first:]), reduction="sum").item()
+    assert r["units"]["nll"][5] == pytest.approx(nll, rel=1e-5)
+    assert r["test/bpb"] == pytest.approx(sum(r["units"]["nll"]) / 240 / math.log(2), rel=1e-9)
+    # documents: the byte split's longest, truncated at the same byte, streamed by the token model's own window
+    s = evaluate(compose("eval", [f"run_dir={run}", "eval.streaming=true", "eval.max_docs=2", "eval.max_doc_bytes=150",
+                                  "eval.window=8", "eval.byte_windows=true", "out=s.json"]))
+    bs = streaming_bpb(byte_net, byte_split, 16, 2, torch.device("cpu"), max_docs=2, max_doc_bytes=150)
+    assert s["units"]["targets_sha256"] == bs["units"]["targets_sha256"] and s["units"]["bytes"] == bs["units"]["bytes"]
+    assert s["stream"]["bytes"] == sum(bs["units"]["bytes"]) and s["stream"]["window"] == 8
+    assert sum(c["bytes"] for c in s["stream"]["curve"]) == s["stream"]["bytes"]  # curve positions are byte offsets
+    assert max(c["end"] for c in s["stream"]["curve"]) >= 149 > 150 // 2
+
+
+def test_a_token_models_byte_window_score_reads_only_the_window(bpe_run):
+    """The text before a byte window never reaches its score; a changed byte inside the window moves it."""
+    from experiments.evaluation.aligned import aligned_windowed_bpb
+
+    run, _ = bpe_run
+    cfg, module = load_run(run)
+    corpus = corpus_of(cfg)
+    tok = load(corpus.split("test").tokenizer)
+    split = corpus.byte_corpus().split("test")
+    base = aligned_windowed_bpb(module.net, split, tok, 30, 2, 1, 7, torch.device("cpu"))
+    from experiments.data.samplers import RandomWindows
+
+    w = RandomWindows(split, 30, 2, 7, split_name="test").batch(0)["tokens"][0].numpy()
+    start = next(j for j in range(len(split.data) - 30) if (split.data[j : j + 31] == w).all())
+    data = np.array(split.data)
+    outside, inside = data.copy(), data.copy()
+    assert start > 0
+    outside[start - 1] = ord("#") if outside[start - 1] != ord("#") else ord("%")
+    inside[start + 15] = ord("#") if inside[start + 15] != ord("#") else ord("%")
+    for edited, same in ((outside, True), (inside, False)):
+        r = aligned_windowed_bpb(module.net, dataclasses.replace(split, data=edited), tok, 30, 2, 1, 7,
+                                 torch.device("cpu"))
+        assert (r["units"]["nll"][0] == pytest.approx(base["units"]["nll"][0], rel=1e-6)) is same

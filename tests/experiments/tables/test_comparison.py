@@ -54,6 +54,35 @@ def test_a_table_row_is_sized_in_its_key_so_a_changed_rule_never_reuses_a_cell()
     assert row_overrides(spec, spec.row("transformer"), "cpu") == row_overrides(none, spec.row("transformer"), "cpu")
 
 
+def test_a_token_row_reads_the_references_bytes_per_window_at_its_flops_per_byte(tiny_corpus):
+    """``compare --archs transformer@bpe300``: windows of the reference's bytes (its seq_len over the corpus's
+    bytes per token), training FLOPs per byte of text within the tolerance, and the byte rows' evaluation
+    text (byte windows of the reference's length)."""
+    import argparse
+
+    from experiments.tables.compare import table_for
+    from experiments.tables.keys import composed
+    from experiments.tables.sizing import bytes_per_token
+
+    extra = [f"data.path={tiny_corpus}", "data.pattern=**/*.txt", "data.val_fraction=0.15", "data.test_fraction=0.15"]
+    a = argparse.Namespace(archs=["megalodon", "transformer@bpe300"], match=None)
+    spec, names = table_for(a, "tiny", extra)
+    assert names == ["megalodon", "transformer@bpe300"] and spec.rows[0].name == "transformer"  # sized against
+    row = spec.row("transformer@bpe300")
+    spec = dataclasses.replace(spec, tune=None)
+    ref = composed(row_overrides(spec, spec.rows[0], "tiny", extra))
+    mine = composed(row_overrides(spec, row, "tiny", extra))
+    bpt = bytes_per_token(mine["data"])
+    assert mine["data"]["tokenizer"] == "bpe" and mine["model"]["net"]["vocab_size"] == 300 and bpt > 1.5
+    assert mine["data"]["seq_len"] == round(ref["data"]["seq_len"] / bpt)
+    assert mine["model"]["net"]["kv_window"] == mine["data"]["seq_len"]  # streams with windows of its own tokens
+    per_byte = measure(mine["model"]["net"], mine["data"]["seq_len"]).flops_per_byte / bpt
+    assert abs(per_byte / measure(ref["model"]["net"], ref["data"]["seq_len"]).flops_per_byte - 1) <= 0.03
+    evals = {ev.name: ev for ev in spec.evals_for(row)}
+    assert "eval.byte_windows=true" in evals["test"].overrides and "eval.byte_windows=true" in evals["stream"].overrides
+    assert f"eval.context={ref['data']['seq_len']}" in evals["test"].overrides
+
+
 def fake_tuning_cell(results, spec, row, lr, value):
     cell = tuning_cell(spec, row, "tiny", lr, results)
     cell.mkdir(parents=True, exist_ok=True)
