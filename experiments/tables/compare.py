@@ -83,8 +83,12 @@ def table_for(a: argparse.Namespace, scale: str = "run",
     spec = load_table("compare")
     rows = []
     for arch in a.archs or [r.name for r in spec.rows]:
-        arch, _, tokenizer = arch.partition("@")
+        arch, at, tokenizer = arch.partition("@")
         name = arch.removesuffix("_tiny")
+        known = [r for r in spec.rows if r.name == name + at + tokenizer]  # a table row (tokens included)
+        if known:
+            rows.append(known[0])
+            continue
         known = [r for r in spec.rows if r.name == name]
         row = known[0] if known else RowSpec(name=arch, experiment=None, overrides=(f"model={arch}",))
         if tokenizer:

@@ -218,10 +218,15 @@ def cli_run(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--results", default=None, help="default: results (runs/tables for --scale smoke)")
     ap.add_argument("--set", action="append", default=[], help="extra Hydra override for every cell")
+    ap.add_argument("--rows", nargs="+", help="train and evaluate only these rows (the report shows every row)")
     a = ap.parse_args(argv)
     from experiments.tables.report import make_table
 
-    run_table(a.name, a.scale, a.seeds, a.results, a.set)
+    spec = load_table(a.name)
+    unknown = sorted(set(a.rows or ()) - {r.name for r in spec.rows})
+    if unknown:
+        raise ValueError(f"--rows {unknown}: table {a.name!r} has rows {[r.name for r in spec.rows]}")
+    run_table(spec, a.scale, a.seeds, a.results, a.set, rows=a.rows)
     print(make_table(a.name, a.results, a.scale, a.set))
 
 

@@ -32,9 +32,10 @@ def run(*args):
     (("experiments.fot_eval", "run_dir=/no/such/run"), "has no config.yaml"),
     (("experiments.compare", "--budget", "steps:3"), "use tokens:<N> or flops:<N>"),
     (("experiments.run_table", "nope"), "no table 'nope'"),
+    (("experiments.run_table", "compare", "--rows", "gpt"), "--rows ['gpt']: table 'compare' has rows"),
     (("experiments.make_table", "nope"), "no table 'nope'"),
 ], ids=["train-key", "train-data", "train-model", "eval", "generate", "fot_eval", "compare", "run_table",
-        "make_table"])
+        "run_table-rows", "make_table"])
 def test_user_errors_are_one_line(args, expected):
     out = run(*args)
     assert out.returncode == 2, out.stderr[-1500:]
