@@ -240,7 +240,10 @@ class KNNMemory:
 
     # ------------------------------------------------------------------ faiss
     def _new_index(self, b: int, h: int, live_from: int):
+        """A fresh (row, head) index, and the live keys it was trained on (an IVF index trains on them, lifted:
+        ``_index_for`` adds those same rows rather than reading the ring again), or None."""
         faiss, cfg, d = _faiss(), self.cfg, self.d
+        trained_on = None
         if cfg.index == "flat":
             idx = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         elif cfg.index == "hnsw":
@@ -261,12 +264,13 @@ class KNNMemory:
                 keys = self._rows(b, h, ids)
                 bound = IVF_NORM_MARGIN * float(keys.norm(dim=-1).max())
                 self._ivf[(b, h)] = (n, bound)
-                idx.train(self._lifted(keys, bound).numpy())
+                trained_on = self._lifted(keys, bound)
+                idx.train(trained_on.numpy())
         if self.keys.is_cuda and cfg.index != "hnsw" and hasattr(faiss, "StandardGpuResources"):
             self._gpu_res = getattr(self, "_gpu_res", None) or faiss.StandardGpuResources()
             idx = faiss.index_cpu_to_gpu(self._gpu_res, self.keys.device.index or 0, idx)
             self._on_gpu[(b, h)] = True
-        return idx
+        return idx, trained_on
 
     def _index_for(self, b: int, h: int):
         """The (row, head) index, brought up to date: evicted entries leave it (flat / IVF on CPU remove
@@ -283,35 +287,32 @@ class KNNMemory:
         untrained_ivf = cfg.index == "ivf" and idx is not None and not idx.is_trained
         removable = cfg.index != "hnsw" and not self._on_gpu.get(key, False)
         new_ids = torch.arange(max(hi, live_from), count)
-        if idx is None or (untrained_ivf and count - live_from >= cfg.ivf_train_size) or \
-                (stale and not removable and stale * 2 >= hi - lo) or self._ivf_stale(key, count - live_from, new_ids):
+        rebuild = idx is None or (untrained_ivf and count - live_from >= cfg.ivf_train_size) or \
+            (stale and not removable and stale * 2 >= hi - lo) or \
+            (key in self._ivf and count - live_from >= cfg.ivf_regrow * self._ivf[key][0])  # grew: retrain
+        fresh = None  # a trained IVF index's new keys, read once: checked against its norm bound, then added
+        if not rebuild and key in self._ivf and len(new_ids):
+            fresh = self._rows(b, h, new_ids)
+            rebuild = bool(fresh.norm(dim=-1).max() > self._ivf[key][1])  # would not rank by inner product
+        ready = None  # the rows to add as the index takes them (lifted, for IVF), when already read
+        if rebuild:
             self._on_gpu.pop(key, None)
-            idx, lo, hi = self._new_index(b, h, live_from), live_from, live_from
+            idx, ready = self._new_index(b, h, live_from)
+            lo = hi = live_from
             new_ids = torch.arange(live_from, count)
-        elif stale and removable:
-            idx.remove_ids(faiss.IDSelectorRange(lo, live_from))
-            lo = live_from
+        else:
+            if stale and removable:
+                idx.remove_ids(faiss.IDSelectorRange(lo, live_from))
+                lo = live_from
+            if fresh is not None:
+                ready = self._lifted(fresh, self._ivf[key][1])
         if getattr(idx, "is_trained", True) and len(new_ids):
-            rows = self._rows(b, h, new_ids)
-            if key in self._ivf:
-                rows = self._lifted(rows, self._ivf[key][1])
-            idx.add_with_ids(rows.numpy(), new_ids.numpy().astype("int64"))
+            ready = self._rows(b, h, new_ids) if ready is None else ready  # flat / HNSW: plain keys
+            idx.add_with_ids(ready.numpy(), new_ids.numpy().astype("int64"))
             hi = count
         self._indexes[key] = idx
         self._indexed[key] = (lo, hi)
         return idx, max(0, live_from - lo)
-
-    def _ivf_stale(self, key, live: int, new_ids: torch.Tensor) -> bool:
-        """A trained IVF index to retrain: the live keys grew ``ivf_regrow`` times since its training, or a key
-        to add is longer than its norm bound (it would not rank by inner product)."""
-        if key not in self._ivf:
-            return False
-        trained_on, bound = self._ivf[key]
-        if live >= self.cfg.ivf_regrow * trained_on:
-            return True
-        if not len(new_ids):
-            return False
-        return bool(self._rows(*key, new_ids).norm(dim=-1).max() > bound)
 
     @staticmethod
     def _lifted(keys: torch.Tensor, bound: float) -> torch.Tensor:

@@ -122,6 +122,26 @@ def test_ivf_retrains_on_its_own_keys_as_the_memory_grows_and_for_a_longer_key()
     assert mem._ivf[(0, 0)][1] == pytest.approx(bound * 3 * 1.5, rel=1e-5) and int(ids.flatten()[0]) == 5000
 
 
+def test_an_ivf_index_reads_each_key_of_the_ring_once_per_update(monkeypatch):
+    """Retraining reads the live keys once (trained on, then added); an update reads only the new keys, once
+    (checked against the norm bound, then added); the results match an exact search of the same keys."""
+    g = torch.Generator().manual_seed(3)
+    mem = KNNMemory(1, 1, D, MemoryConfig(capacity=1 << 14, backend="faiss", index="ivf", nlist=8, nprobe=8,
+                                          ivf_train_size=500, ivf_regrow=4.0))
+    read, rows = [], mem._rows
+    monkeypatch.setattr(mem, "_rows", lambda b, h, ids: read.append(len(ids)) or rows(b, h, ids))
+    q = torch.randn(1, 1, 4, D, generator=g)
+    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=1 << 14))
+    for n, want in ((600, [600]), (300, [300]), (2000, [2900])):  # trained at 600; 2,900 >= 4 x 600: retrained
+        keys = spread_keys(n, g).view(1, 1, -1, D)
+        mem.add(keys, keys)
+        exact.add(keys, keys)
+        read.clear()
+        got = mem.search(q, 4)[3]
+        assert read == want
+        assert torch.equal(got.sort(-1).values, exact.search(q, 4)[3].sort(-1).values)  # nprobe = nlist: exact
+
+
 def test_ivf_nlist_accepts_auto_and_refuses_other_words():
     MemoryConfig(nlist="auto")
     with pytest.raises(ValueError, match="nlist='many' must be an integer >= 1 or 'auto'"):
