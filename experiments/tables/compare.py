@@ -1,6 +1,6 @@
 """The main job: the ``compare`` table (``configs/table/compare.yaml``) from one command.
 
-    python -m experiments.compare                     # matched, tuned, 1 seed (~15 min on 2 cores): runs/compare
+    python -m experiments.compare                     # matched, tuned, 1 seed (~20 min on 2 cores): runs/compare
     python -m experiments.compare --quick             # a few steps each, tuned at that scale: checks that it all runs
     python -m experiments.compare --archs transformer megalodon
     python -m experiments.compare --match params      # size to the reference's parameters (none: the presets)
