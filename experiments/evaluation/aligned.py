@@ -23,13 +23,14 @@ from experiments.data.tokens import id_bytes, text_of
 from experiments.evaluation.bpb import StreamDoc, Units, autocast, stream_documents
 
 
-def encode_aligned(tok, window: np.ndarray) -> tuple[np.ndarray, int, bool]:
-    """(ids of ``window`` read as ``tokens(window[:1]) + tokens(window[1:])``, index of the first scored id,
-    whether the scored text reached the tokenizer edited because it is not UTF-8). ``window``: byte values."""
+def encode_aligned(tok, window: np.ndarray, split_at: int = 1) -> tuple[np.ndarray, int, bool]:
+    """(ids of ``window`` read as ``tokens(window[:split_at]) + tokens(window[split_at:])``, index of the first
+    scored id, whether the scored text reached the tokenizer edited because it is not UTF-8). ``window``: byte
+    values; the bytes before ``split_at`` are context only."""
     window = np.asarray(window)
     if window.dtype != np.uint8:  # int64 from a sampler: bytes() of it would hold 8 bytes per value
         window = window.astype(np.uint8)
-    head, rest = window[:1].tobytes(), window[1:].tobytes()
+    head, rest = window[:split_at].tobytes(), window[split_at:].tobytes()
     a = tok.encode(text_of(head), add_special_tokens=False).ids
     b = tok.encode(text_of(rest), add_special_tokens=False).ids
     if not a or not b:

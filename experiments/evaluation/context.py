@@ -7,7 +7,9 @@ For each test document of at least ``max(contexts) + span`` bytes, the target is
 ``doc[C - c : C + span - 1]`` window by window and only its predictions of the target bytes are scored. So
 the target bytes are identical at every ``c`` (and for every model on the same corpus): a difference
 between two contexts is what those extra bytes bought, not easier or harder text. Documents that are too
-short are counted as skipped, never used partially.
+short are counted as skipped, never used partially. A token-level run reads the same bytes through its
+tokenizer, as ``tokens(context) + tokens(target)`` (``evaluation.aligned``): contexts, targets and bits per
+byte stay in bytes, ``window`` counts tokens.
 
     python -m experiments.context_eval run_dir=<run> 'contexts=[0,256,1024,4096,16384]' span=4096
 """
@@ -24,8 +26,10 @@ from omegaconf import DictConfig
 
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.corpus import Split
+from experiments.data.tokens import load as load_tokenizer
+from experiments.evaluation.aligned import encode_aligned
 from experiments.evaluation.bpb import Units, autocast
-from experiments.evaluation.run import eval_corpus, refuse_tokens
+from experiments.evaluation.run import eval_corpus
 from experiments.training.progress import Progress
 from experiments.training.runs import load_run, pick_device
 
@@ -52,13 +56,24 @@ def distractors(split: Split, i: int, n: int) -> np.ndarray:
     return np.concatenate(parts)[-n:] if n else np.zeros(0, dtype=split.data.dtype)
 
 
+def read_ids(text: np.ndarray, first: int, tok) -> tuple[np.ndarray, int]:
+    """What the model reads for ``text`` (bytes, scored from ``text[first]`` on) and the index of its first
+    scored id: the bytes themselves, or a token model's ``tokens(text[:first]) + tokens(text[first:])`` (a
+    token boundary where the target begins, so it is scored on exactly the target bytes)."""
+    if tok is None:
+        return text.astype(np.int64), first
+    ids, start, _ = encode_aligned(tok, text, first)
+    return ids, start
+
+
 @torch.no_grad()
 def context_curve(net, split: Split, contexts: list[int], span: int, window: int, batch_size: int,
                   device: torch.device, max_docs: int | None = None, precision: str = "32",
-                  distract: int = 0, target_at: int | None = None) -> dict[str, Any]:
+                  distract: int = 0, target_at: int | None = None, tok=None) -> dict[str, Any]:
     """Bits per byte of each document's target span at every context; per-document units for intervals.
     ``distract`` > 0: that many bytes of other documents are read first, without a reset. ``target_at``: where
-    the target starts (default: the largest context), so that evaluations with other contexts share it."""
+    the target starts (default: the largest context), so that evaluations with other contexts share it.
+    ``tok``: a token model's tokenizer (``split`` is then the byte split; ``window`` counts tokens)."""
     contexts = sorted({int(c) for c in contexts})
     top = contexts[-1] if target_at is None else int(target_at)
     if top < contexts[-1]:
@@ -75,24 +90,35 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
         u = Units()
         for b0 in range(0, len(docs), batch_size):
             group = docs[b0: b0 + batch_size]
-            x = torch.from_numpy(np.stack([np.concatenate([distractors(split, i, distract),
-                                                           split.document(i)[top - c: top + span]]).astype(np.int64)
-                                           for i in group]))
-            x = x.to(device)
+            texts = [np.concatenate([distractors(split, i, distract), split.document(i)[top - c: top + span]])
+                     for i in group]
+            read = [read_ids(t, distract + c + 1, tok) for t in texts]
+            L = max(len(ids) for ids, _ in read)
+            x = torch.zeros(len(group), L, dtype=torch.long)
+            first = torch.zeros(len(group), 1, dtype=torch.long)  # index of each row's first scored target
+            for r, (ids, start) in enumerate(read):
+                x[r, : len(ids)] = torch.from_numpy(ids)
+                first[r] = start - 1
+            x, first = x.to(device), first.to(device)
             inputs, targets = x[:, :-1], x[:, 1:]
+            stop = torch.tensor([[len(ids) - 1] for ids, _ in read], device=device)  # padding is never scored
+            lo_all = int(first.min())
             nll = torch.zeros(len(group), dtype=torch.float64, device=device)
             state = None
             for s in range(0, inputs.shape[1], window):
                 e = min(s + window, inputs.shape[1])
                 with autocast(device, precision):
                     logits, state = net(inputs[:, s:e], state)
-                lo = max(s, distract + c)  # only predictions of target bytes count
+                lo = max(s, lo_all)  # only predictions of target bytes count
                 if lo < e:
                     dt = torch.promote_types(logits.dtype, torch.float32)
                     part = F.cross_entropy(logits[:, lo - s:].to(dt).transpose(1, 2), targets[:, lo:e],
                                            reduction="none")
-                    nll += part.double().sum(1)
-            u.add(nll, torch.full((len(group),), span - 1), targets[:, distract + c:])
+                    pos = torch.arange(lo, e, device=device)
+                    nll += (part.double() * ((pos >= first) & (pos < stop))).sum(1)
+            u.add(nll, torch.full((len(group),), span - 1))
+            for t in texts:
+                u.add_targets(t[distract + c + 1:])
             progress.update(n * len(docs) + b0 + len(group), f"context {c:,}")
         units[str(c)] = u.to_json("document")
         curve.append({"context": c, **u.summary()})
@@ -123,11 +149,12 @@ def check_context_config(cfg: DictConfig) -> list[int]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``configs/context_eval.yaml``: the context-use curve of a run; writes ``<run_dir>/<out>``."""
     contexts = check_context_config(cfg)
-    refuse_tokens(cfg.run_dir, "the context-use evaluation (contexts and spans are counted in bytes)")
     device = pick_device(cfg.device)
     train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
     corpus, other = eval_corpus(cfg, train_cfg)
-    split = corpus.split(cfg.split)
+    split, tok = corpus.split(cfg.split), None
+    if split.tokenizer is not None:  # a token run reads the byte text through its tokenizer: contexts stay bytes
+        tok, split = load_tokenizer(split.tokenizer), corpus.byte_corpus().split(cfg.split)
     window = int(cfg.window or train_cfg.data.seq_len)
     limit = module.net.max_len
     distract = int(cfg.get("distractors", 0))
@@ -137,7 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          f"the largest context and the span take {need}; lower them, or give the model a sliding "
                          "window (MEGABYTE: model.net.global_window)")
     r = context_curve(module.net, split, contexts, int(cfg.span), window, int(cfg.batch_size), device,
-                      cfg.max_docs, cfg.precision, distract, cfg.get("target_at"))
+                      cfg.max_docs, cfg.precision, distract, cfg.get("target_at"), tok)
     r.update({"run_dir": str(cfg.run_dir), "model": train_cfg.model.get("name"), "split": cfg.split,
               "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
                          "trained_on": not other}})

@@ -80,10 +80,44 @@ def test_megabyte_and_byte_level_evaluations_refuse_tokens(bpe_run, tiny_corpus,
     with pytest.raises(ValueError, match=r"Megabyte reads bytes .* data.tokenizer=bytes"):
         train(compose("train", ["model=megabyte_tiny", "debug=smoke", f"run_dir={tmp_path}",
                                 f"data.path={tiny_corpus}", *DATA]))
-    from experiments.evaluation.context import run as context_run
+    from experiments.evaluation.long_context import run as longeval_run
 
     with pytest.raises(ValueError, match="token-level run .* defined on bytes"):
-        context_run(compose("context_eval", [f"run_dir={bpe_run[0]}"]))
+        longeval_run(compose("longeval", [f"run_dir={bpe_run[0]}"]))
+
+
+def test_context_use_of_a_token_model_scores_the_byte_targets_after_the_last_c_bytes(bpe_run):
+    """context_eval on a token run: the byte targets a byte model is scored on (the same hash and counts),
+    read after tokens(last c bytes + the byte before the target); a byte changed before those c bytes leaves
+    the score at c unchanged, one inside them moves it."""
+    from experiments.evaluation.context import context_curve, run
+    from tests.conftest import build_net
+
+    run_dir, _ = bpe_run
+    r = run(compose("context_eval", [f"run_dir={run_dir}", "contexts=[0,16,64]", "span=32", "max_docs=3",
+                                     "window=8", "out=ctx.json"]))
+    cfg, module = load_run(run_dir)
+    corpus = corpus_of(cfg)
+    split = corpus.byte_corpus().split("test")
+    b = context_curve(build_net("transformer_tiny").eval(), split, [0, 16, 64], 32, 16, 2, torch.device("cpu"),
+                      max_docs=3)
+    assert r["docs"] == b["docs"] == 3 and r["skipped_docs"] == b["skipped_docs"]
+    for c in ("0", "16", "64"):
+        assert r["units"][c]["targets_sha256"] == b["units"][c]["targets_sha256"]
+        assert r["units"][c]["bytes"] == [31] * 3
+    tok = load(corpus.split("test").tokenizer)
+    doc = np.array(split.document(int(next(i for i in range(split.n_docs) if split.lengths[i] >= 96))))[:96]
+    docs = {}
+    for name, pos in (("base", None), ("far", 64 - 16 - 1), ("near", 64 - 2)):
+        d = doc.copy()
+        if pos is not None:
+            d[pos] = ord("#") if d[pos] != ord("#") else ord("%")
+        one = dataclasses.replace(split, data=d, offsets=np.array([0, 96]), paths=["d"])
+        docs[name] = context_curve(module.net.double(), one, [0, 16], 32, 8, 1, torch.device("cpu"), target_at=64,
+                                   tok=tok)["units"]
+    assert docs["far"]["16"]["nll"] == docs["base"]["16"]["nll"]
+    assert abs(docs["near"]["16"]["nll"][0] - docs["base"]["16"]["nll"][0]) > 1e-9
+    assert docs["near"]["0"]["nll"] == docs["base"]["0"]["nll"]
 
 
 def test_byte_windows_score_a_token_model_on_exactly_a_byte_models_text(bpe_run):
