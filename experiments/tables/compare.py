@@ -63,17 +63,22 @@ def tokenizer_overrides(text: str) -> list[str]:
     return [f"data.tokenizer='{text}'"]
 
 
+def byte_window_evals(evals, context: int) -> tuple:
+    """The table's evaluations as a token row runs them: on the byte rows' windows (``context`` bytes: the
+    reference's training length) and documents (``eval.byte_windows``)."""
+    return tuple(dataclasses.replace(ev, overrides=(*ev.overrides, "eval.byte_windows=true",
+                                                    *([f"eval.context={context}"] if ev.kind == "window" else [])))
+                 for ev in evals)
+
+
 def token_row(row: RowSpec, tokenizer: str, evals, context: int) -> RowSpec:
     """A row read through a tokenizer (``--archs transformer@bpe``): sized by the table's rule per byte of text
     (``tables.keys.sizing_overrides`` also sets its windows to the reference's bytes), and scored on exactly the
-    byte windows and documents of the byte-level rows (``eval.byte_windows``, windows of ``context`` bytes)."""
-    aligned = tuple(dataclasses.replace(ev, overrides=(*ev.overrides, "eval.byte_windows=true",
-                                                       *([f"eval.context={context}"] if ev.kind == "window" else [])))
-                    for ev in evals)
+    byte windows and documents of the byte-level rows."""
     label = f"{row.title.removesuffix(' (reference)')} ({tokenizer} tokens)"
     return dataclasses.replace(row, name=f"{row.name}@{tokenizer}", label=label,
-                               overrides=(*row.overrides, *tokenizer_overrides(tokenizer)), evals=aligned,
-                               skip_table_evals=True)
+                               overrides=(*row.overrides, *tokenizer_overrides(tokenizer)),
+                               evals=byte_window_evals(evals, context), skip_table_evals=True)
 
 
 def table_for(a: argparse.Namespace, scale: str = "run",
@@ -85,16 +90,18 @@ def table_for(a: argparse.Namespace, scale: str = "run",
     for arch in a.archs or [r.name for r in spec.rows]:
         arch, at, tokenizer = arch.partition("@")
         name = arch.removesuffix("_tiny")
+        context = 0
+        if tokenizer:  # the byte rows' windows: the reference's training length with these overrides
+            context = int(composed(row_overrides(spec, spec.row(spec.match.reference), scale, extra,
+                                                 lr=1.0))["data"]["seq_len"])
         known = [r for r in spec.rows if r.name == name + at + tokenizer]  # a table row (tokens included)
-        if known:
-            rows.append(known[0])
+        if known:  # its windows follow a changed training length (--set data.seq_len=...)
+            rows.append(dataclasses.replace(known[0], evals=byte_window_evals(spec.evals, context))
+                        if tokenizer else known[0])
             continue
         known = [r for r in spec.rows if r.name == name]
         row = known[0] if known else RowSpec(name=arch, experiment=None, overrides=(f"model={arch}",))
-        if tokenizer:
-            ref = composed(row_overrides(spec, spec.row(spec.match.reference), scale, extra, lr=1.0))
-            row = token_row(row, tokenizer, spec.evals_for(row), int(ref["data"]["seq_len"]))
-        rows.append(row)
+        rows.append(token_row(row, tokenizer, spec.evals_for(row), context) if tokenizer else row)
     names = [r.name for r in rows]
     reference = spec.row(spec.match.reference)
     if reference not in rows:  # the reference is sized against, not necessarily trained

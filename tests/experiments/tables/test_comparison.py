@@ -83,6 +83,23 @@ def test_a_token_row_reads_the_references_bytes_per_window_at_its_flops_per_byte
     assert f"eval.context={ref['data']['seq_len']}" in evals["test"].overrides
 
 
+def test_the_committed_token_row_is_evaluated_as_the_compare_command_builds_it():
+    """configs/table/compare.yaml spells out transformer@bpe's byte-window evaluations; the compare command
+    rebuilds them from the reference's training length: at the cpu scale both are the same evaluations."""
+    import argparse
+
+    from experiments.tables.cells import eval_key
+    from experiments.tables.compare import table_for
+
+    committed = load_table("compare")
+    built, _ = table_for(argparse.Namespace(archs=None, match=None), "cpu", [])
+    for spec in (committed, built):
+        assert spec.row("transformer@bpe").skip_table_evals
+    keys = [{ev.name: eval_key(ev.at("cpu")) for ev in spec.evals_for(spec.row("transformer@bpe"))}
+            for spec in (committed, built)]
+    assert keys[0] == keys[1] and set(keys[0]) == {ev.name for ev in committed.evals}
+
+
 def fake_tuning_cell(results, spec, row, lr, value):
     cell = tuning_cell(spec, row, "tiny", lr, results)
     cell.mkdir(parents=True, exist_ok=True)
