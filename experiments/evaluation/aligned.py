@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
 from experiments.data.tokens import id_bytes, text_of
-from experiments.evaluation.bpb import StreamDoc, Units, autocast, stream_documents
+from experiments.evaluation.bpb import StreamDoc, Units, autocast, longest_documents, stream_documents
 
 
 def encode_aligned(tok, window: np.ndarray, split_at: int = 1) -> tuple[np.ndarray, int, bool]:
@@ -31,12 +31,13 @@ def encode_aligned(tok, window: np.ndarray, split_at: int = 1) -> tuple[np.ndarr
     if window.dtype != np.uint8:  # int64 from a sampler: bytes() of it would hold 8 bytes per value
         window = window.astype(np.uint8)
     head, rest = window[:split_at].tobytes(), window[split_at:].tobytes()
+    text = text_of(rest)
     a = tok.encode(text_of(head), add_special_tokens=False).ids
-    b = tok.encode(text_of(rest), add_special_tokens=False).ids
+    b = tok.encode(text, add_special_tokens=False).ids
     if not a or not b:
         raise ValueError(f"the tokenizer turned {head!r} or a span of {len(rest)} bytes into no tokens; a byte-aligned "
                          "evaluation needs a tokenizer that covers every byte (byte-level BPE)")
-    return np.asarray(a + b, dtype=np.int64), len(a), text_of(rest).encode("utf-8") != rest
+    return np.asarray(a + b, dtype=np.int64), len(a), text.encode("utf-8") != rest
 
 
 @torch.no_grad()
@@ -44,7 +45,7 @@ def aligned_windowed_bpb(net, byte_split: Split, tok, context: int, batch_size: 
                          device: torch.device, precision="32", split_name: str = "test") -> dict:
     """The windows ``windowed_bpb`` samples from ``byte_split`` at ``context`` bytes, scored by a token model."""
     sampler = RandomWindows(byte_split, context, batch_size, seed, split_name=split_name)
-    units, edited, n_ids = Units(), 0, 0
+    units, edited = Units(), 0
     for step in range(num_batches):
         windows = sampler.batch(step)["tokens"].numpy().astype(np.uint8)
         encoded = [encode_aligned(tok, w) for w in windows]
@@ -55,15 +56,13 @@ def aligned_windowed_bpb(net, byte_split: Split, tok, context: int, batch_size: 
             ids[r, : len(x)] = torch.from_numpy(x)
             scored[r, first - 1 : len(x) - 1] = True
             edited += was_edited
-            n_ids += len(x) - first
         ids, scored = ids.to(device), scored.to(device)
         with autocast(device, precision):
             logits, _ = net(ids[:, :-1])
         nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none") * scored
         units.add(nll.double().sum(1), torch.full((len(encoded),), context, dtype=torch.long))
         units.add_targets(windows[:, 1:])
-    return {**units.summary(), "context": context, "units": units.to_json("window"), "edited_units": edited,
-            "scored_tokens": n_ids}
+    return {**units.summary(), "context": context, "units": units.to_json("window"), "edited_units": edited}
 
 
 def aligned_streaming_bpb(net, byte_split: Split, tok, window: int, batch_size: int, device: torch.device,
@@ -71,16 +70,10 @@ def aligned_streaming_bpb(net, byte_split: Split, tok, window: int, batch_size: 
                           precision="32") -> dict:
     """The documents ``streaming_bpb`` walks in ``byte_split`` (longest first in bytes, the first
     ``max_doc_bytes`` bytes), read by a token model ``window`` tokens per call with its carried state."""
-    lengths = byte_split.lengths
-    order = np.argsort(-lengths, kind="stable")
-    if max_docs:
-        order = order[:max_docs]
     sizes = np.array([len(b) for b in id_bytes(tok)], dtype=np.int64)
     docs, edited = [], 0
-    for i in order:
-        text = np.asarray(byte_split.document(int(i))[: int(min(lengths[i], max_doc_bytes or lengths[i]))])
-        if len(text) < 2:
-            continue
+    for text in longest_documents(byte_split, max_docs, max_doc_bytes):
+        text = np.asarray(text)
         ids, first, was_edited = encode_aligned(tok, text)
         edited += was_edited
         docs.append(StreamDoc(ids, first, sizes[ids], text[1:], len(text) - 1))

@@ -173,17 +173,21 @@ def streaming_bpb(net, split: Split, window: int, batch_size: int, device: torch
                   precision="32") -> dict:
     """Score byte ``i`` (i >= 1) of every document given bytes ``0..i-1`` of the same document only (a token
     split: token ``i`` given the tokens before it; documents ordered and truncated in tokens)."""
-    lengths = split.lengths
-    order = np.argsort(-lengths, kind="stable")
-    if max_docs:
-        order = order[:max_docs]
     docs = []
-    for i in order:
-        ids = np.asarray(split.document(int(i))[: int(min(lengths[i], max_doc_bytes or lengths[i]))], dtype=np.int64)
-        if len(ids) >= 2:
-            nbytes = split.bytes_of(ids)
-            docs.append(StreamDoc(ids, 1, nbytes, ids[1:], int(nbytes[1:].sum())))
+    for doc in longest_documents(split, max_docs, max_doc_bytes):
+        ids = doc.astype(np.int64)
+        nbytes = split.bytes_of(ids)
+        docs.append(StreamDoc(ids, 1, nbytes, ids[1:], int(nbytes[1:].sum())))
     return stream_documents(net, docs, window, batch_size, device, curve_base, precision)
+
+
+def longest_documents(split: Split, max_docs: int | None, max_len: int | None) -> list[np.ndarray]:
+    """The documents streaming evaluation walks: longest first (stable), at most ``max_docs``, each cut to its
+    first ``max_len`` units, those with fewer than 2 left out (nothing to score)."""
+    order = np.argsort(-split.lengths, kind="stable")
+    docs = (split.document(int(i))[:max_len] if max_len else split.document(int(i))
+            for i in (order[:max_docs] if max_docs else order))
+    return [d for d in docs if len(d) >= 2]
 
 
 @torch.no_grad()

@@ -92,14 +92,22 @@ BYTE_LEVEL_ALIASES = {"flops_per_byte": "flops_per_token", "train/bytes_per_s": 
                       "bytes_seen": "tokens_seen"}
 
 
+def metrics_key(metrics: dict, key: str) -> str:
+    """The key of ``metrics.json`` that holds ``key``: a per-byte key of a run from before bytes_per_token was
+    recorded (byte-level: a byte a token) is read from its per-token twin."""
+    if key in BYTE_LEVEL_ALIASES and key not in metrics and "bytes_per_token" not in metrics:
+        return BYTE_LEVEL_ALIASES[key]
+    return key
+
+
 def lookup(cell: Path, metric: str) -> float | None:
     """``file/key`` -> the value in <cell>/<file>.json (``metrics/val/bpb`` reads metrics.json)."""
     file, _, key = metric.partition("/")
     data = cell_json(cell, file)
     if data is None:
         return None
-    if file == "metrics" and key in BYTE_LEVEL_ALIASES and key not in data and "bytes_per_token" not in data:
-        key = BYTE_LEVEL_ALIASES[key]  # a run from before bytes_per_token was recorded: byte-level, a byte a token
+    if file == "metrics":
+        key = metrics_key(data, key)
     for part in [key] if key in data else key.split("."):
         if isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from experiments.provenance import describe_machine
 from experiments.tables import sections
-from experiments.tables.cells import cell_json, default_results, eval_key, lookup, trained_cell
+from experiments.tables.cells import cell_json, default_results, eval_key, lookup, metrics_key, trained_cell
 from experiments.tables.keys import row_cells
 from experiments.tables.spec import TableSpec, findings_path, load_table
 
@@ -90,7 +90,7 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
             metrics = cell_json(cell, "metrics") or {}
             if "steps" in metrics:
                 r.steps.append(int(metrics["steps"]))
-                r.tokens.append(int(metrics.get("bytes_seen", metrics.get("tokens_seen", 0))))  # bytes, not tokens
+                r.tokens.append(int(metrics.get(metrics_key(metrics, "bytes_seen"), 0)))  # bytes, not tokens
             meta = cell_json(cell, "meta") or {}
             code = meta.get("code", {})
             for m in meta.get("machines") or [None]:

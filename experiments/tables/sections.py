@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.config import OptimConfig
-from experiments.tables.cells import cell_json
+from experiments.tables.cells import cell_json, metrics_key
 from experiments.tables.intervals import Units, collect, interval, paired
 from experiments.tables.keys import lr_text, tuned_rows, tuning_results, tuning_scale
 from experiments.tables.spec import MetricSpec, TableSpec
@@ -137,10 +137,9 @@ def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     sizes = {}
     for r in rows:
         metrics = next((cell_json(c, "metrics") for c in r.cells.values()), None)
-        if metrics and "flops_per_token" in metrics and "params" in metrics:
-            sizes[r.name] = (float(metrics["flops_per_token"]) / float(metrics.get("bytes_per_token", 1.0)),
-                             int(metrics["params"]),
-                             metrics.get("train/s_per_update"))
+        fpb = metrics and metrics_key(metrics, "flops_per_byte")
+        if metrics and fpb in metrics and "params" in metrics:
+            sizes[r.name] = (float(metrics[fpb]), int(metrics["params"]), metrics.get("train/s_per_update"))
     ref = sizes.get(m.reference)
     if ref is None:
         return []
