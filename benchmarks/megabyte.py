@@ -1,6 +1,10 @@
 """MEGABYTE vs a FLOP-matched Transformer vs the `megabyte-pytorch` package, on CPU.
 
 Training bytes/s and peak memory vs sequence length, and generation bytes/s for 8192 bytes.
+``--updates`` instead times one training update of each row of the megabyte_bpb table as that table trains it
+(its composed config at the cpu scale: bf16 autocast, AdamW, 16384 bytes per update), with Transformers of
+other sizes (``--candidates``) beside them: the sizes a Transformer matched to MEGABYTE on seconds per update
+would take on this machine.
 The peer package is optional and is installed only for benchmarking, e.g.
 
     pip install --no-deps --target /tmp/peers megabyte-pytorch==0.3.6 beartype
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -23,8 +28,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from architectures.megabyte import Megabyte  # noqa: E402
+from architectures.megabyte import model as megabyte_model  # noqa: E402
+from architectures.megabyte.model import MATH_KEYS  # noqa: E402
 from architectures.transformer import Transformer  # noqa: E402
 from benchmarks.common import measure, table  # noqa: E402
 from experiments.evaluation.generation import generate  # noqa: E402
@@ -115,6 +123,69 @@ def gen_rows(a, cls):
     return rows
 
 
+def update_step(net, B: int, T: int, precision: str):
+    """One training update as the table's cells run it: forward under autocast, float32 loss, AdamW."""
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (B, T + 1), generator=gen)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits, _ = net(x[:, :-1])
+        F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def update_rows(a) -> list[dict]:
+    """Seconds per update of megabyte_bpb's rows and of Transformer candidates, timed in interleaved rounds (each
+    round times every model once), so that a load on the machine falls on all of them alike."""
+    from experiments.config import compose
+    from experiments.tables.keys import row_overrides
+    from experiments.tables.sizing import measure
+    from experiments.tables.spec import load_table
+    from experiments.training.run import build_module
+
+    spec = load_table("megabyte_bpb")
+    configs = {r: row_overrides(spec, spec.row(r), a.scale, lr=1e-3) for r in a.rows}
+    base = configs[a.rows[0]]
+    for c in a.candidates:
+        d, n, h = (int(v) for v in c.split(","))
+        configs[f"{a.rows[0]}, width {d}, {n} layers, {h} heads"] = [
+            *base, f"model.net.d_model={d}", f"model.net.n_layers={n}", f"model.net.n_heads={h}"]
+    models = {}
+    for name, overrides in configs.items():
+        cfg = compose("train", overrides)
+        torch.manual_seed(0)
+        net = build_module(cfg).net.train()
+        T = int(cfg.data.seq_len)
+        B = int(cfg.data.batch_size) * int(cfg.data.get("sample_len") or T) // T
+        size = measure(OmegaConf.to_container(cfg.model.net, resolve=True), T)
+        models[name] = {"step": update_step(net, B, T, str(cfg.trainer.precision)), "B": B, "T": T,
+                        "params": size.params, "flops": size.flops_per_byte / 1e6, "wall": [], "cpu": []}
+    if a.flash_local:  # the same MEGABYTE rows with the local model on the flash kernel: the math dispatch off
+        for name in [n for n in models if "megabyte" in n]:
+            flash = {**models[name], "math_keys": 0, "wall": [], "cpu": []}
+            models[f"{name} (flash kernel in the local model)"] = flash
+    for m in models.values():
+        m["step"]()  # warm-up
+    for _ in range(a.rounds):
+        for m in models.values():
+            megabyte_model.MATH_KEYS = m.get("math_keys", MATH_KEYS)
+            w0, c0 = time.perf_counter(), time.process_time()
+            m["step"]()
+            m["wall"].append(time.perf_counter() - w0)
+            m["cpu"].append(time.process_time() - c0)
+    megabyte_model.MATH_KEYS = MATH_KEYS
+    ref = statistics.median(models[a.reference]["cpu"])
+    return [{"model": name, "params": m["params"], "B": m["B"], "T": m["T"], "flops": m["flops"],
+             "wall": statistics.median(m["wall"]), "cpu": statistics.median(m["cpu"]),
+             "vs": statistics.median(m["cpu"]) / ref} for name, m in models.items()]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
@@ -130,7 +201,24 @@ def main():
     ap.add_argument("--gen-bytes", type=int, default=8192)
     ap.add_argument("--peer-gen-bytes", type=int, default=512)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--updates", action="store_true", help="time megabyte_bpb's rows per update instead")
+    ap.add_argument("--rows", nargs="+", default=["transformer_tuned", "megabyte_xpatch", "megabyte_p4", "megabyte"])
+    ap.add_argument("--reference", default="megabyte_xpatch", help="the row the ratio column divides by")
+    ap.add_argument("--candidates", nargs="*", default=["64,4,2", "72,3,2", "96,2,2"],
+                    help="Transformers beside the first row: width,layers,heads")
+    ap.add_argument("--flash-local", action="store_true",
+                    help="also time each MEGABYTE row with its local attention on the flash kernel")
+    ap.add_argument("--scale", default="cpu")
+    ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
+    if a.updates:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; megabyte_bpb's rows at the "
+              f"{a.scale} scale, one update each per round, {a.rounds} rounds (median)\n")
+        print(table(update_rows(a), [("model", "model", "{}"), ("params", "params", "{:,}"), ("B", "rows", "{}"),
+                                     ("T", "context", "{}"), ("flops", "train MFLOPs/byte", "{:.2f}"),
+                                     ("wall", "s/update", "{:.3f}"), ("cpu", "CPU-s/update", "{:.3f}"),
+                                     ("vs", f"CPU time vs {a.reference}", "{:.2f}x")]))
+        return
     if a.quick:
         a.lengths, a.tokens_per_step, a.gen_bytes, a.peer_gen_bytes, a.tf_max = [512, 2048], 2048, 256, 64, 2048
     cls = peer_class()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from architectures.common import run_layer
 from architectures.common.memory_layer import attend
@@ -30,6 +31,20 @@ from architectures.megabyte.windows import GlobalWindows
 
 CONV_WIDTHS = (3, 5, 7)
 CONV_FIELD = sum(k - 1 for k in CONV_WIDTHS)  # bytes of history the encoder looks back
+MATH_KEYS = 32  # rows of at most this many keys in bf16 / fp16 on CPU go through the math backend (see sdpa)
+
+
+def sdpa(q, k, v, **kw):
+    """``scaled_dot_product_attention``, with one exception: on CPU, bf16 / fp16 rows of at most ``MATH_KEYS`` keys
+    (the local model's patches, with a cross-patch prefix or a cache) run PyTorch's math backend, the same
+    computation to bf16 rounding (tested) and, on such short rows, the faster kernel: megabyte_bpb's
+    cross-patch MEGABYTE took 1.32 CPU-s per update with the flash kernel and 0.93 with the math one
+    (results/benchmarks/megabyte_updates.md). Float32 keeps the flash kernel (the math one was ~3x slower at
+    these shapes in a microbenchmark)."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= MATH_KEYS:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 class Attention(nn.Module):
@@ -68,7 +83,7 @@ class Attention(nn.Module):
         r = 0 if prefix is None else prefix[0].shape[2]
         p = self.dropout if self.training else 0.0
         if r == 0 and m == 0:
-            o = F.scaled_dot_product_attention(qr, kr, vv, is_causal=True, dropout_p=p)
+            o = sdpa(qr, kr, vv, is_causal=True, dropout_p=p)
         else:
             qi = torch.arange(m, m + L, device=x.device)[:, None]
             causal = (torch.arange(m + L, device=x.device)[None, :] <= qi).expand(N, 1, L, m + L)
@@ -77,7 +92,7 @@ class Attention(nn.Module):
                 vv = torch.cat([prefix[1], vv], 2)
                 pv = prefix_valid.view(N, 1, 1, 1).expand(N, 1, L, r)
                 causal = torch.cat([pv, causal], -1)
-            o = F.scaled_dot_product_attention(qr, kr, vv, attn_mask=causal, dropout_p=p)
+            o = sdpa(qr, kr, vv, attn_mask=causal, dropout_p=p)
         return self.out(rearrange(o, "n h l d -> n l (h d)")), (k, v)
 
     @staticmethod
