@@ -38,7 +38,11 @@ def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, loca
     qc = q.to(dt)
     local = torch.einsum("bthd,bshd->bhts", qc, k.to(dt)) * scale
     local = local.masked_fill(~local_mask(T, q.device, local_valid), float("-inf"))
-    extra = torch.einsum("bthd,bthkd->bhtk", qc, mem_k.to(dt)) * scale
+    # retrieved scores as one batched matrix-vector product over the gathered keys' own layout [B T H, k, d]
+    # (an einsum would copy them into [B T H, d, k] first: a full pass over the largest tensor here)
+    K = mem_k.shape[3]
+    extra = torch.bmm(mem_k.to(dt).reshape(B * T * H, K, d), qc.reshape(B * T * H, d, 1))
+    extra = extra.view(B, T, H, K).permute(0, 2, 1, 3) * scale
     if mem_mask is not None:
         extra = extra.masked_fill(~mem_mask.bool().permute(0, 2, 1, 3), float("-inf"))
     mx = torch.maximum(local.amax(-1, keepdim=True), extra.amax(-1, keepdim=True))  # local has j=i: finite
