@@ -13,10 +13,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from benchmarks.common import measure, table  # noqa: E402
 from experiments.cli import with_allocator  # noqa: E402
 from kernels import cema, chunk_attention, memory_attention, timestep_norm  # noqa: E402
+from kernels.sdpa import uses_math  # noqa: E402
 
 REF_MAX_L = 4096  # the sequential references are Python loops: skipped above this length
 
@@ -105,10 +107,36 @@ def memattn_rows(lengths, H, d, T=512, knn=32):
     return rows
 
 
+def short_rows(keys, rows_tokens=4096, H=2, d=16, dv=64):
+    """Causal attention forward+backward over rows of ``C`` keys (``rows_tokens`` tokens in all), the CPU flash
+    kernel against the math backend, in bf16 and float32: where ``kernels.sdpa`` switches."""
+    out = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for C in keys:
+            N = max(1, rows_tokens // C)
+            q, k = (torch.randn(N, H, C, d, dtype=dtype, requires_grad=True) for _ in range(2))
+            v = torch.randn(N, H, C, dv, dtype=dtype, requires_grad=True)
+
+            def run(backend, q=q, k=k, v=v):
+                def step():
+                    with sdpa_kernel(backend):
+                        qq, kk, vv = (q, k, v) if backend == SDPBackend.MATH else (
+                            F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d)), v)  # flash needs one head width
+                        F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=d ** -0.5).sum().backward()
+                return measure(step, repeat=5)
+
+            fl, ma = run(SDPBackend.FLASH_ATTENTION), run(SDPBackend.MATH)
+            out.append({"dtype": str(dtype).removeprefix("torch."), "C": C, "N": N, "flash_ms": fl["cpu"] * 1e3,
+                        "math_ms": ma["cpu"] * 1e3, "ratio": fl["cpu"] / ma["cpu"],
+                        "chosen": "math" if uses_math(q, k) else "flash"})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--only", choices=["short"], help="print one table only")
     a = ap.parse_args()
     with_allocator()  # measured under the allocator every entry point runs with
     lengths = [256, 1024] if a.quick else a.lengths
@@ -116,6 +144,15 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"allocator {os.environ.get('LONGLAB_ALLOCATOR')}, fp32, CPU; times are medians; "
           f"mem = peak extra RSS; reference loops skipped above L={REF_MAX_L}\n")
+    keys = [8, 64] if a.quick else [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    print("## short-row attention: causal forward+backward over 4096 tokens as rows of C keys, 2 heads of 16 "
+          "(values of 64), CPU ms: the flash kernel vs the math backend (kernels.sdpa runs the chosen one)")
+    print(table(short_rows(keys), [("dtype", "dtype", "{}"), ("C", "C (keys per row)", "{}"), ("N", "rows", "{}"),
+                                   ("flash_ms", "flash CPU ms", "{:.1f}"), ("math_ms", "math CPU ms", "{:.1f}"),
+                                   ("ratio", "flash/math", "{:.2f}x"), ("chosen", "kernels.sdpa runs", "{}")]))
+    if a.only == "short":
+        return
+    print()
     cols = [("L", "L", "{}"), ("fast_ms", "fast ms", "{:.1f}"), ("fast_cpu_ms", "fast CPU ms", "{:.1f}"),
             ("fast_mb", "fast MB", "{:.0f}"), ("ref_ms", "reference ms", "{:.0f}"), ("ref_mb", "ref MB", "{:.0f}"),
             ("speedup", "ref/fast", "{:.0f}x")]

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from architectures.common import run_layer
 from architectures.common.memory_layer import attend
@@ -28,23 +27,10 @@ from architectures.common.rotary import RotaryEmbedding
 from architectures.contract import Architecture, build_config
 from architectures.megabyte.config import MegabyteConfig
 from architectures.megabyte.windows import GlobalWindows
+from kernels.sdpa import sdpa
 
 CONV_WIDTHS = (3, 5, 7)
 CONV_FIELD = sum(k - 1 for k in CONV_WIDTHS)  # bytes of history the encoder looks back
-MATH_KEYS = 32  # rows of at most this many keys in bf16 / fp16 on CPU go through the math backend (see sdpa)
-
-
-def sdpa(q, k, v, **kw):
-    """``scaled_dot_product_attention``, with one exception: on CPU, bf16 / fp16 rows of at most ``MATH_KEYS`` keys
-    (the local model's patches, with a cross-patch prefix or a cache) run PyTorch's math backend, the same
-    computation to bf16 rounding (tested) and, on such short rows, the faster kernel: megabyte_bpb's
-    cross-patch MEGABYTE took 1.32 CPU-s per update with the flash kernel and 0.93 with the math one
-    (results/benchmarks/megabyte_updates.md). Float32 keeps the flash kernel (the math one was ~3x slower at
-    these shapes in a microbenchmark)."""
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= MATH_KEYS:
-        with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, **kw)
-    return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 class Attention(nn.Module):

@@ -13,14 +13,17 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from kernels.sdpa import sdpa, uses_math
+
 
 def _sdpa(q, k, v, scale):
     """Causal SDPA on [N, H, C, d] tensors. CPU's fused (flash) kernel needs one head width for q, k and
-    v; the math fallback is ~2.4x slower and materialises C x C scores, so widths are equalised by
-    zero-padding (padding q and k leaves the scores unchanged; padded value columns are dropped)."""
+    v (the math fallback is ~2.4x slower there in float32 and materialises C x C scores), so widths are
+    equalised by zero-padding (padding q and k leaves the scores unchanged; padded value columns are dropped).
+    Short bf16 rows run the math backend (``kernels.sdpa``), which takes any value width."""
     d, dv = q.shape[-1], v.shape[-1]
-    if d == dv:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if d == dv or uses_math(q, k):
+        return sdpa(q, k, v, is_causal=True, scale=scale)
     w = max(d, dv)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     q, k, vp = F.pad(q, (0, w - d)), F.pad(k, (0, w - d)), F.pad(v, (0, w - dv))
@@ -41,7 +44,7 @@ def _continue_masked(q, k, v, chunk_size, scale, k_cache, v_cache, cache_valid):
     causal = torch.ones(first, S + first, dtype=torch.bool, device=q.device).tril(S)
     keys = torch.cat([cache_valid.to(q.device).bool(), cache_valid.new_ones(B, first, dtype=torch.bool)], 1)
     mask = causal[None, None] & keys[:, None, None, :]
-    o1 = F.scaled_dot_product_attention(q[:, :first].transpose(1, 2), kk, vv, attn_mask=mask, scale=scale)
+    o1 = sdpa(q[:, :first].transpose(1, 2), kk, vv, attn_mask=mask, scale=scale)
     o1 = o1.transpose(1, 2)
     if first == T:
         keep = (S + T) % chunk_size
@@ -107,9 +110,9 @@ def chunk_attention_dropout(q, k, v, chunk_size, scale, k_cache, v_cache, cache_
     own = torch.eye(C, dtype=torch.bool, device=q.device)
     if mode == "dropkey":
         keep = torch.rand(mask.shape[0], H, C, C, device=q.device) >= p
-        o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask & (keep | own), scale=scale)
+        o = sdpa(qf, kf, vf, attn_mask=mask & (keep | own), scale=scale)
     else:
-        o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask | own, scale=scale, dropout_p=p)
+        o = sdpa(qf, kf, vf, attn_mask=mask | own, scale=scale, dropout_p=p)
     o = rearrange(o, "(b n) h c d -> b (n c) h d", n=n)[:, S:total]
     keep_n = total % C
     return o, k[:, total - keep_n : total], v[:, total - keep_n : total]
