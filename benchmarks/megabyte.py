@@ -144,7 +144,7 @@ def update_rows(a) -> list[dict]:
     round times every model once), so that a load on the machine falls on all of them alike."""
     from experiments.config import compose
     from experiments.tables.keys import row_overrides
-    from experiments.tables.sizing import measure
+    from experiments.tables.sizing import measure as model_size
     from experiments.tables.spec import load_table
     from experiments.training.run import build_module
 
@@ -162,7 +162,7 @@ def update_rows(a) -> list[dict]:
         net = build_module(cfg).net.train()
         T = int(cfg.data.seq_len)
         B = int(cfg.data.batch_size) * int(cfg.data.get("sample_len") or T) // T
-        size = measure(OmegaConf.to_container(cfg.model.net, resolve=True), T)
+        size = model_size(OmegaConf.to_container(cfg.model.net, resolve=True), T)
         models[name] = {"step": update_step(net, B, T, str(cfg.trainer.precision)), "B": B, "T": T,
                         "params": size.params, "flops": size.flops_per_byte / 1e6, "wall": [], "cpu": []}
     if a.flash_local:  # the same MEGABYTE rows with the local model on the flash kernel: the math dispatch off

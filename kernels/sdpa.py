@@ -5,8 +5,8 @@ is several times slower than the math backend on short rows (Megalodon's chunks 
 patches of 4-8 bytes): forward+backward of causal rows of 16 keys (4096 tokens, 2 heads of 16, values of 64)
 took 38.4 CPU-ms with the flash kernel and 6.4 with the math one in bf16 (6.0x), 2.5-3.6x at 4-64 keys, 2.2x at
 128, 1.3x at 256; level at 512 keys, the flash kernel ahead at 1024 (0.65x); in float32 the flash kernel is as
-fast or faster at every length (``python -m benchmarks.kernels --only short``: results/benchmarks/kernels.md). The math backend
-is the same computation and rounds alike to bf16 precision (tested).
+fast or faster at every length (``python -m benchmarks.kernels --only short``: results/benchmarks/kernels.md).
+The math backend is the same computation and rounds alike to bf16 precision (tested).
 """
 
 from __future__ import annotations

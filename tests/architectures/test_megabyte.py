@@ -240,4 +240,3 @@ def test_inference_methods_score_the_same_bytes_from_the_right_pass():
     prof = patch_profile(nll["basic"], T, P)
     assert prof[:, 1].tolist() == [2 * T / P] * P
     assert prof[:, 0].sum() == pytest.approx(float(nll["basic"].sum()), rel=1e-9)
-
