@@ -19,6 +19,7 @@ from benchmarks.common import measure, table  # noqa: E402
 from experiments.cli import with_allocator  # noqa: E402
 from kernels import cema, chunk_attention, memory_attention, timestep_norm  # noqa: E402
 from kernels.sdpa import uses_math  # noqa: E402
+from kernels.timestep_norm import torch_impl as tsn_torch  # noqa: E402
 
 REF_MAX_L = 4096  # the sequential references are Python loops: skipped above this length
 
@@ -63,11 +64,17 @@ def tsn_rows(lengths, D, G, B=1):
         x = torch.randn(B, L, D)
         w, b = torch.zeros(D), torch.zeros(D)
         f = measure(lambda: timestep_norm(x, w, b, G, backend="torch"))  # no grad needed: the fused path
+        limit, tsn_torch.UNCENTRED_LIMIT = tsn_torch.UNCENTRED_LIMIT, 0.0  # force the centring branch
+        try:
+            cen = measure(lambda: timestep_norm(x, w, b, G, backend="torch"))
+        finally:
+            tsn_torch.UNCENTRED_LIMIT = limit
         xr = x.clone().requires_grad_()
         a = measure(lambda: timestep_norm(xr, w, b, G, backend="torch"))  # the differentiable path's forward
         c = measure(lambda: x * 2)  # one read-and-write pass over the tensor
         row = {"L": L, "fast_ms": f["wall"] * 1e3, "fast_cpu_ms": f["cpu"] * 1e3, "fast_mb": f["mem_mb"],
-               "grad_ms": a["wall"] * 1e3, "floor_ms": c["wall"] * 1e3, "ratio": f["wall"] / c["wall"]}
+               "grad_ms": a["wall"] * 1e3, "floor_ms": c["wall"] * 1e3, "ratio": f["wall"] / c["wall"],
+               "centred_ms": cen["wall"] * 1e3}
         if L <= REF_MAX_L:
             r = measure(lambda: timestep_norm(x, w, b, G, backend="reference"), repeat=1, warmup=0)
             row.update(ref_ms=r["wall"] * 1e3, ref_mb=r["mem_mb"], speedup=r["wall"] / f["wall"])
@@ -132,11 +139,20 @@ def short_rows(keys, rows_tokens=4096, H=2, d=16, dv=64):
     return out
 
 
+def print_tsn(lengths, D, cols):
+    print(f"## timestep_norm forward, B=1, D={D}, G=32 (fast: the no-grad path, uncentred on this stream; centred: "
+          "its branch for streams far from zero, forced; floor: one read-and-write pass, x * 2)")
+    print(table(tsn_rows(lengths, D, 32), cols + [("centred_ms", "centred ms", "{:.1f}"),
+                                                    ("grad_ms", "with-grad fwd ms", "{:.1f}"),
+                                                    ("floor_ms", "one pass ms", "{:.1f}"),
+                                                    ("ratio", "fast/pass", "{:.2f}")]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--only", choices=["short"], help="print one table only")
+    ap.add_argument("--only", choices=["short", "tsn"], help="print one table only")
     a = ap.parse_args()
     with_allocator()  # measured under the allocator every entry point runs with
     lengths = [256, 1024] if a.quick else a.lengths
@@ -144,6 +160,11 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"allocator {os.environ.get('LONGLAB_ALLOCATOR')}, fp32, CPU; times are medians; "
           f"mem = peak extra RSS; reference loops skipped above L={REF_MAX_L}\n")
+    cols = [("L", "L", "{}"), ("fast_ms", "fast ms", "{:.1f}"), ("fast_cpu_ms", "fast CPU ms", "{:.1f}"),
+            ("fast_mb", "fast MB", "{:.0f}"), ("ref_ms", "reference ms", "{:.0f}"), ("ref_mb", "ref MB", "{:.0f}"),
+            ("speedup", "ref/fast", "{:.0f}x")]
+    if a.only == "tsn":
+        return print_tsn(lengths, D * 4, cols)
     keys = [8, 64] if a.quick else [4, 8, 16, 32, 64, 128, 256, 512, 1024]
     print("## short-row attention: causal forward+backward over 4096 tokens as rows of C keys, 2 heads of 16 "
           "(values of 64), CPU ms: the flash kernel vs the math backend (kernels.sdpa runs the chosen one)")
@@ -153,17 +174,11 @@ def main():
     if a.only == "short":
         return
     print()
-    cols = [("L", "L", "{}"), ("fast_ms", "fast ms", "{:.1f}"), ("fast_cpu_ms", "fast CPU ms", "{:.1f}"),
-            ("fast_mb", "fast MB", "{:.0f}"), ("ref_ms", "reference ms", "{:.0f}"), ("ref_mb", "ref MB", "{:.0f}"),
-            ("speedup", "ref/fast", "{:.0f}x")]
     print(f"## cema forward+backward, B=1, D={D}, N={N} (floor: two rfft/irfft convolutions of the same size)")
     print(table(cema_rows(lengths, D, N),
                 cols + [("floor_ms", "floor ms", "{:.1f}"), ("ratio", "fast/floor", "{:.2f}")]))
-    print(f"\n## timestep_norm forward, B=1, D={D * 4}, G=32 (fast: the no-grad path; floor: one read-and-write "
-          "pass, x * 2)")
-    print(table(tsn_rows(lengths, D * 4, 32), cols + [("grad_ms", "with-grad fwd ms", "{:.1f}"),
-                                                        ("floor_ms", "one pass ms", "{:.1f}"),
-                                                        ("ratio", "fast/pass", "{:.2f}")]))
+    print()
+    print_tsn(lengths, D * 4, cols)
     C = 256 if a.quick else 2048
     print(f"\n## chunk_attention forward, B=1, H=4, d=64, C={C} (vs full causal SDPA)")
     print(table(chunk_rows(lengths, 4, 64, C), [c for c in cols if c[0] != "speedup"] + [

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels import timestep_norm
-from kernels.timestep_norm import timestep_norm_reference
+from kernels.timestep_norm import timestep_norm_reference, torch_impl
 from tests.kernels.helpers import assert_close_rms, grads
 
 # (B, L, D, G): a single token, odd lengths, group width not a power of two
@@ -96,6 +96,43 @@ def test_no_grad_path_matches_reference(B, L, D, G, dtype, tol, with_state, with
         assert_close_rms(a, c, tol, name)
     if with_mask:
         assert (y1[~m] == 0).all()
+
+
+@pytest.mark.parametrize("limit", [0.0, float("inf")], ids=["always-centred", "never-centred"])
+def test_no_grad_path_both_branches_match_reference(limit, monkeypatch):
+    """The no-grad path normalises uncentred tokens unless a running mean is far from zero; either branch, forced,
+    gives the reference's numbers on ordinary streams (mean 0.5, spread 2, carried state and padding)."""
+    monkeypatch.setattr(torch_impl, "UNCENTRED_LIMIT", limit)
+    x, w, b, st, m = make(2, 63, 12, 3, torch.float32, seed=7)
+    with torch.no_grad():
+        y1, s1 = timestep_norm(x, w, b, 3, state=st, mask=m, backend="torch")
+    y2, s2 = timestep_norm(x, w, b, 3, state=st, mask=m, backend="reference")
+    for name, a, c in zip(["y", "mean", "var"], (y1, s1[1], s1[2]), (y2, s2[1], s2[2])):
+        assert_close_rms(a, c, 1e-5, name)
+
+
+@pytest.mark.parametrize("offset,centred,tol", [(5.0, False, 1e-5), (1e4, True, 1e-4)], ids=["5-std", "1e4"])
+def test_no_grad_path_centres_only_streams_far_from_zero(offset, centred, tol, monkeypatch):
+    """A stream 5 standard deviations from zero (groups of 32) stays on the uncentred branch and keeps float32
+    accuracy; one of mean 1e4 takes the centring branch, without which its outputs would be lost (checked). At 1e4
+    float32 itself costs 1.8e-5 (the float32 reference, and the path before this branch existed, read the same)."""
+    g = torch.Generator().manual_seed(3)
+    x = (offset + torch.randn(1, 4096, 64, generator=g, dtype=torch.float64)).float()
+    w, b = torch.zeros(64), torch.zeros(64)
+    ref, (_, _, ref_var) = timestep_norm(x.double(), w.double(), b.double(), 2, backend="reference")
+    calls = []
+    real = torch_impl.running_stats_nograd
+    monkeypatch.setattr(torch_impl, "running_stats_nograd", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        y, (_, _, var) = timestep_norm(x, w, b, 2, backend="torch")
+    assert len(calls) == (2 if centred else 1)
+    assert_close_rms(y.double(), ref, tol, "y")
+    assert_close_rms(var.double(), ref_var, tol, "var")
+    if centred:  # the uncentred branch on this stream: the test above would catch a missing fallback
+        monkeypatch.setattr(torch_impl, "UNCENTRED_LIMIT", float("inf"))
+        with torch.no_grad():
+            y_bad, _ = timestep_norm(x, w, b, 2, backend="torch")
+        assert (y_bad.double() - ref).pow(2).mean().sqrt() > 1e-2
 
 
 def test_gradcheck_float64():
