@@ -377,6 +377,23 @@ class KNNMemory:
         mem.key_norm_max = mem.keys.float().norm(dim=-1).amax(-1).to(mem.key_norm_max.device)  # bounds the live ones
         return mem
 
+    def clone(self) -> KNNMemory:
+        """An independent copy: reading more into one leaves the other as it was (an evaluation continues one read
+        prefix several ways). Its storage, counts and CPU faiss indexes are copied; a GPU index is not, and the
+        copy rebuilds it from its ring at its first search (the same neighbours for a flat index)."""
+        new = self.map_tensors(torch.clone)
+        new.count = self.count.clone()
+        new._indexes, new._indexed, new._keepalive, new._on_gpu, new._ivf = {}, {}, {}, {}, {}
+        faiss = _faiss() if self._indexes else None
+        for key, idx in self._indexes.items():
+            if self._on_gpu.get(key, False):
+                continue
+            new._indexes[key] = faiss.clone_index(idx)  # an IVF copy owns a copy of its quantizer
+            new._indexed[key] = self._indexed[key]
+            if key in self._ivf:
+                new._ivf[key] = self._ivf[key]
+        return new
+
     def map_tensors(self, fn) -> KNNMemory:
         """The same memory with ``fn`` applied to its storage (detach, device moves)."""
         new = KNNMemory.__new__(KNNMemory)

@@ -5,7 +5,7 @@ from architectures.common.checkpointing import run_layer
 from architectures.common.mlp import SwiGLU
 from architectures.common.norms import RMSNorm
 from architectures.common.rotary import RotaryEmbedding, apply_rotary
-from architectures.common.state import detach_state, from_serializable, map_state, to_serializable
+from architectures.common.state import clone_state, detach_state, from_serializable, map_state, to_serializable
 
 __all__ = [
     "CausalSelfAttention",
@@ -15,6 +15,7 @@ __all__ = [
     "RotaryEmbedding",
     "SwiGLU",
     "apply_rotary",
+    "clone_state",
     "detach_state",
     "from_serializable",
     "map_state",

@@ -2,7 +2,8 @@
 
 A state is any nesting of dicts, lists, tuples and dataclasses whose leaves are tensors or plain
 Python values. Training loops only need two operations on it: detach it between steps (truncated
-back-propagation through time) and move it between devices; both are ``map_state``.
+back-propagation through time) and move it between devices; both are ``map_state``. Evaluations that continue
+one read prefix several ways copy it (``clone_state``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,25 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
         changes = {f.name: map_state(fn, getattr(state, f.name)) for f in dataclasses.fields(state)}
         return dataclasses.replace(state, **changes)
+    return state
+
+
+def clone_state(state: Any) -> Any:
+    """An independent copy of ``state``: continuing one copy leaves the other as it was (one read prefix, several
+    continuations). Tensors are cloned; stateful objects copy themselves (``clone``, else ``map_tensors``)."""
+    if state is None or isinstance(state, torch.Tensor):
+        return map_state(torch.clone, state)
+    if hasattr(state, "map_tensors"):
+        return state.clone() if callable(getattr(state, "clone", None)) else state.map_tensors(torch.clone)
+    if isinstance(state, dict):
+        return {k: clone_state(v) for k, v in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(clone_state(v) for v in state))
+    if isinstance(state, (list, tuple)):
+        return type(state)(clone_state(v) for v in state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return dataclasses.replace(state, **{f.name: clone_state(getattr(state, f.name))
+                                             for f in dataclasses.fields(state)})
     return state
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from architectures.common import clone_state
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.corpus import Split
 from experiments.data.tokens import load as load_tokenizer
@@ -66,14 +67,42 @@ def read_ids(text: np.ndarray, first: int, tok) -> tuple[np.ndarray, int]:
     return ids, start
 
 
+def _batch(split: Split, group: list[int], c: int, top: int, span: int, distract: int, tok, device):
+    """One context's inputs for a group of documents: (texts, inputs, targets, first, stop)."""
+    texts = [np.concatenate([distractors(split, i, distract), split.document(i)[top - c: top + span]]) for i in group]
+    read = [read_ids(t, distract + c + 1, tok) for t in texts]
+    x = torch.zeros(len(group), max(len(ids) for ids, _ in read), dtype=torch.long)
+    first = torch.zeros(len(group), 1, dtype=torch.long)  # index of each row's first scored target
+    for r, (ids, start) in enumerate(read):
+        x[r, : len(ids)] = torch.from_numpy(ids)
+        first[r] = start - 1
+    stop = torch.tensor([[len(ids) - 1] for ids, _ in read])  # padding is never scored
+    x = x.to(device)
+    return texts, x[:, :-1], x[:, 1:], first.to(device), stop.to(device)
+
+
+def shared_prefix(inputs: list[torch.Tensor], firsts: list[torch.Tensor], window: int) -> int:
+    """How many leading positions every context of a batch reads identically and scores none of, in whole windows:
+    read once, its state copied for each context (the same numbers as reading it again; the multi-document
+    evaluation's distractors)."""
+    n = min(min(int(f.min()) for f in firsts), min(x.shape[1] for x in inputs))
+    for x in inputs[1:]:
+        differ = (x[:, :n] != inputs[0][:, :n]).any(0).nonzero()
+        n = int(differ[0]) if len(differ) else n
+    return n // window * window
+
+
 @torch.no_grad()
 def context_curve(net, split: Split, contexts: list[int], span: int, window: int, batch_size: int,
                   device: torch.device, max_docs: int | None = None, precision: str = "32",
-                  distract: int = 0, target_at: int | None = None, tok=None) -> dict[str, Any]:
+                  distract: int = 0, target_at: int | None = None, tok=None, share_prefix: bool = True
+                  ) -> dict[str, Any]:
     """Bits per byte of each document's target span at every context; per-document units for intervals.
     ``distract`` > 0: that many bytes of other documents are read first, without a reset. ``target_at``: where
     the target starts (default: the largest context), so that evaluations with other contexts share it.
-    ``tok``: a token model's tokenizer (``split`` is then the byte split; ``window`` counts tokens)."""
+    ``tok``: a token model's tokenizer (``split`` is then the byte split; ``window`` counts tokens).
+    ``share_prefix``: windows that every context reads identically before any target (the distractors) are read
+    once per batch and the state after them copied (``clone_state``); False reads them again for each context."""
     contexts = sorted({int(c) for c in contexts})
     top = contexts[-1] if target_at is None else int(target_at)
     if top < contexts[-1]:
@@ -85,43 +114,39 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
                          f"has {int(split.lengths.max()):,}); use smaller contexts or span, or a corpus of longer "
                          "documents (data=packages)")
     progress = Progress("context", len(contexts) * len(docs), unit=" docs")
-    curve, units = [], {}
-    for n, c in enumerate(contexts):
-        u = Units()
-        for b0 in range(0, len(docs), batch_size):
-            group = docs[b0: b0 + batch_size]
-            texts = [np.concatenate([distractors(split, i, distract), split.document(i)[top - c: top + span]])
-                     for i in group]
-            read = [read_ids(t, distract + c + 1, tok) for t in texts]
-            L = max(len(ids) for ids, _ in read)
-            x = torch.zeros(len(group), L, dtype=torch.long)
-            first = torch.zeros(len(group), 1, dtype=torch.long)  # index of each row's first scored target
-            for r, (ids, start) in enumerate(read):
-                x[r, : len(ids)] = torch.from_numpy(ids)
-                first[r] = start - 1
-            x, first = x.to(device), first.to(device)
-            inputs, targets = x[:, :-1], x[:, 1:]
-            stop = torch.tensor([[len(ids) - 1] for ids, _ in read], device=device)  # padding is never scored
-            lo_all = int(first.min())
-            nll = torch.zeros(len(group), dtype=torch.float64, device=device)
-            state = None
-            for s in range(0, inputs.shape[1], window):
-                e = min(s + window, inputs.shape[1])
-                with autocast(device, precision):
-                    logits, state = net(inputs[:, s:e], state)
-                lo = max(s, lo_all)  # only predictions of target bytes count
-                if lo < e:
-                    dt = torch.promote_types(logits.dtype, torch.float32)
-                    part = F.cross_entropy(logits[:, lo - s:].to(dt).transpose(1, 2), targets[:, lo:e],
-                                           reduction="none")
-                    pos = torch.arange(lo, e, device=device)
-                    nll += (part.double() * ((pos >= first) & (pos < stop))).sum(1)
-            u.add(nll, torch.full((len(group),), span - 1))
+    us = {c: Units() for c in contexts}
+
+    def read(inputs, lo_to, state, targets=None, first=None, stop=None):
+        """Windows of ``inputs`` from ``lo_to[0]`` to ``lo_to[1]``; scored when ``targets`` is given."""
+        nll = torch.zeros(inputs.shape[0], dtype=torch.float64, device=device)
+        lo_all = None if first is None else int(first.min())
+        for s in range(lo_to[0], lo_to[1], window):
+            e = min(s + window, lo_to[1])
+            with autocast(device, precision):
+                logits, state = net(inputs[:, s:e], state)
+            if targets is None or max(s, lo_all) >= e:
+                continue
+            lo = max(s, lo_all)  # only predictions of target bytes count
+            dt = torch.promote_types(logits.dtype, torch.float32)
+            part = F.cross_entropy(logits[:, lo - s:].to(dt).transpose(1, 2), targets[:, lo:e], reduction="none")
+            pos = torch.arange(lo, e, device=device)
+            nll += (part.double() * ((pos >= first) & (pos < stop))).sum(1)
+        return nll, state
+
+    for b0 in range(0, len(docs), batch_size):
+        group = docs[b0: b0 + batch_size]
+        batches = [_batch(split, group, c, top, span, distract, tok, device) for c in contexts]
+        shared = shared_prefix([b[1] for b in batches], [b[3] for b in batches], window) if share_prefix else 0
+        _, prefix = read(batches[0][1], (0, shared), None)
+        for n, (c, (texts, inputs, targets, first, stop)) in enumerate(zip(contexts, batches)):
+            state = clone_state(prefix) if n < len(contexts) - 1 else prefix
+            nll, _ = read(inputs, (shared, inputs.shape[1]), state, targets, first, stop)
+            us[c].add(nll, torch.full((len(group),), span - 1))
             for t in texts:
-                u.add_targets(t[distract + c + 1:])
-            progress.update(n * len(docs) + b0 + len(group), f"context {c:,}")
-        units[str(c)] = u.to_json("document")
-        curve.append({"context": c, **u.summary()})
+                us[c].add_targets(t[distract + c + 1:])
+        progress.update(len(contexts) * (b0 + len(group)), f"contexts {contexts[0]:,}-{contexts[-1]:,}")
+    units = {str(c): us[c].to_json("document") for c in contexts}
+    curve = [{"context": c, **us[c].summary()} for c in contexts]
     first = curve[0]["bpb"]
     for point in curve:
         point["gain"] = first - point["bpb"]

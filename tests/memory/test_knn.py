@@ -196,6 +196,29 @@ def test_state_round_trip():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend,index", [("exact", "flat"), ("faiss", "flat"), ("faiss", "hnsw"), ("faiss", "ivf")])
+def test_a_clone_searches_like_its_source_and_stays_apart_from_it(backend, index):
+    """``clone`` copies storage, counts and indexes: the copy returns what the source returns, now and after both
+    read the same entries, and reading into one (past the ring's end) leaves the other unchanged."""
+    cfg = MemoryConfig(capacity=130, backend=backend, index=index, nlist=2, nprobe=2, ivf_train_size=40)
+    mem, _, _ = filled(cfg)
+    mem.search(torch.randn(B, H, 2, D), 3)  # faiss indexes exist before the copy
+    copy = mem.clone()
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(B, H, 6, D, generator=g)
+    before = mem.search(q, 4)
+    for a, b in zip(before, copy.search(q, 4)):
+        assert torch.equal(a, b)
+    k, v = torch.randn(B, H, 25, D, generator=g), torch.randn(B, H, 25, D, generator=g)
+    copy.add(k, v)  # wraps the ring of the copy only
+    for a, b in zip(before, mem.search(q, 4)):
+        assert torch.equal(a, b)
+    assert mem.count.tolist() == [120, 120] and copy.count.tolist() == [145, 145]
+    mem.add(k, v)
+    for a, b in zip(mem.search(q, 4), copy.search(q, 4)):
+        assert torch.equal(a, b)
+
+
 def test_bad_config_fails_clearly():
     with pytest.raises(ValueError, match="memory backend='annoy' is unknown"):
         MemoryConfig(backend="annoy")

@@ -99,3 +99,26 @@ def test_target_at_lets_evaluations_with_fewer_contexts_score_the_same_bytes():
     assert short["units"]["8"]["nll"] == pytest.approx(full["units"]["8"]["nll"])
     with pytest.raises(ValueError, match="target_at=4 is before the largest context 8"):
         context_curve(net, split_of(docs), [0, 8], SPAN, 32, 2, torch.device("cpu"), target_at=4)
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_distractors_read_once_per_batch_give_the_numbers_of_reading_them_for_every_context(model):
+    """The multi-document evaluation reads the distractor windows once per batch and copies the state after them
+    for each context (``clone_state``: a kNN memory, KV buffers, carried statistics): the same numbers, bit for
+    bit, as reading them again for every context, in fewer forward calls."""
+    torch.manual_seed(0)
+    net = build_net(model).eval()
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(0, 256, C + SPAN + extra).astype(np.uint8) for extra in (0, 7, 30)]
+    runs = {}
+    for share in (True, False):
+        calls.clear()
+        runs[share] = context_curve(net, split_of(docs), [0, 8, C], SPAN, window=32, batch_size=2,
+                                    device=torch.device("cpu"), distract=64, share_prefix=share)
+        runs[share]["calls"] = len(calls)
+    for c in ("0", "8", str(C)):
+        assert runs[True]["units"][c]["nll"] == runs[False]["units"][c]["nll"], (model, c)
+    # 3 documents in 2 batches, 2 shared windows of 32 each: read once instead of 3 times per batch
+    assert runs[False]["calls"] - runs[True]["calls"] == 2 * 2 * 2
