@@ -15,43 +15,36 @@ from typing import Any
 import torch
 
 
-def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
-    """Apply ``fn`` to every tensor leaf of ``state``, rebuilding the same structure."""
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any,
+              on_object: Callable[[Any], Any] | None = None) -> Any:
+    """Apply ``fn`` to every tensor leaf of ``state``, rebuilding the same structure. Stateful objects (anything
+    with ``map_tensors``, such as a kNN memory) go to ``on_object`` when given, else to their ``map_tensors(fn)``."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
         return fn(state)
-    if hasattr(state, "map_tensors"):  # stateful objects such as a kNN memory
-        return state.map_tensors(fn)
+    if hasattr(state, "map_tensors"):
+        return on_object(state) if on_object is not None else state.map_tensors(fn)
     if isinstance(state, dict):
-        return {k: map_state(fn, v) for k, v in state.items()}
+        return {k: map_state(fn, v, on_object) for k, v in state.items()}
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # namedtuple
-        return type(state)(*(map_state(fn, v) for v in state))
+        return type(state)(*(map_state(fn, v, on_object) for v in state))
     if isinstance(state, (list, tuple)):
-        return type(state)(map_state(fn, v) for v in state)
+        return type(state)(map_state(fn, v, on_object) for v in state)
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        changes = {f.name: map_state(fn, getattr(state, f.name)) for f in dataclasses.fields(state)}
+        changes = {f.name: map_state(fn, getattr(state, f.name), on_object) for f in dataclasses.fields(state)}
         return dataclasses.replace(state, **changes)
     return state
+
+
+def _copy_object(obj: Any) -> Any:
+    return obj.clone() if callable(getattr(obj, "clone", None)) else obj.map_tensors(torch.clone)
 
 
 def clone_state(state: Any) -> Any:
     """An independent copy of ``state``: continuing one copy leaves the other as it was (one read prefix, several
     continuations). Tensors are cloned; stateful objects copy themselves (``clone``, else ``map_tensors``)."""
-    if state is None or isinstance(state, torch.Tensor):
-        return map_state(torch.clone, state)
-    if hasattr(state, "map_tensors"):
-        return state.clone() if callable(getattr(state, "clone", None)) else state.map_tensors(torch.clone)
-    if isinstance(state, dict):
-        return {k: clone_state(v) for k, v in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(clone_state(v) for v in state))
-    if isinstance(state, (list, tuple)):
-        return type(state)(clone_state(v) for v in state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(state, **{f.name: clone_state(getattr(state, f.name))
-                                             for f in dataclasses.fields(state)})
-    return state
+    return map_state(torch.clone, state, _copy_object)
 
 
 def detach_state(state: Any) -> Any:

@@ -67,10 +67,11 @@ def read_ids(text: np.ndarray, first: int, tok) -> tuple[np.ndarray, int]:
     return ids, start
 
 
-def _batch(split: Split, group: list[int], c: int, top: int, span: int, distract: int, tok, device):
-    """One context's inputs for a group of documents: (texts, inputs, targets, first, stop)."""
-    texts = [np.concatenate([distractors(split, i, distract), split.document(i)[top - c: top + span]]) for i in group]
-    read = [read_ids(t, distract + c + 1, tok) for t in texts]
+def _batch(split: Split, group: list[int], before: list[np.ndarray], c: int, top: int, span: int, tok, device):
+    """One context's inputs for a group of documents, each read after its ``before`` bytes (distractors):
+    (texts, inputs, targets, first, stop)."""
+    texts = [np.concatenate([b, split.document(i)[top - c: top + span]]) for i, b in zip(group, before)]
+    read = [read_ids(t, len(b) + c + 1, tok) for t, b in zip(texts, before)]
     x = torch.zeros(len(group), max(len(ids) for ids, _ in read), dtype=torch.long)
     first = torch.zeros(len(group), 1, dtype=torch.long)  # index of each row's first scored target
     for r, (ids, start) in enumerate(read):
@@ -135,7 +136,8 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
 
     for b0 in range(0, len(docs), batch_size):
         group = docs[b0: b0 + batch_size]
-        batches = [_batch(split, group, c, top, span, distract, tok, device) for c in contexts]
+        before = [distractors(split, i, distract) for i in group]  # built once, read before every context
+        batches = [_batch(split, group, before, c, top, span, tok, device) for c in contexts]
         shared = shared_prefix([b[1] for b in batches], [b[3] for b in batches], window) if share_prefix else 0
         _, prefix = read(batches[0][1], (0, shared), None)
         for n, (c, (texts, inputs, targets, first, stop)) in enumerate(zip(contexts, batches)):

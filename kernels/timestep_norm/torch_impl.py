@@ -32,14 +32,7 @@ def cumulative_stats(m, v, valid, state, dt):
     ex2 = (c0 * (var0.to(acc)[:, None, :] + d0.pow(2)) + s2) / cnt_safe
     var = (ex2 - mu_k.pow(2)).clamp(min=0.0)
     mean = mu_k + K
-    new_count = count + valid.long().sum(1)
-    if m.shape[1] > 0:
-        has = cnt[:, -1] > 0
-        last_mean = torch.where(has, mean[:, -1], mean0.to(acc))
-        last_var = torch.where(has, var[:, -1], var0.to(acc))
-    else:
-        last_mean, last_var = mean0.to(acc), var0.to(acc)
-    return mean, var, (new_count, last_mean.to(dt), last_var.to(dt))
+    return mean, var, final_state(state, valid, mean, var, cnt, dt)
 
 
 def timestep_norm_cumsum(x, weight, bias, num_groups, eps=1e-5, state=None, mask=None):
@@ -92,7 +85,9 @@ def running_stats_nograd(m, v, valid, state):
     return mu.add_(K), var, cnt
 
 
-def _final_state(state, valid, mean, var, cnt, dt):
+def final_state(state, valid, mean, var, cnt, dt):
+    """The state after the last token: the count, and the last running mean and variance (the incoming ones where
+    no token was valid). ``valid`` None: every token counts."""
     count, mean0, var0 = state
     L = mean.shape[1]
     new_count = count + (L if valid is None else valid.long().sum(1))
@@ -135,4 +130,4 @@ def timestep_norm_fused(x, weight, bias, num_groups, eps=1e-5, state=None, mask=
     torch.addcmul(bias.to(dt).reshape(G, dg), y, (weight.to(dt) + 1).reshape(G, dg), out=y)
     if valid is not None:
         y.masked_fill_(~valid[..., None, None], 0.0)
-    return y.reshape(B, L, D).to(x.dtype), _final_state(state, valid, mean, var, cnt, dt)
+    return y.reshape(B, L, D).to(x.dtype), final_state(state, valid, mean, var, cnt, dt)
