@@ -16,6 +16,8 @@ byte stay in bytes, ``window`` counts tokens.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from experiments.data.tokens import load as load_tokenizer
 from experiments.evaluation.aligned import encode_aligned
 from experiments.evaluation.bpb import Units, autocast
 from experiments.evaluation.run import eval_corpus
+from experiments.training.checks import read_json_quietly
 from experiments.training.progress import Progress
 from experiments.training.runs import load_run, pick_device
 
@@ -93,17 +96,43 @@ def shared_prefix(inputs: list[torch.Tensor], firsts: list[torch.Tensor], window
     return n // window * window
 
 
+def fingerprint(net, settings: dict) -> str:
+    """What a partial evaluation must share to be continued: the settings and every weight, bit for bit."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resume(partial: Path | None, key: str, us: dict[int, Units]) -> int:
+    """Documents already scored by an interrupted evaluation with this ``key`` (their units restored), else 0."""
+    if partial is None or not partial.exists():
+        return 0
+    saved = read_json_quietly(partial)
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        print(f"[longlab] {partial} was written for other weights or settings: scoring from the first document")
+        return 0
+    for c, u in us.items():
+        u.add(torch.tensor(saved["units"][str(c)]["nll"], dtype=torch.float64),
+              torch.tensor(saved["units"][str(c)]["bytes"]))
+    print(f"[longlab] continuing from {partial}: {saved['docs']} documents already scored")
+    return int(saved["docs"])
+
+
 @torch.no_grad()
 def context_curve(net, split: Split, contexts: list[int], span: int, window: int, batch_size: int,
                   device: torch.device, max_docs: int | None = None, precision: str = "32",
-                  distract: int = 0, target_at: int | None = None, tok=None, share_prefix: bool = True
-                  ) -> dict[str, Any]:
+                  distract: int = 0, target_at: int | None = None, tok=None, share_prefix: bool = True,
+                  partial: Path | None = None) -> dict[str, Any]:
     """Bits per byte of each document's target span at every context; per-document units for intervals.
     ``distract`` > 0: that many bytes of other documents are read first, without a reset. ``target_at``: where
     the target starts (default: the largest context), so that evaluations with other contexts share it.
     ``tok``: a token model's tokenizer (``split`` is then the byte split; ``window`` counts tokens).
     ``share_prefix``: windows that every context reads identically before any target (the distractors) are read
-    once per batch and the state after them copied (``clone_state``); False reads them again for each context."""
+    once per batch and the state after them copied (``clone_state``); False reads them again for each context.
+    ``partial``: a file where the scores of finished batches are kept, so that an interrupted evaluation continues
+    from its last finished batch (only with the same weights and settings); removed when the curve is done."""
     contexts = sorted({int(c) for c in contexts})
     top = contexts[-1] if target_at is None else int(target_at)
     if top < contexts[-1]:
@@ -116,6 +145,10 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
                          "documents (data=packages)")
     progress = Progress("context", len(contexts) * len(docs), unit=" docs")
     us = {c: Units() for c in contexts}
+    key = fingerprint(net, {"contexts": contexts, "span": span, "window": window, "batch_size": batch_size,
+                            "docs": docs, "precision": str(precision), "distract": distract, "top": top,
+                            "tokens": tok is not None, "share_prefix": share_prefix})
+    done = _resume(partial, key, us)
 
     def read(inputs, lo_to, state, targets=None, first=None, stop=None):
         """Windows of ``inputs`` from ``lo_to[0]`` to ``lo_to[1]``; scored when ``targets`` is given."""
@@ -134,7 +167,10 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
             nll += (part.double() * ((pos >= first) & (pos < stop))).sum(1)
         return nll, state
 
-    for b0 in range(0, len(docs), batch_size):
+    for i in docs[:done]:  # the resumed documents' target bytes, into the hash in the same order
+        for c in contexts:
+            us[c].add_targets(split.document(i)[top + 1: top + span])
+    for b0 in range(done, len(docs), batch_size):
         group = docs[b0: b0 + batch_size]
         before = [distractors(split, i, distract) for i in group]  # built once, read before every context
         batches = [_batch(split, group, before, c, top, span, tok, device) for c in contexts]
@@ -147,6 +183,11 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
             for t in texts:
                 us[c].add_targets(t[distract + c + 1:])
         progress.update(len(contexts) * (b0 + len(group)), f"contexts {contexts[0]:,}-{contexts[-1]:,}")
+        if partial is not None and b0 + len(group) < len(docs):
+            write_json(partial, {"key": key, "docs": b0 + len(group),
+                                 "units": {str(c): {"nll": u.nll, "bytes": u.bytes} for c, u in us.items()}})
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     units = {str(c): us[c].to_json("document") for c in contexts}
     curve = [{"context": c, **us[c].summary()} for c in contexts]
     first = curve[0]["bpb"]
@@ -191,7 +232,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          f"the largest context and the span take {need}; lower them, or give the model a sliding "
                          "window (MEGABYTE: model.net.global_window)")
     r = context_curve(module.net, split, contexts, int(cfg.span), window, int(cfg.batch_size), device,
-                      cfg.max_docs, cfg.precision, distract, cfg.get("target_at"), tok)
+                      cfg.max_docs, cfg.precision, distract, cfg.get("target_at"), tok,
+                      partial=Path(cfg.run_dir) / f".{cfg.out}.partial")
     r.update({"run_dir": str(cfg.run_dir), "model": train_cfg.model.get("name"), "split": cfg.split,
               "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
                          "trained_on": not other}})

@@ -122,3 +122,59 @@ def test_distractors_read_once_per_batch_give_the_numbers_of_reading_them_for_ev
         assert runs[True]["units"][c]["nll"] == runs[False]["units"][c]["nll"], (model, c)
     # 3 documents in 2 batches, 2 shared windows of 32 each: read once instead of 3 times per batch
     assert runs[False]["calls"] - runs[True]["calls"] == 2 * 2 * 2
+
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(net, n: int | None):
+    """Count the forward calls of ``net``; raise ``Stop`` at call ``n + 1`` (None: never)."""
+    calls = []
+
+    def hook(*_):
+        calls.append(1)
+        if n is not None and len(calls) > n:
+            raise Stop
+
+    return calls, net.register_forward_pre_hook(hook)
+
+
+def test_an_interrupted_evaluation_continues_from_its_last_finished_batch_with_the_same_numbers(tmp_path):
+    """A context evaluation killed part way (a table's 2-hour evaluation at the end of a session) keeps the scores
+    of its finished batches and continues after them: the same units and target hash as one uninterrupted run,
+    in fewer forward calls; a partial file of other weights is not used; the file goes when the curve is done."""
+    torch.manual_seed(0)
+    net = build_net("transformer_tiny").eval()
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(0, 256, C + SPAN + extra).astype(np.uint8) for extra in (0, 3, 9, 20, 31)]
+    args = (split_of(docs), [0, 8, C], SPAN, 32, 2, torch.device("cpu"))
+    partial = tmp_path / ".context.json.partial"
+    calls, hook = stop_after(net, None)
+    whole = context_curve(net, *args)
+    hook.remove()
+    full = len(calls)  # 3 batches of documents
+
+    def interrupted(model):
+        _, hook = stop_after(model, full // 2)  # during the second batch: the first is kept
+        with pytest.raises(Stop):
+            context_curve(model, *args, partial=partial)
+        hook.remove()
+        assert partial.exists()
+
+    interrupted(net)
+    calls, hook = stop_after(net, None)
+    resumed = context_curve(net, *args, partial=partial)
+    hook.remove()
+    assert resumed["units"] == whole["units"] and resumed["curve"] == whole["curve"]
+    assert 0 < len(calls) < full and not partial.exists()
+    interrupted(net)
+    other = build_net("transformer_tiny").eval()
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    calls, hook = stop_after(other, None)
+    continued = context_curve(other, *args, partial=partial)
+    hook.remove()
+    assert len(calls) == full and continued["units"] == context_curve(other, *args)["units"]
+    assert continued["units"] != whole["units"]
