@@ -26,18 +26,24 @@ def interval_text(row, metric: MetricSpec) -> str | None:
 
 
 def differences(spec: TableSpec, rows: list) -> list[str]:
-    """Every pair of rows on every interval metric: a - b with its paired 95% interval."""
-    out = []
+    """Every pair of rows on every interval metric: a - b with its paired 95% interval; with
+    ``spec.differences_within``, only pairs whose groups share those keys (a scaling table: the architectures at
+    one size and budget)."""
+    out, within = [], spec.differences_within
+    groups = {r.name: r.group for r in spec.rows}
     for m in [m for m in spec.metrics if m.interval]:
         found = [(r, units(r, m)) for r in rows]
         found = [(r, u) for r, u in found if u is not None]
         if len(found) < 2:
             continue
+        pairs = f"; rows of the same {' and '.join(within)} only" if within else ""
         out += ["", f"**{m.label or m.key}**: differences a − b (bits/byte; 95% paired bootstrap interval over test "
-                f"units x seeds; {'lower' if m.lower_is_better else 'higher'} is better):", "",
+                f"units x seeds; {'lower' if m.lower_is_better else 'higher'} is better{pairs}):", "",
                 "| a | b | a − b | |", "|---|---|---:|---|"]
         for i, (ra, ua) in enumerate(found):
             for rb, ub in found[i + 1:]:
+                if any(groups[ra.name].get(k) != groups[rb.name].get(k) for k in within):
+                    continue
                 try:
                     d = paired(ua, ub)
                 except ValueError as e:

@@ -156,6 +156,7 @@ class TableSpec:
     match: MatchSpec | None = None  # rows sized to a reference row's compute (or parameters)
     tune: TuneSpec | None = None  # rows at their tuned learning rates
     scaling: ScalingSpec | None = None  # loss-vs-compute fits over the rows' groups
+    differences_within: tuple[str, ...] = ()  # pair only rows whose ``group`` agrees on these keys (default: all)
 
     def seeds_for(self, scale: str, row: RowSpec | None = None) -> tuple[int, ...]:
         """The seeds of a scale: ``scale_seeds`` if given, the first seed only for smoke, else ``seeds``."""
@@ -206,6 +207,10 @@ def load_table(name: str) -> TableSpec:
     if len(set(names)) != len(names):
         raise ValueError(f"table {name!r} repeats row names: {names}")
     check_protocol(spec)
+    for k in spec.differences_within:
+        if any(k not in r.group for r in spec.rows):
+            raise ValueError(f"table {name!r}: differences_within has {k!r}, which rows "
+                             f"{[r.name for r in spec.rows if k not in r.group]} do not have in their group")
     from experiments.tables.evals import EVALUATIONS
 
     for row in spec.rows:

@@ -202,3 +202,36 @@ def test_the_scaling_fit_recovers_a_power_law_and_finds_where_two_curves_cross()
     assert a(1e13) > b(1e13) and a(1e20) < b(1e20) and c is not None and 3e16 < c < 1e17
     assert a(c * 0.9) > b(c * 0.9) and a(c * 1.1) < b(c * 1.1)
     assert crossing(a, Fit(5.0, 1, 0.1), 1e13, 1e22) is None
+
+
+def test_a_scaling_table_pairs_only_the_architectures_at_one_size_and_budget(monkeypatch):
+    """``differences_within: [size, budget]``: 4 architectures x 15 (size, budget) points give 6 pairs per point
+    (90), not every pair of 60 rows (1,770); a key that a row's group lacks is refused at load."""
+    from experiments.tables import sections
+    from experiments.tables.report import RowResult
+
+    spec = load_table("scaling")
+    rows = [RowResult(r.name, r.name, {}, [0]) for r in spec.rows_at("cpu")]
+    rng = np.random.default_rng(0)
+    fake = {r.name: collect({0: units(rng.gamma(2.0, 40.0, 8))}) for r in rows}
+    monkeypatch.setattr(sections, "units", lambda row, metric: fake[row.name])
+    lines = [x for x in sections.differences(spec, rows) if x.startswith("| ") and "---" not in x][1:]
+    group = {r.name: r.group for r in spec.rows}
+    assert len(lines) == 90
+    for line in lines:
+        a, b = line.split(" | ")[:2]
+        a = a.removeprefix("| ")
+        assert (group[a]["size"], group[a]["budget"]) == (group[b]["size"], group[b]["budget"])
+        assert group[a]["arch"] != group[b]["arch"]
+    every = sections.differences(dataclasses.replace(spec, differences_within=()), rows[:10])
+    assert len([x for x in every if x.startswith("| ")]) - 1 == 10 * 9 // 2
+    with pytest.raises(ValueError, match="differences_within has 'depth'"):
+        from experiments.tables import spec as spec_module
+
+        real = spec_module._build
+
+        def with_depth(cls, raw, where):
+            return real(cls, {**raw, "differences_within": ["depth"]} if cls is spec_module.TableSpec else raw, where)
+
+        monkeypatch.setattr(spec_module, "_build", with_depth)
+        load_table("scaling")
