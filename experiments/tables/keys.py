@@ -216,6 +216,17 @@ def sizing_overrides(spec: TableSpec, row: RowSpec, scale: str, base: list[str],
     return [*out, *(f"model.net.{k}={_value(v)}" for k, v in sorted(changed.items()))]
 
 
+def lr_source(spec: TableSpec, row: RowSpec) -> tuple[TableSpec, RowSpec]:
+    """The table and row whose tuned rate ``row`` trains at: its own, the row named by ``lr_from``, or, for
+    ``lr_from: <table>:<row>``, that row of another table (a rate transferred from it, e.g. the same model size
+    tuned on another corpus)."""
+    if row.lr_from is None:
+        return spec, row
+    table, _, name = row.lr_from.rpartition(":")
+    other = load_table(table) if table else spec
+    return other, other.row(name)
+
+
 def tuned_rows(spec: TableSpec) -> list[str]:
     """Rows with a tuning stage of their own (not those that take another row's rate, ``lr_from``)."""
     t = spec.tune
@@ -258,7 +269,8 @@ def tuned_lr(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None 
     (``tune.use_scale``; from that scale's default results when it is not this scale); raises TuningPending
     naming the rates still to run, or ValueError when the best stays at an edge after every extension."""
     if row.lr_from is not None:
-        return tuned_lr(spec, spec.row(row.lr_from), scale, extra, results)
+        other, src = lr_source(spec, row)
+        return tuned_lr(other, src, scale, extra if other is spec else None, results)
     if row.name not in tuned_rows(spec):
         return None
     t, tscale = spec.tune, tuning_scale(spec, scale)

@@ -64,10 +64,11 @@ def check_protocol(spec) -> None:
         if not 0 < m.tolerance < 1:
             raise ValueError(f"{where}: match.tolerance={m.tolerance} must be in (0, 1), e.g. 0.03")
     for r in spec.rows:
-        for what, other in (("lr_from", r.lr_from), ("match_to", r.match_to)):
+        local = r.lr_from if r.lr_from is None or ":" not in r.lr_from else None  # <table>:<row>: checked at load
+        for what, other in (("lr_from", local), ("match_to", r.match_to)):
             if other is not None and other not in names:
                 raise ValueError(f"{where}: row {r.name!r} has {what}={other!r}, which is not a row ({names})")
-        if r.lr_from is not None and (t is None or spec.row(r.lr_from).lr_from is not None):
+        if local is not None and (t is None or spec.row(local).lr_from is not None):
             raise ValueError(f"{where}: row {r.name!r} takes lr_from={r.lr_from!r}, which must be a tuned row")
     if t is not None:
         grid = list(t.grid)

@@ -33,6 +33,7 @@ from experiments.tables.cells import (
 from experiments.tables.evals import EVALUATIONS
 from experiments.tables.keys import (
     TuningPending,
+    lr_source,
     lr_text,
     row_key,
     row_overrides,
@@ -108,7 +109,8 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
             continue
         src = spec.row(row.cells_of) if row.cells_of else row
         if src.name in tuned_rows(spec) or src.lr_from:
-            tune(spec, spec.row(src.lr_from or src.name), scale, results, extra, code)
+            other, tuned = lr_source(spec, src)
+            tune(other, tuned, scale, results, extra if other is spec else None, code)
         key = row_key(spec, src, scale, extra, results=results)
         for seed in [s for s in seeds if s in spec.seeds_for(scale, row) or s not in spec.seeds_for(scale)]:
             cell = cell_dir(results, name, scale, src.name, key, seed)

@@ -21,7 +21,10 @@ import numpy as np
 from experiments.plotting import pyplot
 from experiments.tables.cells import cell_json
 from experiments.tables.intervals import LN2, REPLICATES, Units, collect
+from experiments.tables.joint_fit import fit_joint
 from experiments.tables.spec import TableSpec
+
+JOINT_REPLICATES = 200  # bootstrap replicates of the joint fit (each a least-squares fit)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Point:
     budget: str
     flops: float  # training FLOPs actually spent (FLOPs per byte x bytes seen)
     units: Units
+    per_byte: float = float("nan")  # the size's training FLOPs per byte (the joint fit's N; bytes = flops / N)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ def points(spec: TableSpec, rows: list, metric: str) -> list[Point]:
             continue
         g = by_name[r.name].group
         out.append(Point(str(g[s.by]), str(g.get("size", r.name)), str(g[s.budget]),
-                         float(metrics["flops_per_token"]) * float(metrics["tokens_seen"]), units))
+                         float(metrics["flops_per_token"]) * float(metrics["tokens_seen"]), units,
+                         float(metrics.get("flops_per_byte", metrics["flops_per_token"]))))
     return out
 
 
@@ -104,15 +109,34 @@ def _replicate_bpb(pts: list[Point], seed: int = 0) -> np.ndarray:
     return out
 
 
-def frontier(pts: list[Point], bpb: np.ndarray, arch: str) -> tuple[np.ndarray, np.ndarray]:
-    """(FLOPs, bits per byte) of the best size at each budget of ``arch``."""
-    C, L = [], []
+def best_sizes(pts: list[Point], bpb: np.ndarray, arch: str) -> list[int]:
+    """The index in ``pts`` of the best size at each budget of ``arch``, budgets in increasing order."""
+    out = []
     for budget in sorted({p.budget for p in pts if p.arch == arch}, key=float):
         idx = [i for i, p in enumerate(pts) if p.arch == arch and p.budget == budget]
-        best = min(idx, key=lambda i: bpb[i])
-        C.append(pts[best].flops)
-        L.append(bpb[best])
-    return np.array(C), np.array(L)
+        out.append(min(idx, key=lambda i: bpb[i]))
+    return out
+
+
+def frontier(pts: list[Point], bpb: np.ndarray, arch: str) -> tuple[np.ndarray, np.ndarray]:
+    """(FLOPs, bits per byte) of the best size at each budget of ``arch``."""
+    best = best_sizes(pts, bpb, arch)
+    return np.array([pts[i].flops for i in best]), np.array([bpb[i] for i in best])
+
+
+def _pairs(archs: list[str], fits: dict, boot: dict, top: float, horizon: float) -> list[dict]:
+    """For each pair of architectures: where their fitted frontiers cross beyond ``top`` (point estimate, the
+    share of bootstrap replicates with a crossing and its interval) and the gap at ``horizon``."""
+    out = []
+    for i, a in enumerate(archs):
+        for b in archs[i + 1:]:
+            crossings = [crossing(fa, fb, top, horizon) for fa, fb in zip(boot[a], boot[b])]
+            found = np.array([c for c in crossings if c is not None])
+            out.append({"a": a, "b": b, "point": crossing(fits[a], fits[b], top, horizon),
+                        "share": len(found) / len(crossings),
+                        "interval": tuple(np.percentile(found, [2.5, 97.5])) if len(found) else None,
+                        "at_horizon": float(fits[a](horizon) - fits[b](horizon))})
+    return out
 
 
 def analyse(spec: TableSpec, rows: list) -> dict | None:
@@ -138,15 +162,25 @@ def analyse(spec: TableSpec, rows: list) -> dict | None:
             pred = np.array([f(check) for f in boot[a]])
             entry["check"] = (float(fits[a](check)), *np.percentile(pred, [2.5, 97.5]))
         out["arch"][a] = entry
-    for i, a in enumerate(archs):
-        for b in archs[i + 1:]:
-            point = crossing(fits[a], fits[b], top, s.horizon)
-            crossings = [crossing(fa, fb, top, s.horizon) for fa, fb in zip(boot[a], boot[b])]
-            found = np.array([c for c in crossings if c is not None])
-            at = fits[a](s.horizon) - fits[b](s.horizon)
-            out["pairs"].append({"a": a, "b": b, "point": point, "share": len(found) / REPLICATES,
-                                 "interval": tuple(np.percentile(found, [2.5, 97.5])) if len(found) else None,
-                                 "at_horizon": float(at)})
+    out["pairs"] = _pairs(archs, fits, boot, top, s.horizon)
+    out["joint"] = {}
+    for a in archs:
+        idx = [i for i, p in enumerate(pts) if p.arch == a]
+        if len({pts[i].size for i in idx}) < 2:
+            continue
+        N = np.array([pts[i].per_byte for i in idx])
+        D = np.array([pts[i].flops / pts[i].per_byte for i in idx])
+        f = fit_joint(N, D, point_bpb[idx])
+        reps_a = [fit_joint(N, D, reps[idx, k], start=f) for k in range(JOINT_REPLICATES)]
+        entry = {"fit": f, "boot": reps_a, "b_over": (f.b / (f.a + f.b), *np.percentile(
+            [g.b / (g.a + g.b) for g in reps_a], [2.5, 97.5]))}
+        if check:
+            entry["check"] = (float(f(check)), *np.percentile([g(check) for g in reps_a], [2.5, 97.5]))
+            entry["n_check"] = float(f.optimal_n(check))
+        out["joint"][a] = entry
+    ja = [a for a in archs if a in out["joint"]]
+    out["joint_pairs"] = _pairs(ja, {a: out["joint"][a]["fit"] for a in ja}, {a: out["joint"][a]["boot"] for a in ja},
+                                top, s.horizon)
     return out
 
 
@@ -164,29 +198,65 @@ def section(spec: TableSpec, rows: list, png: Path) -> list[str]:
              f"95% intervals from {REPLICATES} bootstrap replicates over test windows x seeds (every cell scored on "
              "the same windows).", "",
              "| architecture | alpha | E | A | " + (f"predicted at {s.check_flops:.0e} FLOPs | " if s.check_flops
-                                                   else "") + "frontier (FLOPs: bits/byte) |",
+                                                   else "") + "frontier (FLOPs: bits/byte, size) |",
              "|---|---:|---:|---:|" + ("---:|" if s.check_flops else "") + "---|"]
+    one_size = {}
     for a in r["archs"]:
         f, e = r["fits"][a], r["arch"][a]
-        C, L = frontier(r["points"], r["bpb"], a)
-        pts = ", ".join(f"{c:.2e}: {v:.3f}" for c, v in zip(C, L))
+        best = best_sizes(r["points"], r["bpb"], a)
+        pts = ", ".join(f"{r['points'][i].flops:.2e}: {r['bpb'][i]:.3f} {r['points'][i].size}" for i in best)
+        sizes = {r["points"][i].size for i in best}
+        if len(sizes) == 1:
+            one_size[a] = sizes.pop()
         pred = f"{e['check'][0]:.3f} [{e['check'][1]:.3f}, {e['check'][2]:.3f}] | " if s.check_flops else ""
         lines.append(f"| {a} | {e['alpha'][0]:.3f} [{e['alpha'][1]:.3f}, {e['alpha'][2]:.3f}] | {f.E:.3f} | "
                      f"{f.A:.3g} | {pred}{pts} |")
+    if one_size:
+        lines += ["", "**One size is best at every budget** for " + ", ".join(f"{a} ({z})" for a, z in one_size.items())
+                  + ": there the frontier is that model's learning curve, its E that model's floor, not a "
+                  "compute-optimal frontier (which moves to larger models as compute grows); its predictions and "
+                  "crossings say where that size would go, and overstate the loss a growing model reaches."]
     lines += ["", f"Crossings beyond the largest measured budget ({r['top']:.2e} FLOPs), up to {s.horizon:.0e}:", ""]
-    for p in r["pairs"]:
+    lines += _crossing_lines(r["pairs"], s.horizon)
+    if r["joint"]:
+        lines += ["", "Second estimate, from every size and budget at once: `L(N, D) = E + A n^-a + B d^-b` (N: the "
+                  "size's training FLOPs per byte, D: bytes trained on, C = N D; n, d over their medians; Hoffmann et "
+                  "al.'s approach 3), minimised over N at each C, so the frontier's size can grow past the sizes "
+                  f"measured; 95% intervals from {JOINT_REPLICATES} bootstrap replicates.", "",
+                  "| architecture | a | b | E | optimal N grows as C^ | " + (
+                      f"predicted at {s.check_flops:.0e} FLOPs | optimal FLOPs/byte there |" if s.check_flops else "")
+                  + " at a bound |",
+                  "|---|---:|---:|---:|---:|" + ("---:|---:|" if s.check_flops else "") + "---|"]
+        for a, e in r["joint"].items():
+            f, bo = e["fit"], e["b_over"]
+            pred = (f" {e['check'][0]:.3f} [{e['check'][1]:.3f}, {e['check'][2]:.3f}] | {e['n_check']:.3g} |"
+                    if s.check_flops else "")
+            lines.append(f"| {a} | {f.a:.3f} | {f.b:.3f} | {f.E:.3f} | {bo[0]:.2f} [{bo[1]:.2f}, {bo[2]:.2f}] |{pred}"
+                         f" {', '.join(f.at_bound) or 'none'} |")
+        stuck = [a for a, e in r["joint"].items() if e["fit"].at_bound]
+        if stuck:
+            lines += ["", f"**The joint fit is not determined for {', '.join(stuck)}**: a parameter sits at its bound or its term vanishes "
+                      "(the points do not fix it), and resampling test windows cannot widen the interval for that: "
+                      "read those rows' predictions and crossings as unsupported by these points."]
+        lines += ["", "Crossings of these frontiers:", ""] + _crossing_lines(r["joint_pairs"], s.horizon)
+    if draw(r, png, spec):
+        lines += ["", f"![scaling]({png.name})"]
+    return lines
+
+
+def _crossing_lines(pairs: list[dict], horizon: float) -> list[str]:
+    lines = []
+    for p in pairs:
         lead = p["a"] if p["at_horizon"] < 0 else p["b"]
         if p["point"] is None and p["share"] < 0.5:
-            lines.append(f"- {p['a']} vs {p['b']}: no crossing within {s.horizon:.0e} FLOPs (crossings in "
-                         f"{p['share']:.0%} of replicates); at {s.horizon:.0e} the fits put {lead} ahead by "
+            lines.append(f"- {p['a']} vs {p['b']}: no crossing within {horizon:.0e} FLOPs (crossings in "
+                         f"{p['share']:.0%} of replicates); at {horizon:.0e} the fits put {lead} ahead by "
                          f"{abs(p['at_horizon']):.3f} bits/byte")
         else:
             where = "none at the point estimate" if p["point"] is None else f"{p['point']:.2e}"
             iv = f" [{p['interval'][0]:.2e}, {p['interval'][1]:.2e}]" if p["interval"] else ""
             lines.append(f"- {p['a']} vs {p['b']}: curves cross at {where} FLOPs{iv} (in {p['share']:.0%} of "
                          f"replicates)")
-    if draw(r, png, spec):
-        lines += ["", f"![scaling]({png.name})"]
     return lines
 
 
@@ -202,12 +272,15 @@ def draw(r: dict, png: Path, spec: TableSpec) -> bool:
         ax.scatter(*zip(*mine), color=color, s=14, alpha=0.6)
         C = np.logspace(math.log10(min(c for c, _ in mine)), math.log10(hi), 100)
         ax.plot(C, r["fits"][a](C), color=color, label=f"{a} (alpha {r['arch'][a]['alpha'][0]:.2f})")
+        if a in r["joint"]:
+            ax.plot(C, r["joint"][a]["fit"](C), color=color, ls="--", lw=1)
     ax.axvline(r["top"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("test bits per byte")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="solid: best size per budget; dashed: L(N, D)" if r["joint"] else None,
+              title_fontsize=7)
     ax.set_title(spec.title, fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -215,4 +288,4 @@ def draw(r: dict, png: Path, spec: TableSpec) -> bool:
     return True
 
 
-__all__ = ["Fit", "analyse", "crossing", "fit", "section"]
+__all__ = ["Fit", "analyse", "best_sizes", "crossing", "fit", "section"]

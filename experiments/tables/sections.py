@@ -10,7 +10,7 @@ from pathlib import Path
 from experiments.config import OptimConfig
 from experiments.tables.cells import cell_json, metrics_key
 from experiments.tables.intervals import Units, collect, interval, paired
-from experiments.tables.keys import lr_text, tuned_rows, tuning_results, tuning_scale
+from experiments.tables.keys import TuningPending, lr_text, tuned_lr, tuned_rows, tuning_results, tuning_scale
 from experiments.tables.spec import MetricSpec, TableSpec
 
 
@@ -78,6 +78,14 @@ def tuning(spec: TableSpec, rows: list, scale: str, results: str | Path, extra) 
         best = min(values, key=values.get)
         out.append(f"- {r.label}: " + ", ".join((f"**{lr_text(lr)}: {v:.4f}**" if lr == best else
                                                   f"{lr_text(lr)}: {v:.4f}") for lr, v in sorted(values.items())))
+    for r in rows:  # rates transferred from another table's tuned row
+        row = spec.row(r.name)
+        if row.lr_from is not None and ":" in row.lr_from:
+            try:
+                rate = lr_text(tuned_lr(spec, row, scale, None, results))
+            except (TuningPending, ValueError) as e:
+                rate = f"not available yet ({' '.join(str(e).split())[:160]})"
+            out.append(f"- {r.label}: {rate}, transferred from row {row.lr_from} (tuned there)")
     lr = float(lr_text(OptimConfig().lr))  # the house default every row shared before tuning
     if len(by_rate) > 1 and all(lr in v for v in by_rate.values()):
         label = {r.name: r.label for r in rows}

@@ -207,6 +207,14 @@ def load_table(name: str) -> TableSpec:
     if len(set(names)) != len(names):
         raise ValueError(f"table {name!r} repeats row names: {names}")
     check_protocol(spec)
+    for r in spec.rows:  # lr_from: <table>:<row>, a rate tuned in another table
+        if r.lr_from is not None and ":" in r.lr_from:
+            table, _, src = r.lr_from.rpartition(":")
+            other = load_table(table)
+            if src not in [o.name for o in other.rows] or other.tune is None or other.row(src).lr_from is not None \
+                    or (other.tune.rows is not None and src not in other.tune.rows):
+                raise ValueError(f"table {name!r} row {r.name!r} takes lr_from={r.lr_from!r}, which must be a tuned "
+                                 f"row of table {table!r}")
     for k in spec.differences_within:
         if any(k not in r.group for r in spec.rows):
             raise ValueError(f"table {name!r}: differences_within has {k!r}, which rows "

@@ -235,3 +235,55 @@ def test_a_scaling_table_pairs_only_the_architectures_at_one_size_and_budget(mon
 
         monkeypatch.setattr(spec_module, "_build", with_depth)
         load_table("scaling")
+
+
+def test_a_rate_transferred_from_another_tables_tuned_row_is_that_rows_rate_and_must_name_a_tuned_row(monkeypatch):
+    """``lr_from: <table>:<row>`` (scaling_long's smallest and largest sizes take the rate the scaling table tuned
+    for the same architecture and size): the rate is read from that table's tuning cells, it is part of the row's
+    key like any rate, and a row that is not tuned there is refused when the table loads."""
+    from experiments.tables import spec as spec_module
+    from experiments.tables.keys import lr_source
+
+    long, scaling = load_table("scaling_long"), load_table("scaling")
+    row = long.row("transformer_s1_b5")
+    other, src = lr_source(long, row)
+    assert (other.name, src.name) == ("scaling", "transformer_s1_b3")
+    assert tuned_lr(long, row, "cpu") == tuned_lr(scaling, scaling.row("transformer_s1_b3"), "cpu") == 0.008
+    assert any(o == "optim.lr=0.008" for o in row_overrides(long, row, "cpu"))
+    assert lr_source(long, long.row("transformer_s2_b5"))[1].name == "transformer_s2_b3"  # its own table's
+    real = spec_module._build
+
+    def pointing_at(target):
+        def build(cls, raw, where):
+            if cls is spec_module.TableSpec and raw.get("name") == "scaling_long":
+                raw = {**raw, "rows": [{**raw["rows"][0], "lr_from": target}, *raw["rows"][1:]]}
+            return real(cls, raw, where)
+        return build
+
+    for target in ("scaling:transformer_s1_b5", "scaling:no_such_row"):  # not tuned there / not a row
+        monkeypatch.setattr(spec_module, "_build", pointing_at(target))
+        with pytest.raises(ValueError, match="must be a tuned row of table 'scaling'"):
+            load_table("scaling_long")
+
+
+def test_the_joint_fit_recovers_a_law_in_size_and_data_its_optimal_size_and_flags_what_it_cannot_determine():
+    """``L(N, D) = E + A n^-a + B d^-b`` from 3 sizes x 5 budgets: the parameters come back, the closed-form optimal
+    size is the minimum of the loss over sizes at a fixed compute (checked numerically), and points that do not
+    depend on size leave the size term at a bound, which the fit reports."""
+    from experiments.tables.joint_fit import Joint, fit_joint
+
+    N = np.repeat([8e5, 2.6e6, 9e6], 5)
+    D = np.tile([6e5, 1.6e6, 4e6, 1e7, 2.5e7], 3)
+    true = Joint(1.1, 0.4, 0.5, 0.8, 0.35, 2.6e6, 4e6)
+    got = fit_joint(N, D, true.loss(N, D))
+    for k in ("E", "A", "a", "B", "b"):
+        assert abs(getattr(got, k) - getattr(true, k)) < 1e-3 * max(1, abs(getattr(true, k))), k
+    assert got.at_bound == ()
+    C = 3e15
+    sizes = np.logspace(5, 10, 20001)
+    numeric = sizes[np.argmin(true.loss(sizes, C / sizes))]
+    assert abs(true.optimal_n(C) / numeric - 1) < 2e-3 and abs(true(C) - true.loss(numeric, C / numeric)) < 1e-6
+    flat = fit_joint(N, D, 1.1 + 0.8 * (D / 4e6) ** -0.35)  # no size dependence at all
+    assert flat.at_bound and {"A", "a"} & set(flat.at_bound)
+    again = fit_joint(N, D, true.loss(N, D) + 0.001, start=got)  # a bootstrap replicate starts from the estimate
+    assert abs(again.E - got.E - 0.001) < 1e-3
