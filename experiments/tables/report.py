@@ -181,7 +181,13 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
             st = r.stats(m.key)
             text = "—" if st is None else fmt(st[0], st[1], m.digits)
             if m.interval and st is not None:
-                text = sections.interval_text(r, m) or text + " (no per-unit losses: no interval)"
+                u, have = sections.units(r, m), sorted(r.values.get(m.key, {}))
+                if u is None:
+                    text += " (no per-unit losses: no interval)"
+                elif sorted(u.seeds) != have:  # an interval over some seeds would not be the mean shown
+                    text += f" (per-unit losses for seeds {sorted(u.seeds)} of {have} only: no interval)"
+                else:
+                    text = sections.interval_text(r, m)
             missing = [s for s in r.seeds if s not in r.values.get(m.key, {})]
             if missing:
                 text += f" (missing seeds {missing})"

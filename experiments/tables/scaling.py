@@ -235,8 +235,9 @@ def section(spec: TableSpec, rows: list, png: Path) -> list[str]:
                          f" {', '.join(f.at_bound) or 'none'} |")
         stuck = [a for a, e in r["joint"].items() if e["fit"].at_bound]
         if stuck:
-            lines += ["", f"**The joint fit is not determined for {', '.join(stuck)}**: a parameter sits at its bound or its term vanishes "
-                      "(the points do not fix it), and resampling test windows cannot widen the interval for that: "
+            lines += ["", f"**The joint fit is not determined for {', '.join(stuck)}**: a parameter sits at its bound "
+                      "or its term vanishes (the points do not fix it), and resampling test windows cannot widen the "
+                      "interval for that: "
                       "read those rows' predictions and crossings as unsupported by these points."]
         lines += ["", "Crossings of these frontiers:", ""] + _crossing_lines(r["joint_pairs"], s.horizon)
     if draw(r, png, spec):

@@ -468,3 +468,16 @@ def test_an_evaluation_run_with_other_settings_is_never_shown_as_current(tmp_pat
     assert "test4096/test/bpb" not in stale.values and stale.stale[0] == {ev.name}
     assert stale.values["metrics/val/bpb"] == {0: 2.5}
     assert "left out until rerun" in make_table(dataclasses.replace(spec), str(tmp_path), "tiny")
+
+
+def test_an_interval_over_some_seeds_is_never_shown_as_the_rows_value(tmp_path):
+    """A row whose cells carry per-unit losses for some seeds only (an older cell retrained with a newer
+    evaluation) shows the mean over all its seeds and says why there is no interval, instead of an interval
+    over the seeds that have units in place of the mean."""
+    units = {"kind": "document", "nll": [100.0, 120.0], "bytes": [100, 100], "targets_sha256": "x"}
+    for seed, value in ((0, 1.5), (1, 2.5)):
+        cell = fabricate(tmp_path, "fot_backbones", "megalodon", seed, 2.0)
+        stream = {"test/stream_bpb": value, **({"units": units} if seed == 0 else {})}
+        (cell / "stream.json").write_text(json.dumps(stream))
+    text = make_table("fot_backbones", str(tmp_path), "tiny")
+    assert "2.0000 ± 0.7071 (per-unit losses for seeds [0] of [0, 1] only: no interval)" in text
