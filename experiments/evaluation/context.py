@@ -72,7 +72,7 @@ def read_ids(text: np.ndarray, first: int, tok) -> tuple[np.ndarray, int]:
 
 def _batch(split: Split, group: list[int], before: list[np.ndarray], c: int, top: int, span: int, tok, device):
     """One context's inputs for a group of documents, each read after its ``before`` bytes (distractors):
-    (texts, inputs, targets, first, stop)."""
+    (inputs, targets, first, stop)."""
     texts = [np.concatenate([b, split.document(i)[top - c: top + span]]) for i, b in zip(group, before)]
     read = [read_ids(t, len(b) + c + 1, tok) for t, b in zip(texts, before)]
     x = torch.zeros(len(group), max(len(ids) for ids, _ in read), dtype=torch.long)
@@ -82,7 +82,7 @@ def _batch(split: Split, group: list[int], before: list[np.ndarray], c: int, top
         first[r] = start - 1
     stop = torch.tensor([[len(ids) - 1] for ids, _ in read])  # padding is never scored
     x = x.to(device)
-    return texts, x[:, :-1], x[:, 1:], first.to(device), stop.to(device)
+    return x[:, :-1], x[:, 1:], first.to(device), stop.to(device)
 
 
 def shared_prefix(inputs: list[torch.Tensor], firsts: list[torch.Tensor], window: int) -> int:
@@ -167,21 +167,23 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
             nll += (part.double() * ((pos >= first) & (pos < stop))).sum(1)
         return nll, state
 
-    for i in docs[:done]:  # the resumed documents' target bytes, into the hash in the same order
-        for c in contexts:
-            us[c].add_targets(split.document(i)[top + 1: top + span])
+    def add_targets(group):  # the scored bytes, the same at every context: doc[top + 1 : top + span]
+        for i in group:
+            for c in contexts:
+                us[c].add_targets(split.document(i)[top + 1: top + span])
+
+    add_targets(docs[:done])  # the resumed documents', into the hash in the same order
     for b0 in range(done, len(docs), batch_size):
         group = docs[b0: b0 + batch_size]
         before = [distractors(split, i, distract) for i in group]  # built once, read before every context
         batches = [_batch(split, group, before, c, top, span, tok, device) for c in contexts]
-        shared = shared_prefix([b[1] for b in batches], [b[3] for b in batches], window) if share_prefix else 0
-        _, prefix = read(batches[0][1], (0, shared), None)
-        for n, (c, (texts, inputs, targets, first, stop)) in enumerate(zip(contexts, batches)):
+        shared = shared_prefix([b[0] for b in batches], [b[2] for b in batches], window) if share_prefix else 0
+        _, prefix = read(batches[0][0], (0, shared), None)
+        for n, (c, (inputs, targets, first, stop)) in enumerate(zip(contexts, batches)):
             state = clone_state(prefix) if n < len(contexts) - 1 else prefix
             nll, _ = read(inputs, (shared, inputs.shape[1]), state, targets, first, stop)
             us[c].add(nll, torch.full((len(group),), span - 1))
-            for t in texts:
-                us[c].add_targets(t[distract + c + 1:])
+        add_targets(group)
         progress.update(len(contexts) * (b0 + len(group)), f"contexts {contexts[0]:,}-{contexts[-1]:,}")
         if partial is not None and b0 + len(group) < len(docs):
             write_json(partial, {"key": key, "docs": b0 + len(group),
