@@ -11,6 +11,10 @@ least ``vocab_size``) or that config's fields as keywords, and which offers:
 ``reset_state(state, rows) -> state``
     the same state where batch rows ``rows`` (bool [B]) start a new document: the next forward of
     those rows sees nothing of what came before. Called between forward calls.
+``state_parts`` and ``reset_parts(state, rows, parts) -> state``
+    the named parts of the carried state (Megalodon: ``norm``, ``ema``, ``attention``, ``memory``) and a
+    reset of some of them only: ablations of what the state carries (the context evaluation's
+    ``distract_reset``). ``reset_parts`` with every part is ``reset_state``; by default there are none.
 ``max_len``
     the longest stream (in tokens) the model can represent, ``None`` when unbounded (learned
     absolute positions bound it; relative positions and recurrences do not).
@@ -91,6 +95,18 @@ class Architecture(nn.Module):
             "implement reset_state(state, rows), or train without task.carry_state"
         )
 
+    @property
+    def state_parts(self) -> tuple[str, ...]:
+        return ()
+
+    def reset_parts(self, state: Any, rows: torch.Tensor, parts: tuple[str, ...]) -> Any:
+        """``reset_state`` of the named ``parts`` of the state only (see ``state_parts``)."""
+        unknown = sorted(set(parts) - set(self.state_parts))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no state parts {unknown}; its parts are "
+                             f"{list(self.state_parts) or 'none (it can only reset its whole state)'}")
+        raise NotImplementedError(f"{type(self).__name__} names state parts but does not define reset_parts")
+
     def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction: bool = False,
                            score_previous: bool = False, detach_previous: bool = False):
         raise NotImplementedError(f"{type(self).__name__} has no CrossBatch training (crossbatch_window is None)")
@@ -104,7 +120,7 @@ def build_config(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
 
 
 REQUIRED = ("config", "forward", "flops_per_token", "reset_state", "max_len", "added_parameters",
-            "crossbatch_window", "patch_size", "decays_all_parameters")
+            "crossbatch_window", "patch_size", "decays_all_parameters", "state_parts", "reset_parts")
 
 
 def check(net: Any) -> LanguageModel:

@@ -128,12 +128,25 @@ class Megalodon(Architecture):
         return torch.cat(outs, 1), state
 
     # ------------------------------------------------------------------ document boundaries
+    @property
+    def state_parts(self) -> tuple[str, ...]:
+        """``norm``: every TimestepNorm's running statistics (the output norm's too); ``ema``: the CEMA hidden
+        states; ``attention``: the cached keys of the current chunk; ``memory``: the kNN memories."""
+        return ("norm", "ema", "attention", "memory")
+
     def reset_state(self, state: dict | None, rows: torch.Tensor) -> dict | None:
         """Rows that start a new document get a fresh CEMA state (zero), fresh TimestepNorm statistics
         (the priors) and stop seeing the cached keys of the current chunk. Chunks stay aligned to the
         stream, so a document that starts inside a chunk meets its first chunk boundary early; one that
         starts on a chunk boundary reads exactly as with a fresh model."""
-        if state is None or not bool(rows.any()):
+        return self.reset_parts(state, rows, self.state_parts)
+
+    def reset_parts(self, state: dict | None, rows: torch.Tensor, parts: tuple[str, ...]) -> dict | None:
+        """``reset_state`` of some ``parts`` only (``state_parts``); the others carry on as without a reset."""
+        unknown = sorted(set(parts) - set(self.state_parts))
+        if unknown:
+            raise ValueError(f"Megalodon has no state parts {unknown}; its parts are {list(self.state_parts)}")
+        if state is None or not bool(rows.any()) or not parts:
             return state
         if self.config.tsn_window_chunks:
             raise NotImplementedError("reset_state with the TimestepNorm statistics window (tsn_window_chunks > 0) "
@@ -141,7 +154,7 @@ class Megalodon(Architecture):
         rows = rows.bool()
 
         def fresh_norm(norm: nn.Module, st):
-            if st is None or not isinstance(norm, TimestepNorm):
+            if st is None or not isinstance(norm, TimestepNorm) or "norm" not in parts:
                 return st
             init = norm.initial_state(rows.shape[0], st[1].dtype)
             r = rows.to(st[0].device)
@@ -153,14 +166,15 @@ class Megalodon(Architecture):
             st = dict(st)
             mega = layer.mega
             st["norm"] = fresh_norm(mega.timenorm if self.config.norm == "timestep" else mega.layernorm, st["norm"])
-            if st.get("ema") is not None:
+            if st.get("ema") is not None and "ema" in parts:
                 st["ema"] = st["ema"].masked_fill(rows.to(st["ema"].device)[:, None, None], 0)
-            if st.get("memory") is not None:  # the kNN memory of a memory layer forgets the old document
+            if st.get("memory") is not None and "memory" in parts:  # the memory forgets the old document
                 st["memory"].reset(rows.cpu())
             layers.append(st)
         start = state.get("start")
-        start = torch.zeros(rows.shape[0], dtype=torch.long) if start is None else start.clone()
-        start[rows.cpu()] = int(state["pos"])
+        if "attention" in parts:
+            start = torch.zeros(rows.shape[0], dtype=torch.long) if start is None else start.clone()
+            start[rows.cpu()] = int(state["pos"])
         return {**state, "layers": layers, "final": fresh_norm(self.output.final_norm, state["final"]),
                 "start": start}
 

@@ -124,7 +124,7 @@ def _resume(partial: Path | None, key: str, us: dict[int, Units]) -> int:
 def context_curve(net, split: Split, contexts: list[int], span: int, window: int, batch_size: int,
                   device: torch.device, max_docs: int | None = None, precision: str = "32",
                   distract: int = 0, target_at: int | None = None, tok=None, share_prefix: bool = True,
-                  partial: Path | None = None) -> dict[str, Any]:
+                  partial: Path | None = None, distract_reset: tuple[str, ...] = ()) -> dict[str, Any]:
     """Bits per byte of each document's target span at every context; per-document units for intervals.
     ``distract`` > 0: that many bytes of other documents are read first, without a reset. ``target_at``: where
     the target starts (default: the largest context), so that evaluations with other contexts share it.
@@ -132,8 +132,17 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
     ``share_prefix``: windows that every context reads identically before any target (the distractors) are read
     once per batch and the state after them copied (``clone_state``); False reads them again for each context.
     ``partial``: a file where the scores of finished batches are kept, so that an interrupted evaluation continues
-    from its last finished batch (only with the same weights and settings); removed when the curve is done."""
+    from its last finished batch (only with the same weights and settings); removed when the curve is done.
+    ``distract_reset``: parts of the state (``net.state_parts``) reset where the document begins, after the
+    distractors: which part of what the model carries out of other text makes a difference (a byte model only)."""
     contexts = sorted({int(c) for c in contexts})
+    distract_reset = tuple(distract_reset)
+    if distract_reset:
+        unknown = sorted(set(distract_reset) - set(net.state_parts))
+        if unknown or not distract or tok is not None:
+            raise ValueError(f"distract_reset={list(distract_reset)} needs distractors > 0 (got {distract}), a byte "
+                             f"model, and parts of {type(net).__name__}'s state {list(net.state_parts)}"
+                             + (f" ({unknown} are not)" if unknown else ""))
     top = contexts[-1] if target_at is None else int(target_at)
     if top < contexts[-1]:
         raise ValueError(f"target_at={top} is before the largest context {contexts[-1]}: the context would start "
@@ -147,7 +156,8 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
     us = {c: Units() for c in contexts}
     key = fingerprint(net, {"contexts": contexts, "span": span, "window": window, "batch_size": batch_size,
                             "docs": docs, "precision": str(precision), "distract": distract, "top": top,
-                            "tokens": tok is not None, "share_prefix": share_prefix})
+                            "tokens": tok is not None, "share_prefix": share_prefix,
+                            **({"distract_reset": sorted(distract_reset)} if distract_reset else {})})
     done = _resume(partial, key, us)
 
     def read(inputs, lo_to, state, targets=None, first=None, stop=None):
@@ -167,6 +177,13 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
             nll += (part.double() * ((pos >= first) & (pos < stop))).sum(1)
         return nll, state
 
+    def after(inputs, n):
+        """The state after the first ``n`` inputs, with ``distract_reset`` applied."""
+        _, state = read(inputs, (0, n), None)
+        if distract_reset:
+            state = net.reset_parts(state, torch.ones(inputs.shape[0], dtype=torch.bool), distract_reset)
+        return state
+
     def add_targets(group):  # the scored bytes, the same at every context: doc[top + 1 : top + span]
         for i in group:
             for c in contexts:
@@ -177,10 +194,16 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
         group = docs[b0: b0 + batch_size]
         before = [distractors(split, i, distract) for i in group]  # built once, read before every context
         batches = [_batch(split, group, before, c, top, span, tok, device) for c in contexts]
-        shared = shared_prefix([b[0] for b in batches], [b[2] for b in batches], window) if share_prefix else 0
-        _, prefix = read(batches[0][0], (0, shared), None)
+        if distract_reset:  # the distractors, then the reset where the document begins
+            shared = distract
+        else:
+            shared = shared_prefix([b[0] for b in batches], [b[2] for b in batches], window) if share_prefix else 0
+        prefix = after(batches[0][0], shared) if share_prefix else None
         for n, (c, (inputs, targets, first, stop)) in enumerate(zip(contexts, batches)):
-            state = clone_state(prefix) if n < len(contexts) - 1 else prefix
+            if prefix is None:  # read again for each context
+                state = after(inputs, shared)
+            else:
+                state = clone_state(prefix) if n < len(contexts) - 1 else prefix
             nll, _ = read(inputs, (shared, inputs.shape[1]), state, targets, first, stop)
             us[c].add(nll, torch.full((len(group),), span - 1))
         add_targets(group)
@@ -196,7 +219,8 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
     for point in curve:
         point["gain"] = first - point["bpb"]
     return {"contexts": contexts, "span": span, "docs": len(docs), "skipped_docs": skipped, "distractors": distract,
-            "min_doc_bytes": top + span, "window": window, "curve": curve, "units": units}
+            "distract_reset": list(distract_reset), "min_doc_bytes": top + span, "window": window, "curve": curve,
+            "units": units}
 
 
 def check_context_config(cfg: DictConfig) -> list[int]:
@@ -213,6 +237,9 @@ def check_context_config(cfg: DictConfig) -> list[int]:
     integer(cfg.max_docs, "max_docs", optional=True)
     integer(cfg.get("distractors", 0), "distractors", 0)
     integer(cfg.get("target_at"), "target_at", 0, optional=True)
+    parts = to_plain(cfg.get("distract_reset", []))
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise ValueError(f"distract_reset={parts!r} must be a list of state parts, e.g. [ema,attention]")
     return [int(c) for c in contexts]
 
 
@@ -235,17 +262,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "window (MEGABYTE: model.net.global_window)")
     r = context_curve(module.net, split, contexts, int(cfg.span), window, int(cfg.batch_size), device,
                       cfg.max_docs, cfg.precision, distract, cfg.get("target_at"), tok,
-                      partial=Path(cfg.run_dir) / f".{cfg.out}.partial")
+                      partial=Path(cfg.run_dir) / f".{cfg.out}.partial",
+                      distract_reset=tuple(to_plain(cfg.get("distract_reset", []))))
     r.update({"run_dir": str(cfg.run_dir), "model": train_cfg.model.get("name"), "split": cfg.split,
               "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
                          "trained_on": not other}})
     print(f"[longlab] context use: {r['docs']} documents of >= {r['min_doc_bytes']:,} bytes ({r['skipped_docs']} "
           f"shorter ones skipped), the same {r['span'] - 1:,} target bytes each"
-          + (f", after {distract:,} bytes of other documents (no reset)" if distract else ""))
+          + (f", after {distract:,} bytes of other documents ({reset_text(r['distract_reset'])})" if distract else ""))
     for p in r["curve"]:
         print(f"  context {p['context']:>9,}: {p['bpb']:.4f} bits/byte (gain over {contexts[0]:,}: {p['gain']:+.4f})")
     write_json(Path(cfg.run_dir) / cfg.out, r)
     return r
 
 
-__all__ = ["context_curve", "eligible", "run"]
+def reset_text(parts: list[str]) -> str:
+    """How the document's start after the distractors is read: words for reports."""
+    return f"then a reset of the state's {', '.join(parts)}" if parts else "no reset"
+
+
+__all__ = ["context_curve", "eligible", "reset_text", "run"]

@@ -109,9 +109,14 @@ def context_units(row, name: str) -> dict[int, Units]:
 def context_use(spec: TableSpec, rows: list) -> list[str]:
     """For every context evaluation: bits per byte of the same target bytes at each context (95% intervals
     over documents x seeds), the gain of each context over the previous one (paired), and the usable
-    context: the largest context whose gain over the previous one is separated and positive."""
-    out = []
-    for ev in [ev for ev in spec.evals if ev.kind == "context"]:
+    context: the largest context whose gain over the previous one is separated and positive. Evaluations of
+    some rows only (``RowSpec.evals``) list those rows."""
+    out, evals = [], {}
+    for row in spec.rows:
+        for ev in spec.evals_for(row):
+            if ev.kind == "context":
+                evals.setdefault(ev.name, ev)
+    for ev in evals.values():
         found = [(r, context_units(r, ev.name)) for r in rows]
         found = [(r, u) for r, u in found if u]
         if not found:
@@ -119,7 +124,9 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
         contexts = sorted({c for _, u in found for c in u})
         first = next(iter(found[0][0].cells.values()))
         distract = (cell_json(first, ev.name) or {}).get("distractors") or 0
-        after = f"{distract:,} bytes of other documents (no reset), then " if distract else ""
+        parts = (cell_json(first, ev.name) or {}).get("distract_reset") or []
+        reset = f"then a reset of the state's {', '.join(parts)}" if parts else "no reset"
+        after = f"{distract:,} bytes of other documents ({reset}), then " if distract else ""
         out += ["", f"## Context use ({ev.name})", "",
                 f"The same target bytes of each test document scored after reading {after}only the last c bytes "
                 "before them (bits per byte, 95% interval over documents x seeds); below each, the gain over the "

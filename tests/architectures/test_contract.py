@@ -205,6 +205,30 @@ def test_a_megalodon_document_starting_inside_a_chunk_sees_nothing_before_it():
     torch.testing.assert_close(outs[0], outs[1], atol=1e-10, rtol=0)
 
 
+def test_megalodon_resets_each_named_part_of_its_state_alone_and_all_of_them_as_reset_state():
+    """``reset_parts``: every part at once is ``reset_state`` (bit for bit); one part changes that part only (the
+    context evaluation's ablation of what Megalodon carries out of other text); no part changes nothing."""
+    net = _net("megalodon_tiny", torch.float64)
+    x = _tokens(T=40)
+    rows = torch.tensor([False, True])
+    _, state = net(x[:, :32])
+    whole = net(x[:, 32:], net.reset_state(state, rows))[0]
+    assert torch.equal(net(x[:, 32:], net.reset_parts(state, rows, net.state_parts))[0], whole)
+    assert net.reset_parts(state, rows, ()) is state
+    norm = net.reset_parts(state, rows, ("norm",))
+    ema = net.reset_parts(state, rows, ("ema",))
+    for st, n, e in zip(state["layers"], norm["layers"], ema["layers"]):
+        assert torch.equal(n["ema"], st["ema"]) and all(torch.equal(a, b) for a, b in zip(e["norm"], st["norm"]))
+        assert not torch.equal(e["ema"][1], st["ema"][1]) and torch.equal(e["ema"][0], st["ema"][0])
+        assert not torch.equal(n["norm"][1][1], st["norm"][1][1]) and torch.equal(n["norm"][1][0], st["norm"][1][0])
+    assert norm["start"] is None and ema["start"] is None  # the attention part alone moves the start
+    assert net.reset_parts(state, rows, ("attention",))["start"].tolist() == [0, 32]
+    with pytest.raises(ValueError, match=r"no state parts \['kv'\]"):
+        net.reset_parts(state, rows, ("kv",))
+    with pytest.raises(ValueError, match="Transformer has no state parts"):
+        _net("transformer_tiny").reset_parts(None, rows, ("norm",))
+
+
 @pytest.mark.parametrize("model, extra", [("transformer_tiny", []), ("fot_tiny", []), ("megalodon_tiny", []),
                                           ("megabyte_tiny", []), ("megabyte_tiny", ["model.net.patch_encoder=conv"])])
 def test_flop_counts_agree_with_torch_flop_counter(model, extra):

@@ -125,6 +125,34 @@ def test_distractors_read_once_per_batch_give_the_numbers_of_reading_them_for_ev
 
 
 
+def test_a_reset_of_every_part_after_the_distractors_reads_as_a_fresh_start_and_one_part_does_not():
+    """``distract_reset``: Megalodon reads other documents, then resets some parts of its state where the document
+    begins (on a chunk boundary). All parts: the numbers of the plain evaluation (nothing of the other text
+    survives); the TimestepNorm statistics alone: neither those nor the numbers without a reset."""
+    torch.manual_seed(0)
+    net = build_net("megalodon_tiny").eval().double()  # chunks of 16; 64 bytes of distractors
+    rng = np.random.default_rng(6)
+    docs = [rng.integers(0, 256, n).astype(np.uint8) for n in (C + SPAN, 50, 60)]
+    split = split_of(docs)
+    args = (split, [0, 8], SPAN, 32, 2, torch.device("cpu"))
+    plain = context_curve(net, *args, target_at=C)["units"]
+    kept = context_curve(net, *args, target_at=C, distract=64)["units"]
+    for share in (True, False):
+        fresh = context_curve(net, *args, target_at=C, distract=64, distract_reset=net.state_parts,
+                              share_prefix=share)
+        assert fresh["distract_reset"] == list(net.state_parts)
+        for c in ("0", "8"):
+            assert fresh["units"][c]["nll"] == pytest.approx(plain[c]["nll"], abs=1e-9, rel=0)
+    norm = context_curve(net, *args, target_at=C, distract=64, distract_reset=("norm",))["units"]
+    for c in ("0", "8"):
+        assert abs(norm[c]["nll"][0] - plain[c]["nll"][0]) > 1e-9 and abs(norm[c]["nll"][0] - kept[c]["nll"][0]) > 1e-9
+    with pytest.raises(ValueError, match=r"distract_reset=\['norm'\] needs distractors > 0 \(got 0\)"):
+        context_curve(net, *args, distract_reset=("norm",))
+    with pytest.raises(ValueError, match=r"parts of Transformer's state \[\] \(\['norm'\] are not\)"):
+        context_curve(build_net("transformer_tiny").eval(), *args, target_at=C, distract=64, distract_reset=("norm",))
+
+
+
 class Stop(Exception):
     pass
 
