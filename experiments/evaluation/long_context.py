@@ -11,6 +11,7 @@ never 0.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from experiments.training.runs import load_run, pick_device
 @torch.no_grad()
 def score(net, task: str, lengths: list[int], depths: list[float], samples: int, window: int,
           device: torch.device, seed: int = 0, precision: str = "32") -> dict[str, Any]:
-    """{"accuracy": {length: {depth: acc | None}}, "byte_accuracy": ..., ...} for one task."""
+    """{"accuracy": {length: {depth: acc | None}}, "byte_accuracy": ..., ...} for one task; "units": per length,
+    which documents were answered right (depth-major), for intervals over documents x seeds."""
     acc: dict[str, dict[str, float | None]] = {}
+    units: dict[str, dict] = {}
     byte_acc: dict[str, dict[str, float | None]] = {}
     limit = net.max_len
     progress = Progress(f"longeval {task}", sum(lengths) * len(depths) * samples, unit=" bytes")
@@ -56,7 +59,10 @@ def score(net, task: str, lengths: list[int], depths: list[float], samples: int,
             preds[:, a + 1 : b + 1] = logits.argmax(-1)  # the prediction for the next byte
             progress.update(done + len(docs) * b, f"length {L:,}")
         hit = (preds == tokens) | ~answer
-        whole = hit.all(1).float().view(len(depths), samples).mean(1)
+        right = hit.all(1).float()
+        units[key] = {"kind": "document", "sum": right.tolist(), "count": [1] * len(docs),
+                      "targets_sha256": hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()}
+        whole = right.view(len(depths), samples).mean(1)
         per_byte = ((preds == tokens) & answer).sum(1).float() / answer.sum(1).float()
         per_byte = per_byte.view(len(depths), samples).mean(1)
         acc[key] = {str(d): float(v) for d, v in zip(depths, whole.tolist())}
@@ -67,7 +73,7 @@ def score(net, task: str, lengths: list[int], depths: list[float], samples: int,
                  for L, row in acc.items()}
     return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples, "window": window,
             "accuracy": acc, "byte_accuracy": byte_acc, "mean_by_length": by_length,
-            "mean_accuracy": float(np.mean(reached)) if reached else None}
+            "mean_accuracy": float(np.mean(reached)) if reached else None, "units": units}
 
 
 def length_label(n: float) -> str:
@@ -155,7 +161,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results[task] = r
     curve = [{"task": t, "length": int(L), "accuracy": v} for t, r in results.items()
              for L, v in r["mean_by_length"].items() if v is not None]
-    summary = {**results, "tasks": tasks, "curve": curve}  # curve: the tables' accuracy-vs-length figure
+    metric_units = {f"{t}.mean_by_length.{L}": u for t, r in results.items() for L, u in r["units"].items()}
+    summary = {**results, "tasks": tasks, "curve": curve,  # curve: the tables' accuracy-vs-length figure
+               "metric_units": metric_units}  # a table's intervals on <task>.mean_by_length.<length>
     if cfg.get("out"):
         write_json(Path(cfg.run_dir) / cfg.out, summary)
     return summary

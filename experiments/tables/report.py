@@ -205,9 +205,12 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
     if stale:
         body += ["", "Evaluations run with other settings than this table's are left out until rerun (`python -m "
                  f"experiments.run_table {name} --scale {scale}`): " + "; ".join(stale) + "."]
-    if any(m.interval for m in spec.metrics):
+    if any(m.interval and m.lower_is_better for m in spec.metrics):
         body += ["", "Interval metrics: bits per byte pooled over seeds with a 95% bootstrap interval [lo, hi] over "
                  "test units x seeds; other metrics: mean ± std over seeds."]
+    elif any(m.interval for m in spec.metrics):
+        body += ["", "Interval metrics: the fraction of test documents answered right, pooled over seeds, with a 95% "
+                 "bootstrap interval [lo, hi] over documents x seeds; other metrics: mean ± std over seeds."]
     body += sections.matching(spec, rows, scale) + sections.tuning(spec, rows, scale, res, extra)
     body += sections.differences(spec, rows) + sections.context_use(spec, rows)
     if spec.scaling is not None:

@@ -15,9 +15,14 @@ from experiments.tables.spec import MetricSpec, TableSpec
 
 
 def units(row, metric: MetricSpec) -> Units | None:
-    """The row's per-unit losses for an interval metric (its eval file's ``units``), over its seeds."""
-    file = metric.key.split("/")[0]
-    return collect({seed: (cell_json(cell, file) or {}).get("units") for seed, cell in row.eval_cells(file).items()})
+    """The row's per-unit losses for an interval metric, over its seeds: its eval file's ``metric_units[<the rest
+    of the key>]`` (a file of several metrics: longeval's tasks x lengths), else the file's ``units``."""
+    file, _, rest = metric.key.partition("/")
+
+    def of(data: dict):
+        return (data.get("metric_units") or {}).get(rest) or data.get("units")
+
+    return collect({seed: of(cell_json(cell, file) or {}) for seed, cell in row.eval_cells(file).items()})
 
 
 def interval_text(row, metric: MetricSpec) -> str | None:
@@ -37,7 +42,8 @@ def differences(spec: TableSpec, rows: list) -> list[str]:
         if len(found) < 2:
             continue
         pairs = f"; rows of the same {' and '.join(within)} only" if within else ""
-        out += ["", f"**{m.label or m.key}**: differences a − b (bits/byte; 95% paired bootstrap interval over test "
+        what = "bits/byte" if found[0][1].divisor != 1.0 else "fraction of documents right"
+        out += ["", f"**{m.label or m.key}**: differences a − b ({what}; 95% paired bootstrap interval over test "
                 f"units x seeds; {'lower' if m.lower_is_better else 'higher'} is better{pairs}):", "",
                 "| a | b | a − b | |", "|---|---|---:|---|"]
         for i, (ra, ua) in enumerate(found):

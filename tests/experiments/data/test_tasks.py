@@ -71,6 +71,28 @@ def test_the_evaluator_scores_an_oracle_1_and_a_random_model_at_chance():
     assert all(v < 0.3 for v in r["byte_accuracy"]["512"].values())  # ten digits: chance 0.1 per byte
 
 
+def test_each_document_answered_right_is_a_unit_for_intervals_over_documents_x_seeds():
+    """A task's accuracy keeps which documents were answered right, so that a table pools documents x seeds
+    with a bootstrap interval (the long_context_tasks columns)."""
+    from experiments.tables.intervals import collect, interval, paired
+
+    depths, samples, L = [0.0, 1.0], 3, 512
+    docs = torch.from_numpy(np.stack([make("passkey", L, d, s).tokens for d in depths for s in range(samples)]))
+    wrong = docs.clone()
+    wrong[1] = docs[0]  # the oracle of document 1 reads document 0: another key, a wrong answer
+    right = score(Oracle(docs.long()), "passkey", [L], depths, samples, window=100, device=torch.device("cpu"))
+    half = score(Oracle(wrong.long()), "passkey", [L], depths, samples, window=100, device=torch.device("cpu"))
+    u = half["units"]["512"]
+    assert u["sum"] == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0] and u["count"] == [1] * 6
+    assert half["mean_by_length"]["512"] == pytest.approx(5 / 6)
+    assert u["targets_sha256"] == right["units"]["512"]["targets_sha256"]  # the same documents
+    pooled = collect({0: u, 1: right["units"]["512"]})
+    iv = interval(pooled)
+    assert iv.value == pytest.approx(11 / 12) and iv.lo < iv.value <= iv.hi <= 1.0
+    d = paired(pooled, collect({0: right["units"]["512"], 1: right["units"]["512"]}))
+    assert d.value == pytest.approx(-1 / 12) and d.lo < 0 and not d.separated  # one document in twelve
+
+
 def test_lengths_past_a_models_max_len_are_not_applicable():
     from architectures.megabyte import Megabyte
 

@@ -62,6 +62,26 @@ def test_a_figure_with_panels_reads_each_cells_curve(tmp_path):
     assert (tmp_path / "long_context_tasks.tiny.png").stat().st_size > 0
 
 
+def test_task_accuracies_get_intervals_over_documents_x_seeds_from_the_longeval_units(tmp_path):
+    """long_context_tasks' accuracy columns pool the documents answered right over seeds, with a bootstrap
+    interval and paired differences between rows, from each cell's ``metric_units``."""
+    for row, right in (("megalodon", [1, 1, 0, 1]), ("transformer", [0, 0, 0, 1])):
+        for seed in (0, 1):
+            cell = fabricate(tmp_path, "long_context_tasks", row, seed, 2.0)
+            units = {"kind": "document", "sum": right, "count": [1] * 4, "targets_sha256": "docs"}
+            acc = sum(right) / 4
+            (cell / "longeval.json").write_text(json.dumps({
+                "passkey": {"mean_by_length": {"1024": acc}},
+                "curve": [{"task": "passkey", "length": 1024, "accuracy": acc}],
+                "metric_units": {"passkey.mean_by_length.1024": units}}))
+    text = make_table("long_context_tasks", str(tmp_path), "tiny")
+    assert "| 0.75 [" in text and "| 0.25 [" in text
+    assert "the fraction of test documents answered right, pooled over seeds" in text
+    assert "differences a − b (fraction of documents right;" in text
+    assert "| Transformer (sliding window 1K) | Megalodon (carried state) | -0.50 [" in text or \
+           "| Megalodon (carried state) | Transformer (sliding window 1K) | +0.50 [" in text
+
+
 def test_heat_maps_average_each_grid_over_seeds_and_keep_not_applicable(tmp_path):
     """long_context_tasks draws accuracy by length x depth, rows x tasks, from each cell's longeval.json."""
     from experiments.tables.figures import heatmap_grids
