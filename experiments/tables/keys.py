@@ -222,9 +222,8 @@ def lr_source(spec: TableSpec, row: RowSpec) -> tuple[TableSpec, RowSpec]:
     tuned on another corpus)."""
     if row.lr_from is None:
         return spec, row
-    table, _, name = row.lr_from.rpartition(":")
-    other = load_table(table) if table else spec
-    return other, other.row(name)
+    other = load_table(row.lr_table) if row.lr_table else spec
+    return other, other.row(row.lr_row)
 
 
 def tuned_rows(spec: TableSpec) -> list[str]:

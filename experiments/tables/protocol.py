@@ -64,7 +64,7 @@ def check_protocol(spec) -> None:
         if not 0 < m.tolerance < 1:
             raise ValueError(f"{where}: match.tolerance={m.tolerance} must be in (0, 1), e.g. 0.03")
     for r in spec.rows:
-        local = r.lr_from if r.lr_from is None or ":" not in r.lr_from else None  # <table>:<row>: checked at load
+        local = None if r.lr_table else r.lr_row  # <table>:<row>: checked at load
         for what, other in (("lr_from", local), ("match_to", r.match_to)):
             if other is not None and other not in names:
                 raise ValueError(f"{where}: row {r.name!r} has {what}={other!r}, which is not a row ({names})")

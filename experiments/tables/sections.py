@@ -86,7 +86,7 @@ def tuning(spec: TableSpec, rows: list, scale: str, results: str | Path, extra) 
                                                   f"{lr_text(lr)}: {v:.4f}") for lr, v in sorted(values.items())))
     for r in rows:  # rates transferred from another table's tuned row
         row = spec.row(r.name)
-        if row.lr_from is not None and ":" in row.lr_from:
+        if row.lr_table is not None:
             try:
                 rate = lr_text(tuned_lr(spec, row, scale, None, results))
             except (TuningPending, ValueError) as e:

@@ -109,6 +109,16 @@ class RowSpec:
     def title(self) -> str:
         return self.label or self.name
 
+    @property
+    def lr_table(self) -> str | None:
+        """The other table whose tuned row ``lr_from: <table>:<row>`` names (None: this table, or no lr_from)."""
+        return None if self.lr_from is None else (self.lr_from.rpartition(":")[0] or None)
+
+    @property
+    def lr_row(self) -> str | None:
+        """The row whose tuned rate this row trains at (in ``lr_table`` or this table); None: its own."""
+        return None if self.lr_from is None else self.lr_from.rpartition(":")[2]
+
 
 @dataclass(frozen=True)
 class FigureSpec:
@@ -208,8 +218,8 @@ def load_table(name: str) -> TableSpec:
         raise ValueError(f"table {name!r} repeats row names: {names}")
     check_protocol(spec)
     for r in spec.rows:  # lr_from: <table>:<row>, a rate tuned in another table
-        if r.lr_from is not None and ":" in r.lr_from:
-            table, _, src = r.lr_from.rpartition(":")
+        if r.lr_table is not None:
+            table, src = r.lr_table, r.lr_row
             other = load_table(table)
             if src not in [o.name for o in other.rows] or other.tune is None or other.row(src).lr_from is not None \
                     or (other.tune.rows is not None and src not in other.tune.rows):
