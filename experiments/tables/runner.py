@@ -14,6 +14,7 @@ an interrupted one resumes from its last checkpoint. Smoke runs go to ``runs/tab
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -62,13 +63,26 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Pa
                                                                         "overrides": list(ev.overrides)}})
 
 
+SET_ASIDE = re.compile(r"\.(first|run\d+)\.json$")  # the results of earlier weights
+
+
+def set_aside(f: Path) -> Path:
+    """Move ``<name>.json`` of weights being replaced to ``<name>.first.json``, or, when the first run's is
+    already there (a cell retrained again), to ``<name>.run<k>.json``: no earlier run's numbers are lost."""
+    target, k = f.with_name(f"{f.stem}.first.json"), 2
+    while target.exists():
+        target, k = f.with_name(f"{f.stem}.run{k}.json"), k + 1
+    f.replace(target)
+    return target
+
+
 def set_aside_evals(cell: Path) -> None:
     """A retrain gives the cell new weights: every evaluation of the old ones (its own table's, those of
-    tables that read its cells, its views') moves to ``<name>.first.json`` and runs again on the new
+    tables that read its cells, its views') is set aside (``set_aside``) and runs again on the new
     weights, so that no cell mixes numbers from two trainings."""
     for f in sorted([*cell.glob("*.json"), *cell.glob("views/*/*.json")]):
-        if not f.name.endswith(".first.json") and "_eval_key" in (read_json(f) or {}):
-            f.replace(f.with_name(f"{f.stem}.first.json"))
+        if not SET_ASIDE.search(f.name) and "_eval_key" in (read_json(f) or {}):
+            set_aside(f)
 
 
 def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] | None = None,
@@ -180,9 +194,10 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
         if retrain:
             first = read_json(cell / "metrics.json")
             if first is not None:
-                write_json(cell / "metrics.first.json", first)
-                (cell / "metrics.json").unlink()
+                set_aside(cell / "metrics.json")
             set_aside_evals(cell)
+            if "retrained" in meta:  # retrained before: that retrain's record stays
+                meta.setdefault("earlier_retrains", []).append(meta["retrained"])
             meta["retrained"] = {"started": _now(), "why": "an evaluation needs the checkpoint, not kept",
                                  "first_finished": meta.pop("finished", None)}  # unfinished until retrained
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",

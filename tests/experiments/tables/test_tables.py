@@ -188,6 +188,16 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     with open(cell / "logs" / "metrics.csv") as fh:
         steps = [r["step"] for r in csv.DictReader(fh) if r.get("train/loss")]
     assert len(steps) == len(set(steps)) == 3  # one curve, not the first run's rows and the second's
+    second = json.loads((cell / "metrics.json").read_text())
+    shutil.rmtree(cell / "checkpoints")  # retrained again, in a later session: the first run stays first
+    (cell / "methods.json").unlink()
+    run_table("megabyte_strided", "smoke", [0], str(tmp_path))
+    assert json.loads((cell / "metrics.first.json").read_text()) == first
+    assert json.loads((cell / "metrics.run2.json").read_text()) == second
+    assert json.loads((cell / "test4096.first.json").read_text()) == first_eval
+    assert (cell / "test4096.run2.json").exists() and not list(cell.glob("*.run2.first.json"))
+    meta = json.loads((cell / "meta.json").read_text())
+    assert meta["finished"] and len(meta["earlier_retrains"]) == 1 and meta["retrained"]["val_bpb_change"] == 0.0
 
 
 def test_an_older_finished_cell_without_a_status_is_retrained_for_its_own_new_evaluation(tmp_path):
