@@ -31,9 +31,10 @@ from experiments.training.runs import load_run, pick_device
 
 @torch.no_grad()
 def score(net, task: str, lengths: list[int], depths: list[float], samples: int, window: int,
-          device: torch.device, seed: int = 0, precision: str = "32") -> dict[str, Any]:
+          device: torch.device, seed: int = 0, precision: str = "32", batch_size: int | None = None) -> dict[str, Any]:
     """{"accuracy": {length: {depth: acc | None}}, "byte_accuracy": ..., ...} for one task; "units": per length,
-    which documents were answered right (depth-major), for intervals over documents x seeds."""
+    which documents were answered right (depth-major), for intervals over documents x seeds. ``batch_size``:
+    documents streamed together (None: every document of a length at once; fewer bound a memory's size)."""
     acc: dict[str, dict[str, float | None]] = {}
     units: dict[str, dict] = {}
     byte_acc: dict[str, dict[str, float | None]] = {}
@@ -48,26 +49,32 @@ def score(net, task: str, lengths: list[int], depths: list[float], samples: int,
             done += L * len(depths) * samples
             continue
         docs = [make(task, L, d, seed + s) for d in depths for s in range(samples)]
-        tokens = torch.from_numpy(np.stack([s.tokens for s in docs]).astype(np.int64)).to(device)
-        answer = torch.from_numpy(np.stack([s.answer for s in docs])).to(device)
-        preds = torch.zeros_like(tokens)
-        state = None
-        for a in range(0, L - 1, window):
-            b = min(a + window, L - 1)
-            with autocast(device, precision):
-                logits, state = net(tokens[:, a:b], state)
-            preds[:, a + 1 : b + 1] = logits.argmax(-1)  # the prediction for the next byte
-            progress.update(done + len(docs) * b, f"length {L:,}")
-        hit = (preds == tokens) | ~answer
-        right = hit.all(1).float()
-        units[key] = {"kind": "document", "sum": right.tolist(), "count": [1] * len(docs),
-                      "targets_sha256": hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest()}
-        whole = right.view(len(depths), samples).mean(1)
-        per_byte = ((preds == tokens) & answer).sum(1).float() / answer.sum(1).float()
-        per_byte = per_byte.view(len(depths), samples).mean(1)
+        sha, right, per_byte = hashlib.sha256(), [], []
+        step = batch_size or len(docs)
+        for b0 in range(0, len(docs), step):
+            part = docs[b0: b0 + step]
+            tokens = torch.from_numpy(np.stack([s.tokens for s in part]).astype(np.int64)).to(device)
+            answer = torch.from_numpy(np.stack([s.answer for s in part])).to(device)
+            sha.update(tokens.cpu().numpy().tobytes())  # row-major: the same hash at any batch size
+            preds = torch.zeros_like(tokens)
+            state = None
+            for a in range(0, L - 1, window):
+                b = min(a + window, L - 1)
+                with autocast(device, precision):
+                    logits, state = net(tokens[:, a:b], state)
+                preds[:, a + 1 : b + 1] = logits.argmax(-1)  # the prediction for the next byte
+                progress.update(done + len(part) * b, f"length {L:,}")
+            hit = (preds == tokens) | ~answer
+            right.append(hit.all(1).float())
+            per_byte.append(((preds == tokens) & answer).sum(1).float() / answer.sum(1).float())
+            done += L * len(part)
+        right_t, per_byte_t = torch.cat(right), torch.cat(per_byte)
+        units[key] = {"kind": "document", "sum": right_t.tolist(), "count": [1] * len(docs),
+                      "targets_sha256": sha.hexdigest()}
+        whole = right_t.view(len(depths), samples).mean(1)
+        per_byte_t = per_byte_t.view(len(depths), samples).mean(1)
         acc[key] = {str(d): float(v) for d, v in zip(depths, whole.tolist())}
-        byte_acc[key] = {str(d): float(v) for d, v in zip(depths, per_byte.tolist())}
-        done += L * len(docs)
+        byte_acc[key] = {str(d): float(v) for d, v in zip(depths, per_byte_t.tolist())}
     reached = [a for row in acc.values() for a in row.values() if a is not None]
     by_length = {L: (None if any(v is None for v in row.values()) else float(np.mean(list(row.values()))))
                  for L, row in acc.items()}
@@ -117,6 +124,7 @@ def check_longeval_config(cfg: DictConfig) -> None:
     precision(cfg.precision)
     integer(cfg.window, "window", optional=True)
     integer(cfg.samples, "samples")
+    integer(cfg.get("batch_size"), "batch_size", optional=True)
     lengths, depths = to_plain(cfg.lengths), to_plain(cfg.depths)
     if not isinstance(lengths, list) or not lengths:
         raise ValueError(f"lengths={lengths!r} must be a non-empty list of document lengths in bytes")
@@ -151,7 +159,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = {}
     for task in tasks:
         r = score(module.net, task, [int(x) for x in to_plain(cfg.lengths)], [float(x) for x in to_plain(cfg.depths)],
-                  int(cfg.samples), window, device, int(cfg.seed), cfg.precision)
+                  int(cfg.samples), window, device, int(cfg.seed), cfg.precision,
+                  None if cfg.get("batch_size") is None else int(cfg.batch_size))
         r["model"] = train_cfg.model.get("name")
         write_json(out_dir / f"{task}.json", r)
         heat_map(r, out_dir / f"{task}.png", f"{task}: {r['model']} ({Path(cfg.run_dir).name})")

@@ -206,7 +206,8 @@ def test_evaluation_values_that_would_score_something_else_are_refused(tmp_path,
     ("depths=[2]", r"depths=\[2\] must be a non-empty list of relative depths in \[0, 1\]"),
     ("lengths=[]", r"lengths=\[\] must be a non-empty list"),
     ("lengths=[1000000000000]", r"lengths up to 1,000,000,000,000 bytes x samples=4 need about .* GiB"),
-], ids=["window", "depth", "lengths", "lengths-beyond-memory"])
+    ("batch_size=0", r"batch_size=0 must be an integer >= 1 or null"),
+], ids=["window", "depth", "lengths", "lengths-beyond-memory", "batch_size"])
 def test_long_context_values_that_would_score_nothing_are_refused(tmp_path, override, message):
     from experiments.evaluation.long_context import run
 

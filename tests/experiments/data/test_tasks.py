@@ -48,13 +48,15 @@ class Oracle(torch.nn.Module):
 
     def __init__(self, docs):
         super().__init__()
-        self.docs = docs
+        self.docs, self.next = docs, 0
 
     def forward(self, tokens, state=None):
-        pos = 0 if state is None else state
-        nxt = self.docs[:, pos + 1 : pos + 1 + tokens.shape[1]]
+        if state is None:  # a new batch of documents: the next rows of docs
+            state, self.next = (self.next, 0), self.next + tokens.shape[0]
+        row, pos = state
+        nxt = self.docs[row: row + tokens.shape[0], pos + 1 : pos + 1 + tokens.shape[1]]
         nxt = torch.cat([nxt, nxt.new_zeros(nxt.shape[0], tokens.shape[1] - nxt.shape[1])], 1)
-        return torch.nn.functional.one_hot(nxt, 256).float(), pos + tokens.shape[1]
+        return torch.nn.functional.one_hot(nxt, 256).float(), (row, pos + tokens.shape[1])
 
 
 def test_the_evaluator_scores_an_oracle_1_and_a_random_model_at_chance():
@@ -91,6 +93,10 @@ def test_each_document_answered_right_is_a_unit_for_intervals_over_documents_x_s
     assert iv.value == pytest.approx(11 / 12) and iv.lo < iv.value <= iv.hi <= 1.0
     d = paired(pooled, collect({0: right["units"]["512"], 1: right["units"]["512"]}))
     assert d.value == pytest.approx(-1 / 12) and d.lo < 0 and not d.separated  # one document in twelve
+    # streamed a few documents at a time (a memory's size bounded): the same units and hash
+    small = score(Oracle(wrong.long()), "passkey", [L], depths, samples, window=100, device=torch.device("cpu"),
+                  batch_size=4)
+    assert small["units"] == half["units"] and small["accuracy"] == half["accuracy"]
 
 
 def test_lengths_past_a_models_max_len_are_not_applicable():
