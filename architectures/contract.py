@@ -99,12 +99,16 @@ class Architecture(nn.Module):
     def state_parts(self) -> tuple[str, ...]:
         return ()
 
-    def reset_parts(self, state: Any, rows: torch.Tensor, parts: tuple[str, ...]) -> Any:
-        """``reset_state`` of the named ``parts`` of the state only (see ``state_parts``)."""
+    def check_parts(self, parts: tuple[str, ...]) -> None:
+        """A ValueError naming any of ``parts`` that is not one of ``state_parts``."""
         unknown = sorted(set(parts) - set(self.state_parts))
         if unknown:
             raise ValueError(f"{type(self).__name__} has no state parts {unknown}; its parts are "
                              f"{list(self.state_parts) or 'none (it can only reset its whole state)'}")
+
+    def reset_parts(self, state: Any, rows: torch.Tensor, parts: tuple[str, ...]) -> Any:
+        """``reset_state`` of the named ``parts`` of the state only (see ``state_parts``)."""
+        self.check_parts(parts)
         raise NotImplementedError(f"{type(self).__name__} names state parts but does not define reset_parts")
 
     def forward_crossbatch(self, prev: torch.Tensor, curr: torch.Tensor, d: int, return_distraction: bool = False,

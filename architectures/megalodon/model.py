@@ -143,9 +143,7 @@ class Megalodon(Architecture):
 
     def reset_parts(self, state: dict | None, rows: torch.Tensor, parts: tuple[str, ...]) -> dict | None:
         """``reset_state`` of some ``parts`` only (``state_parts``); the others carry on as without a reset."""
-        unknown = sorted(set(parts) - set(self.state_parts))
-        if unknown:
-            raise ValueError(f"Megalodon has no state parts {unknown}; its parts are {list(self.state_parts)}")
+        self.check_parts(parts)
         if state is None or not bool(rows.any()) or not parts:
             return state
         if self.config.tsn_window_chunks:

@@ -129,10 +129,12 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
             continue
         contexts = sorted({c for _, u in found for c in u})
         first = next(iter(found[0][0].cells.values()))
-        distract = (cell_json(first, ev.name) or {}).get("distractors") or 0
-        parts = (cell_json(first, ev.name) or {}).get("distract_reset") or []
-        reset = f"then a reset of the state's {', '.join(parts)}" if parts else "no reset"
-        after = f"{distract:,} bytes of other documents ({reset}), then " if distract else ""
+        from experiments.evaluation.context import reset_text  # the evaluation's own words (loads it only here)
+
+        result = cell_json(first, ev.name) or {}
+        distract = result.get("distractors") or 0
+        after = (f"{distract:,} bytes of other documents ({reset_text(result.get('distract_reset') or [])}), then "
+                 if distract else "")
         out += ["", f"## Context use ({ev.name})", "",
                 f"The same target bytes of each test document scored after reading {after}only the last c bytes "
                 "before them (bits per byte, 95% interval over documents x seeds); below each, the gain over the "
