@@ -159,3 +159,22 @@ def write_corpus(out, root, docs, fp, val_fraction, test_fraction, max_doc_bytes
         meta["carved_val"] = (f"the dataset has no validation split: {meta_splits['val']['docs']} of its train "
                               f"documents became val (sha1(id) / 2^64 < data.val_fraction={val_fraction})")
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def intact(folder: Path) -> bool:
+    """meta.json readable and every split's files present with the sizes and checksums it states (a build
+    that was truncated, or a cache damaged later, even at the same size, is rebuilt rather than read;
+    a cache from before checksums is rebuilt once)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        for s in SPLITS:
+            info = meta["splits"][s]
+            if (folder / f"{s}.bin").stat().st_size != info["bytes"]:
+                return False
+            if file_digest(folder / f"{s}.bin") != info["blake2b"]:  # damaged in place (same size)
+                return False
+            if len(np.load(folder / f"{s}.idx.npy")) != info["docs"] + 1:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True

@@ -29,19 +29,28 @@ from pathlib import Path
 import numpy as np
 
 from experiments.data import records, sources
-from experiments.data.build import SPLITS, file_digest, group_documents, remove_abandoned_builds, summary, write_corpus
-from experiments.data.files import fingerprint, list_sources, package_files, package_roots
+from experiments.data.build import (
+    SPLITS,
+    file_digest,
+    group_documents,
+    intact,
+    remove_abandoned_builds,
+    summary,
+    write_corpus,
+)
+from experiments.data.files import fingerprint, list_sources
 from experiments.data.tokens import tokenize_corpus
+from experiments.data.wheels import packages_source
 
 CORPUS_KEYS = ("path", "pattern", "exclude", "cache_dir", "name", "val_fraction", "test_fraction", "max_doc_bytes",
                "documents", "min_doc_bytes", "source", "text_field", "doc_separator", "block_bytes", "split_bytes",
-               "hf_name", "hf_config", "skip_unreadable", "tokenizer", "bpe_vocab_size")
+               "hf_name", "hf_config", "skip_unreadable", "tokenizer", "bpe_vocab_size", "distributions")
 
 
 def corpus_options(data) -> dict:
     """The ``ByteCorpus.build_or_load`` arguments in a ``data`` config (missing keys: their defaults)."""
     out = {k: data[k] for k in CORPUS_KEYS if k in data}
-    for k in ("exclude", "split_bytes"):
+    for k in ("exclude", "split_bytes", "distributions"):
         if out.get(k) is not None:
             out[k] = list(out[k])
     return out
@@ -89,25 +98,27 @@ class ByteCorpus:
             raise FileNotFoundError(f"{self.folder} is not a built corpus (no meta.json)")
         self.meta = json.loads(meta_path.read_text())
         self._splits: dict[str, Split] = {}
+        self._content: str | None = None
 
-    @staticmethod
-    def intact(folder: Path) -> bool:
-        """meta.json readable and every split's files present with the sizes and checksums it states (a build
-        that was truncated, or a cache damaged later, even at the same size, is rebuilt rather than read;
-        a cache from before checksums is rebuilt once)."""
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
+    @property
+    def content(self) -> str:
+        """What the corpus holds, whatever machine built it: a hash of every split's bytes and document
+        boundaries. The folder name hashes the sources' paths, sizes and dates, so the same text installed
+        elsewhere gets another folder but the same ``content``, and other text (``data=packages`` reads whatever
+        site-packages holds) gets another ``content``."""
+        if self._content is None:
+            h = hashlib.sha256(b"longlab-corpus-v1")
             for s in SPLITS:
-                info = meta["splits"][s]
-                if (folder / f"{s}.bin").stat().st_size != info["bytes"]:
-                    return False
-                if file_digest(folder / f"{s}.bin") != info["blake2b"]:  # damaged in place (same size)
-                    return False
-                if len(np.load(folder / f"{s}.idx.npy")) != info["docs"] + 1:
-                    return False
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return True
+                info = self.meta["splits"][s]
+                h.update(json.dumps([s, info["docs"], info["bytes"], info.get("blake2b")]).encode())
+                h.update(file_digest(self.folder / f"{s}.idx.npy").encode())
+            self._content = h.hexdigest()[:16]
+        return self._content
+
+    def identity(self) -> dict:
+        """``corpus.json`` of a run: the folder, the content hash and the documents per split."""
+        return {"folder": self.folder.name, "content": self.content,
+                "docs": {s: int(self.meta["splits"][s]["docs"]) for s in SPLITS}}
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -149,12 +160,14 @@ class ByteCorpus:
         skip_unreadable: bool = False,
         tokenizer: str = "bytes",
         bpe_vocab_size: int = 4096,
+        distributions: list[str] | None = None,
     ) -> ByteCorpus:
         """The byte corpus of these sources (built once, then reused); with ``tokenizer`` other than bytes, its
-        tokenized version (``experiments.data.tokens``)."""
+        tokenized version (``experiments.data.tokens``). ``distributions``: ``data=packages`` from these pinned
+        wheels instead of the installed site-packages (``experiments.data.wheels``)."""
         corpus = cls._build_or_load(path, pattern, exclude, cache_dir, name, val_fraction, test_fraction, max_doc_bytes,
                                     documents, min_doc_bytes, source, text_field, doc_separator, block_bytes,
-                                    split_bytes, hf_name, hf_config, skip_unreadable)
+                                    split_bytes, hf_name, hf_config, skip_unreadable, distributions)
         if str(tokenizer) == "bytes":
             return corpus
         return TokenCorpus(tokenize_corpus(corpus, str(tokenizer), int(bpe_vocab_size)))
@@ -162,7 +175,7 @@ class ByteCorpus:
     @classmethod
     def _build_or_load(cls, path, pattern, exclude, cache_dir, name, val_fraction, test_fraction, max_doc_bytes,
                        documents, min_doc_bytes, source, text_field, doc_separator, block_bytes, split_bytes,
-                       hf_name, hf_config, skip_unreadable) -> ByteCorpus:
+                       hf_name, hf_config, skip_unreadable, distributions=None) -> ByteCorpus:
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= frac < 1.0:
                 raise ValueError(f"data.{key}={frac} must be in [0, 1)")
@@ -176,6 +189,9 @@ class ByteCorpus:
             raise ValueError(f"data.source={source!r} is unknown; use one of {sources.SOURCES}")
         if hf_name:
             kind = "hf"
+        if distributions is not None and kind != "packages":
+            raise ValueError(f"data.distributions pins the wheels of data.source=packages; data.source={kind!r} "
+                             "reads data.path: leave data.distributions null")
         report = sources.Report()
         options = {"source": kind, "text_field": text_field, "doc_separator": doc_separator, "block_bytes": block_bytes,
                    "split_bytes": None if split_bytes is None else [int(b) for b in split_bytes],
@@ -184,9 +200,10 @@ class ByteCorpus:
             root, files = Path("."), []
             docs = lambda: sources.hf_documents(None, hf_name, hf_config, text_field, report)  # noqa: E731
         elif kind == "packages":
-            by_root = package_files(report.unreadable)
-            root, files = Path("/"), sorted(f for fs in by_root.values() for f in fs)
-            docs = lambda: sources.package_documents(by_root, package_roots(), report)  # noqa: E731
+            root, files, docs = packages_source(distributions, Path(cache_dir) if cache_dir else default_cache_dir(),
+                                                report)
+            if distributions is not None:  # only then: the folders of unpinned corpora keep their names
+                options["distributions"] = sorted(str(d).strip() for d in distributions)
         else:
             root, files = list_sources(path, pattern, exclude, skip_unreadable, report.unreadable)
             if kind == "files":
@@ -214,7 +231,7 @@ class ByteCorpus:
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         folder = cache / f"{name}-{fp[:12]}"
         if (folder / "meta.json").exists():
-            if cls.intact(folder):
+            if intact(folder):
                 return cls(folder)
             print(f"[longlab] the cached corpus {folder} is damaged (truncated or unreadable): rebuilding it")
             shutil.rmtree(folder, ignore_errors=True)
@@ -254,6 +271,15 @@ class TokenCorpus(ByteCorpus):
     def byte_corpus(self) -> ByteCorpus:
         """The byte corpus these tokens were made from (it sits beside this folder)."""
         return ByteCorpus(self.folder.parent / self.meta["byte_corpus"])
+
+    @property
+    def content(self) -> str:
+        """The byte corpus's content and the tokenizer that made these ids."""
+        if self._content is None:
+            h = hashlib.sha256(f"longlab-tokens-v1|{self.byte_corpus().content}".encode())
+            h.update(file_digest(self.folder / "tokenizer.json").encode())
+            self._content = h.hexdigest()[:16]
+        return self._content
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

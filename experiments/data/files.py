@@ -133,10 +133,13 @@ def package_roots() -> dict[str, Path]:
     return {"stdlib": Path(sysconfig.get_paths()["stdlib"]), "site-packages": Path(sysconfig.get_paths()["purelib"])}
 
 
-def package_files(unreadable: list[str] | None = None) -> dict[str, list[Path]]:
-    """Every ``*.py`` file of the standard library (without its site-packages) and of site-packages."""
+def package_files(unreadable: list[str] | None = None, only: str | None = None) -> dict[str, list[Path]]:
+    """Every ``*.py`` file of the standard library (without its site-packages) and of site-packages (``only``:
+    of one of them, ``stdlib`` or ``site-packages``)."""
     out = {}
     for label, root in package_roots().items():
+        if only is not None and label != only:
+            continue
         exclude = ["__pycache__"] + (["site-packages", "dist-packages"] if label == "stdlib" else [])
         out[label] = sorted(walk_files(root, "**/*.py", exclude, unreadable))
     return out

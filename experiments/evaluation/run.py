@@ -12,9 +12,11 @@ from omegaconf import DictConfig
 
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
+from experiments.data.identity import describe_identity, same_content
 from experiments.data.tokens import load as load_tokenizer
 from experiments.evaluation.aligned import aligned_streaming_bpb, aligned_windowed_bpb
 from experiments.evaluation.bpb import streaming_bpb, windowed_bpb
+from experiments.training.checks import read_json_quietly
 from experiments.training.runs import corpus_of, load_run, pick_device
 
 
@@ -41,7 +43,15 @@ def eval_corpus(cfg: DictConfig, train_cfg: DictConfig) -> tuple[ByteCorpus, boo
     data = cfg.get("data")
     preset = data is not None and "_target_" in data
     if data is None or (not preset and data.get("path") is None):
-        return corpus_of(train_cfg), False
+        corpus = corpus_of(train_cfg)
+        was = read_json_quietly(Path(cfg.run_dir) / "corpus.json")
+        if was and not same_content(was, corpus.identity()):
+            raise ValueError(f"{cfg.run_dir} trained on {describe_identity(was)}, but the corpus built here from its "
+                             f"data options is {describe_identity(corpus.identity())}: its test documents are not the "
+                             "ones of the run's corpus (data=packages with data.distributions=null reads the "
+                             "installed site-packages); evaluate where the sources match, or name another corpus "
+                             "with data=<preset> (scored as another corpus)")
+        return corpus, False
     if preset:
         options = corpus_options(data)
     else:

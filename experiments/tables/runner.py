@@ -31,6 +31,7 @@ from experiments.tables.cells import (
     read_json,
     view_dir,
 )
+from experiments.tables.corpora import check_table_corpus
 from experiments.tables.evals import EVALUATIONS
 from experiments.tables.keys import (
     TuningPending,
@@ -187,6 +188,8 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             _train_cell(spec, spec.row(row.init_from_row), scale, seed, parent, results, extra, code, retrain=True)
         overrides.append(f"init_from='{parent}'")
     with RunLock(cell, "table cell"):  # a second run_table on this cell fails at once
+        cfg = compose("train", overrides)
+        check_table_corpus(results, spec.name, scale, cfg, tag)  # before the cell's records change
         meta = read_json(cell / "meta.json") or {"table": spec.name, "scale": scale, "row": row.name,
                                                   "seed": seed, "key": key, "overrides": overrides,
                                                   "started": _now()}
@@ -206,7 +209,6 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
         here = machine_info()  # bf16 numerics differ between processors: say which trained the cell
         meta["machines"] = [m for m in meta.get("machines", []) if m != here] + [here]
         write_json(cell / "meta.json", meta)
-        cfg = compose("train", overrides)
         metrics = read_json(cell / "metrics.json")
         if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
             print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)

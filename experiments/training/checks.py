@@ -1,5 +1,5 @@
-"""What a run refuses before it starts: values that would make it meaningless, and a run_dir whose finished
-run it would replace unasked."""
+"""What a run refuses before it starts: values that would make it meaningless, a run_dir whose finished
+run it would replace unasked, and a resume on other text than the run trained on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import integer
+from experiments.config import integer, write_json
+from experiments.data.identity import describe_identity, same_content
 
 
 def sequence_parallel(cfg: DictConfig) -> int:
@@ -78,3 +79,23 @@ def read_json_quietly(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def check_corpus(run_dir: Path, corpus, overwrite: bool) -> None:
+    """A run folder belongs to the corpus it trained on: the first start writes ``corpus.json`` (folder,
+    content hash, documents per split); a resume, or a second start of the same folder, on a corpus with other
+    content (the same options, other sources: ``data=packages`` where other packages are installed) stops,
+    naming both, instead of training on other text without a word. ``overwrite=true`` starts over (recorded
+    anew). ``corpus`` None: generated data (nothing to record)."""
+    if corpus is None:
+        return
+    here, f = corpus.identity(), run_dir / "corpus.json"
+    was = read_json_quietly(f)
+    if was and not overwrite and not same_content(was, here):
+        raise ValueError(f"{run_dir} trained on {describe_identity(was)}, but the corpus built here from the same "
+                         f"data options is {describe_identity(here)}: its sources differ on this machine (data="
+                         "packages with data.distributions=null reads the installed site-packages); run it where "
+                         "they match, or start it over with overwrite=true")
+    if was != here:
+        write_json(f, here)
+

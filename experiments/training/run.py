@@ -29,7 +29,7 @@ from experiments.training.checkpointing import (
     read_checkpoint,
     resolve_ckpt_path,
 )
-from experiments.training.checks import check_run_config, refuse_to_overwrite, sequence_parallel
+from experiments.training.checks import check_corpus, check_run_config, refuse_to_overwrite, sequence_parallel
 from experiments.training.faults import Preemption, RunLock, clean_stale_temp_files
 from experiments.training.loggers import ResumableCSVLogger, plot_loss_curve, trim_metrics_csv
 from experiments.training.module import CausalLMModule
@@ -147,6 +147,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path is None:
         refuse_to_overwrite(run_dir, bool(cfg.get("overwrite")))
+    if launched_rank() == 0:
+        check_corpus(run_dir, getattr(datamodule, "corpus", None), ckpt_path is None and bool(cfg.get("overwrite")))
     if ckpt_path is None:  # a fresh start: no curve of an earlier, unresumed run in this folder
         trim_metrics_csv(run_dir / "logs" / "metrics.csv", 0)
     if cfg.get("init_from") and ckpt_path is None:
