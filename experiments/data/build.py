@@ -63,11 +63,19 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
+def describe_source(meta: dict) -> str:
+    """Where a corpus's text comes from, in words."""
+    source = meta["source"]
+    if source.get("source") == "packages":
+        pins = source.get("distributions")
+        return (f"the standard library and {len(pins)} pinned wheel{'s' * (len(pins) != 1)}" if pins else
+                "the standard library and the installed site-packages")
+    return source.get("path") or "the Python standard library"
+
+
 def summary(meta: dict, name: str) -> str:
     """One screen: documents, bytes and the document-length distribution per split, and the split rule."""
-    packages = meta["source"].get("source") == "packages"
-    where = meta["source"].get("path") or ("the standard library and site-packages" if packages
-                                           else "the Python standard library")
+    where = describe_source(meta)
     lines = [f"[longlab] corpus {name}: {where} "
              f"({meta['source'].get('source')}); split rule: {meta['split_rule']}",
              f"  {'split':<6} {'docs':>8} {'bytes':>14} {'min':>9} {'median':>9} {'p90':>9} {'max':>10}"]

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from experiments.config import integer, precision, to_plain, write_json
+from experiments.data.build import describe_source
 from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
 from experiments.data.identity import describe_identity, same_content
 from experiments.data.tokens import load as load_tokenizer
@@ -76,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                               "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
                                          "trained_on": not other}}
     print(f"[longlab] evaluating on {'another corpus' if other else 'the corpus the run trained on'}: "
-          f"{corpus.meta['source'].get('path') or 'the Python standard library'} ({e.split} split, "
+          f"{describe_source(corpus.meta)} ({e.split} split, "
           f"{split.n_docs:,} documents)")
     aligned = bool(e.get("byte_windows")) and split.tokenizer is not None
     if aligned:  # the byte windows and documents a byte-level run is scored on, read through the tokenizer

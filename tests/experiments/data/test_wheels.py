@@ -63,7 +63,7 @@ def test_a_wheel_that_cannot_be_downloaded_names_the_distribution_and_the_fix(tm
     assert not list((tmp_path / "wheels").iterdir())  # nothing half-downloaded left behind
 
 
-def test_the_pinned_corpus_is_the_stdlib_and_the_wheels_whatever_is_installed(tmp_path, monkeypatch):
+def test_the_pinned_corpus_is_the_stdlib_and_the_wheels_whatever_is_installed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", no_download)
     make_wheel(tmp_path / "wheels", "alpha", "1.0", FILES)
     c = ByteCorpus.build_or_load(source="packages", name="pinned", cache_dir=tmp_path, distributions=["alpha==1.0"],
@@ -72,6 +72,7 @@ def test_the_pinned_corpus_is_the_stdlib_and_the_wheels_whatever_is_installed(tm
     site = sorted(p for p in ids if p.startswith("site-packages"))
     assert site == ["site-packages", "site-packages/alpha", "site-packages/alpha/sub"]  # nothing installed
     assert any(p.startswith("stdlib/") for p in ids) and c.meta["source"]["distributions"] == ["alpha==1.0"]
+    assert "corpus pinned: the standard library and 1 pinned wheel (packages)" in capsys.readouterr().out
     again = ByteCorpus.build_or_load(source="packages", name="pinned", cache_dir=tmp_path,
                                      distributions=["alpha==1.0"], val_fraction=0.05, test_fraction=0.4)
     assert again.folder == c.folder  # cached: no download, no rebuild
