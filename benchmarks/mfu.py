@@ -3,12 +3,15 @@ Transformer at 2K context reaches, in fp32 and under bf16 autocast (what ``train
 runs), side by side in one run.
 
     OMP_WAIT_POLICY=PASSIVE python -m benchmarks.mfu [--model transformer] [--seq 2048] [--batch 4] [--steps 6]
+        [--profile] [--attention]
 
 FLOPs are the model's own accounting (``flops_per_token``: 3 x the forward matmuls and causal attention, the
 count every table matches compute with); a step is forward, loss, backward and the AdamW update. The peak is
 the best of square matmuls of a few sizes, per CPU-second (so it does not depend on how many cores were
 free) and per wall-second at this process's threads. MFU = model FLOPs per CPU-second / peak per CPU-second.
-A profile of the bf16 step's most expensive ops follows (``--profile``), to show where the rest goes.
+A profile of the bf16 step's most expensive ops follows (``--profile``), to show where the rest goes, and
+``--attention`` times causal attention alone at the model's shape with PyTorch's fused CPU kernel, its math
+backend and attention written as blocks of bf16 matmuls (what the matrix units would run).
 """
 
 from __future__ import annotations
@@ -50,6 +53,43 @@ def train_step(net, opt, x, bf16: bool):
     return loss
 
 
+def blocked_attention(q, k, v, block: int) -> torch.Tensor:
+    """Causal attention by blocks of queries, each against the keys up to its end: two bf16 matmuls per block
+    (where AMX would run them) and an fp32 softmax. A probe of what plain matmuls give, not a kernel."""
+    t, outs = q.shape[-2], []
+    for s in range(0, t, block):
+        e = min(s + block, t)
+        scores = torch.matmul(q[..., s:e, :], k[..., :e, :].transpose(-1, -2))
+        scores = scores.to(torch.promote_types(q.dtype, torch.float32)) * q.shape[-1] ** -0.5
+        future = torch.arange(e).view(1, -1) > torch.arange(s, e).view(-1, 1)
+        outs.append(torch.matmul(torch.softmax(scores.masked_fill(future, float("-inf")), -1).to(q.dtype),
+                                 v[..., :e, :]))
+    return torch.cat(outs, -2)
+
+
+def attention_rows(batch: int, heads: int, seq: int, head_dim: int, repeat: int) -> list[dict]:
+    """Causal attention forward+backward in bf16 at the model's shape: PyTorch's fused (flash) CPU kernel, its
+    math backend and ``blocked_attention``, in GFLOP per CPU-second (3 x the causal forward's 2 matmuls)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def math(q, k, v):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    flops = 3 * 2 * 2 * batch * heads * seq * seq / 2 * head_dim
+    g = torch.Generator().manual_seed(0)
+    qkv = [torch.randn(batch, heads, seq, head_dim, generator=g).bfloat16().requires_grad_() for _ in range(3)]
+    rows = []
+    for name, fn in (("flash (fused CPU kernel)", lambda q, k, v: F.scaled_dot_product_attention(q, k, v,
+                                                                                                 is_causal=True)),
+                     ("math backend", math),
+                     ("blocked, 256 queries", lambda q, k, v: blocked_attention(q, k, v, 256)),
+                     ("blocked, 512 queries", lambda q, k, v: blocked_attention(q, k, v, 512))):
+        m = measure(lambda fn=fn: fn(*qkv).float().sum().backward(), repeat=repeat)
+        rows.append({"kernel": name, "cpu": m["cpu"] * 1e3, "wall": m["wall"] * 1e3, "gflops": flops / m["cpu"] / 1e9})
+    return rows
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="transformer")
@@ -57,6 +97,8 @@ def main(argv=None) -> str:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="print the bf16 step's most expensive ops")
+    ap.add_argument("--attention", action="store_true",
+                    help="also time causal attention alone at the model's shape (flash, math, blocked matmuls)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     a = ap.parse_args(argv)
     with_allocator()  # measured under the allocator every entry point runs with
@@ -92,6 +134,13 @@ def main(argv=None) -> str:
         ("peak", "peak GFLOP / CPU-s", "{:,.1f}"), ("mfu", "MFU", "{:.1%}"), ("wall", "s / step", "{:.2f}"),
         ("cpu", "CPU-s / step", "{:.2f}")])
     text = head + "## matmul peaks\n" + peak_text + "\n\n## training step\n" + step_text
+    if a.attention:
+        c = net.config
+        rows = attention_rows(a.batch, c.n_heads, a.seq, c.d_model // c.n_heads, a.steps)
+        text += (f"\n\n## causal attention alone, bf16 forward+backward ({a.batch} x {c.n_heads} heads x {a.seq} x "
+                 f"{c.d_model // c.n_heads})\n" + table(rows, [
+                     ("kernel", "kernel", ""), ("cpu", "CPU-ms", "{:,.1f}"), ("wall", "wall-ms", "{:,.1f}"),
+                     ("gflops", "GFLOP / CPU-s", "{:,.1f}")]))
     print(text)
     if a.profile:
         opt = torch.optim.AdamW(net.parameters(), 1e-4)

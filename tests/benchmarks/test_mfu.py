@@ -7,7 +7,7 @@ from benchmarks import mfu
 
 def test_mfu_prints_both_precisions_against_their_measured_peaks(monkeypatch, capsys):
     monkeypatch.setenv("LONGLAB_ALLOCATOR", "off")  # no re-exec of the test process
-    text = mfu.main(["--quick"])
+    text = mfu.main(["--quick", "--attention"])
     peaks = dict(re.findall(r"\| (fp32|bf16) \| ([\d,]+) \|", text))
     assert set(peaks) == {"fp32", "bf16"} and all(float(v.replace(",", "")) > 0 for v in peaks.values())
     rows = re.findall(r"\| (fp32|bf16) \| [\d,.]+ \| ([\d,.]+) \| ([\d,.]+) \| ([\d.]+)% \|", text)
@@ -16,6 +16,18 @@ def test_mfu_prints_both_precisions_against_their_measured_peaks(monkeypatch, ca
         achieved, peak = float(achieved.replace(",", "")), float(peak.replace(",", ""))
         assert float(pct) == pytest.approx(100 * achieved / peak, abs=0.2)
         assert 0 < float(pct) < 150  # above the peak would mean the FLOP count or the peak is wrong
+    kernels = re.findall(r"\| (flash \(fused CPU kernel\)|math backend|blocked, \d+ queries) \| [\d,.]+ \|", text)
+    assert kernels == ["flash (fused CPU kernel)", "math backend", "blocked, 256 queries", "blocked, 512 queries"]
+
+
+def test_blocked_attention_is_causal_attention():
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 70, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(mfu.blocked_attention(q, k, v, 16), ref, atol=1e-12)
 
 
 def test_step_flops_are_the_models_own_accounting():
