@@ -4,6 +4,7 @@ import torch
 
 from kernels._autograd import recompute_grad
 from kernels._dispatch import check, compute_dtype, resolve_backend
+from kernels.timestep_norm import cpu_impl
 from kernels.timestep_norm.reference import initial_state, timestep_norm_reference
 from kernels.timestep_norm.torch_impl import timestep_norm_cumsum, timestep_norm_fused
 
@@ -31,6 +32,11 @@ def timestep_norm(x, weight, bias, num_groups, eps=1e-5, state=None, mask=None, 
         return timestep_norm_reference(x, weight, bias, G, eps, state, mask)
     if b == "torch":
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, *(state or ())))
+        if not grad and cpu_impl.usable(x, weight, bias, mask):  # the fused C++ loop, where it is built
+            out = cpu_impl.timestep_norm_cpu(x, weight, bias, G, eps,
+                                             state if state is not None else initial_state(B, G, x.device))
+            if out is not None:
+                return out
         return (timestep_norm_cumsum if grad else timestep_norm_fused)(x, weight, bias, G, eps, state, mask)
     from kernels.timestep_norm.triton_impl import timestep_norm_triton_forward
 

@@ -115,7 +115,9 @@ def test_no_grad_path_both_branches_match_reference(limit, monkeypatch):
 def test_no_grad_path_centres_only_streams_far_from_zero(offset, centred, tol, monkeypatch):
     """A stream 5 standard deviations from zero (groups of 32) stays on the uncentred branch and keeps float32
     accuracy; one of mean 1e4 takes the centring branch, without which its outputs would be lost (checked). At 1e4
-    float32 itself costs 1.8e-5 (the float32 reference, and the path before this branch existed, read the same)."""
+    float32 itself costs 1.8e-5 (the float32 reference, and the path before this branch existed, read the same).
+    The PyTorch path (the C++ kernel, which centres every token, is switched off; it is checked below)."""
+    monkeypatch.setenv("LONGLAB_CPU_KERNELS", "0")
     g = torch.Generator().manual_seed(3)
     x = (offset + torch.randn(1, 4096, 64, generator=g, dtype=torch.float64)).float()
     w, b = torch.zeros(64), torch.zeros(64)
@@ -227,3 +229,98 @@ def test_long_stream_with_a_large_mean_for_every_backend(backend, monkeypatch):
     assert abs(mu.item() - x64.mean().item()) < 0.05  # float32 resolution at 3e5 is 0.03
     ref_last = (x64[0, -1] - x64.mean()) / (exact_var + 1e-5) ** 0.5
     assert_close_rms(y[0, -1].double(), ref_last, 0.1, "last token")
+
+
+# ---------------------------------------------------------------------------------------------- the C++ CPU kernel
+def cpu_kernel():
+    import shutil
+
+    from kernels.timestep_norm import cpu_impl
+
+    ext = cpu_impl.extension()
+    if ext is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the PyTorch path runs (tested above)")
+    assert ext is not None, "g++ is here but the C++ TimestepNorm kernel was not built (see the printed reason)"
+    return cpu_impl
+
+
+@pytest.mark.parametrize("B,L,D,G", [*SHAPES, (2, 257, 96, 8)], ids=[*IDS, "L257"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["fresh", "state"])
+def test_cpu_kernel_matches_reference(B, L, D, G, with_state):
+    cpu_impl = cpu_kernel()
+    x, w, b, st, _ = make(B, L, D, G, torch.float32, seed=B * L + D, state=with_state, mask=False)
+    st32 = None if st is None else (st[0], st[1].float(), st[2].float())
+    y, (c, m, v) = cpu_impl.timestep_norm_cpu(x, w, b, G, 1e-5, st32 if st32 else torch_impl.initial_state(B, G, "cpu"))
+    ref = timestep_norm_reference(x.double(), w.double(), b.double(), G, 1e-5,
+                                  None if st is None else (st[0], st[1].double(), st[2].double()))
+    assert torch.equal(c, ref[1][0])
+    assert_close_rms(y.double(), ref[0], 1e-5, "y")
+    assert_close_rms(m.double(), ref[1][1], 1e-6, "mean")
+    assert_close_rms(v.double(), ref[1][2], 1e-5, "var")
+
+
+def test_cpu_kernel_is_what_runs_without_grad_and_segments_equal_one_pass(monkeypatch):
+    cpu_impl = cpu_kernel()
+    calls = []
+    real = cpu_impl.timestep_norm_cpu
+    monkeypatch.setattr(cpu_impl, "timestep_norm_cpu", lambda *a: calls.append(1) or real(*a))
+    x, w, b, _, mask = make(2, 90, 24, 4, torch.float32, seed=3, state=False)
+    whole, s_whole = timestep_norm(x, w, b, 4)
+    assert calls, "the no-grad call did not take the C++ kernel"
+    st, parts = None, []
+    for lo, hi in ((0, 1), (1, 40), (40, 90)):
+        y, st = timestep_norm(x[:, lo:hi], w, b, 4, state=st)
+        parts.append(y)
+    assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-6)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(st, s_whole))
+    n = len(calls)
+    timestep_norm(x, w, b, 4, mask=mask)  # a mask: the PyTorch path
+    timestep_norm(x.requires_grad_(), w, b, 4)  # autograd: the differentiable path
+    monkeypatch.setenv(cpu_impl.ENV_VAR, "0")
+    timestep_norm(x.detach(), w, b, 4)  # switched off
+    assert len(calls) == n
+
+
+def test_cpu_kernel_widens_bf16_as_the_pytorch_path_does():
+    cpu_impl = cpu_kernel()
+    x, w, b, _, _ = make(2, 64, 32, 4, torch.float32, seed=5, state=False, mask=False)
+    xb = x.bfloat16()
+    y, s = cpu_impl.timestep_norm_cpu(xb, w, b, 4, 1e-5, torch_impl.initial_state(2, 4, "cpu"))
+    y2, s2 = torch_impl.timestep_norm_fused(xb, w, b, 4)
+    assert y.dtype == torch.bfloat16 and (y.float() - y2.float()).abs().max() <= 0.02
+    assert all(torch.allclose(p.float(), q.float(), atol=1e-5) for p, q in zip(s, s2))
+
+
+def test_a_cpu_kernel_that_cannot_be_built_says_so_once_and_the_pytorch_path_runs(monkeypatch, capsys):
+    import torch.utils.cpp_extension as cpp
+
+    from kernels.timestep_norm import cpu_impl
+
+    def broken(*a, **k):
+        raise RuntimeError("Error building extension: g++ not found\nmore lines")
+
+    cpu_impl.extension.cache_clear()
+    monkeypatch.setattr(cpp, "load", broken)
+    try:
+        x, w, b, _, _ = make(1, 20, 8, 2, torch.float32, state=False, mask=False)
+        y, _ = timestep_norm(x, w, b, 2)
+        timestep_norm(x, w, b, 2)
+        out = capsys.readouterr().out
+        assert out.count("could not be built (Error building extension: g++ not found); the PyTorch path") == 1
+        assert torch.allclose(y, torch_impl.timestep_norm_fused(x, w, b, 2)[0], atol=1e-6)
+    finally:
+        cpu_impl.extension.cache_clear()
+
+
+@pytest.mark.parametrize("offset", [5.0, 1e4])
+def test_cpu_kernel_keeps_streams_far_from_zero(offset):
+    """Every token is centred on its own mean before its second moment, and the running statistics merge in
+    float64: a stream of mean 1e4 keeps the float32 reference's accuracy."""
+    cpu_impl = cpu_kernel()
+    g = torch.Generator().manual_seed(3)
+    x = (offset + torch.randn(1, 4096, 64, generator=g, dtype=torch.float64)).float()
+    w, b = torch.zeros(64), torch.zeros(64)
+    ref, (_, _, ref_var) = timestep_norm(x.double(), w.double(), b.double(), 2, backend="reference")
+    y, (_, _, var) = cpu_impl.timestep_norm_cpu(x, w, b, 2, 1e-5, torch_impl.initial_state(1, 2, "cpu"))
+    assert_close_rms(y.double(), ref, 1e-4, "y")
+    assert_close_rms(var.double(), ref_var, 1e-5, "var")
