@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -52,6 +53,10 @@ def extension():
         return None
     try:
         from torch.utils.cpp_extension import load
+
+        venv_bin = str(Path(sys.executable).parent)  # pip's ninja lives beside the interpreter, maybe not on PATH
+        if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = os.pathsep.join(x for x in (os.environ.get("PATH"), venv_bin) if x)
 
         digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
         name = f"longlab_tsn_{cpu_tag()}_{digest}"
