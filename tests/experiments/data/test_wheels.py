@@ -78,3 +78,11 @@ def test_the_pinned_corpus_is_the_stdlib_and_the_wheels_whatever_is_installed(tm
     assert again.folder == c.folder  # cached: no download, no rebuild
     with pytest.raises(ValueError, match=r"data.distributions pins the wheels of data.source=packages"):
         ByteCorpus.build_or_load(path=str(tmp_path), source="files", cache_dir=tmp_path, distributions=["a==1"])
+
+
+def test_the_packages_preset_pins_every_distribution_exactly():
+    from tests.conftest import compose
+
+    cfg = compose("train", ["data=packages"])
+    pins = parse_pins(cfg.data.distributions)
+    assert len(pins) >= 40 and cfg.data.source == "packages"
