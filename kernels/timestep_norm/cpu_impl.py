@@ -64,7 +64,7 @@ def extension():
         build.mkdir(parents=True, exist_ok=True)
         if not (build / f"{name}.so").exists():
             print(f"[longlab] timestep_norm: building the C++ CPU kernel in {build} (once per machine, ~30 s)",
-                  flush=True)
+                  file=sys.stderr, flush=True)
         return load(name, [str(SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
                     extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
     except Exception as e:  # a missing compiler or headers: the PyTorch path is the same computation
