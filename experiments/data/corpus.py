@@ -193,6 +193,7 @@ class ByteCorpus:
             raise ValueError(f"data.distributions pins the wheels of data.source=packages; data.source={kind!r} "
                              "reads data.path: leave data.distributions null")
         report = sources.Report()
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
         options = {"source": kind, "text_field": text_field, "doc_separator": doc_separator, "block_bytes": block_bytes,
                    "split_bytes": None if split_bytes is None else [int(b) for b in split_bytes],
                    "hf_name": hf_name, "hf_config": hf_config}
@@ -200,8 +201,7 @@ class ByteCorpus:
             root, files = Path("."), []
             docs = lambda: sources.hf_documents(None, hf_name, hf_config, text_field, report)  # noqa: E731
         elif kind == "packages":
-            root, files, docs = packages_source(distributions, Path(cache_dir) if cache_dir else default_cache_dir(),
-                                                report)
+            root, files, docs = packages_source(distributions, cache, report)
             if distributions is not None:  # only then: the folders of unpinned corpora keep their names
                 options["distributions"] = sorted(str(d).strip() for d in distributions)
         else:
@@ -228,7 +228,6 @@ class ByteCorpus:
             fp = hashlib.sha256(f"{fp}|{documents}|{min_doc_bytes}".encode()).hexdigest()
         if kind != "files" or options.get("named_splits"):  # the source and its split rule
             fp = hashlib.sha256(f"{fp}|{json.dumps(options, sort_keys=True)}".encode()).hexdigest()
-        cache = Path(cache_dir) if cache_dir else default_cache_dir()
         folder = cache / f"{name}-{fp[:12]}"
         if (folder / "meta.json").exists():
             if intact(folder):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from experiments.data.build import SPLITS
 
+# why the same data options can give other text on another machine (said by every refusal of other text)
+INSTALLED = "data=packages with data.distributions=null reads the installed site-packages"
+
 
 def describe_identity(ident: dict) -> str:
     """``packages-4af6cc73a318 (content 1a2b..., 1,296 / 113 / 907 train / val / test documents)``; an identity
@@ -24,4 +27,4 @@ def same_content(was: dict, here: dict) -> bool:
     return was.get("folder") == here.get("folder")
 
 
-__all__ = ["describe_identity", "same_content"]
+__all__ = ["INSTALLED", "describe_identity", "same_content"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +117,16 @@ def file_documents(root: Path, files: list[Path], report: Report, keep_named_spl
 
 
 # ---------------------------------------------------------------------------------------------- packages
+def join_sources(blobs: Iterable[bytes]) -> bytes:
+    """A package folder's files as one document: in the order given, empty and binary ones (a NUL byte in the
+    first 8 KB) left out, each ending in a newline."""
+    parts = []
+    for blob in blobs:
+        if blob and b"\x00" not in blob[:8192]:
+            parts.append(blob if blob.endswith(b"\n") else blob + b"\n")
+    return b"".join(parts)
+
+
 def package_documents(files: dict[str, list[Path]], roots: dict[str, Path], report: Report) -> Iterator[Document]:
     """One document per package folder: its ``*.py`` files joined in name order, from the standard library and
     from site-packages (the setting of FoT's and the Memorizing Transformer's code data: a name defined in
@@ -130,15 +140,7 @@ def package_documents(files: dict[str, list[Path]], roots: dict[str, Path], repo
             rel = folder.relative_to(roots[label]).as_posix()
             doc_id = f"{label}/{rel}" if rel != "." else label
 
-            def read(group=group) -> bytes:
-                parts = []
-                for f in group:
-                    blob = f.read_bytes()
-                    if blob and b"\x00" not in blob[:8192]:
-                        parts.append(blob if blob.endswith(b"\n") else blob + b"\n")
-                return b"".join(parts)
-
-            yield Document(doc_id, None, read)
+            yield Document(doc_id, None, lambda group=group: join_sources(f.read_bytes() for f in group))
 
 
 # ---------------------------------------------------------------------------------------------- one large file

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from experiments.data.files import package_files, package_roots
-from experiments.data.sources import Document, Report, package_documents
+from experiments.data.sources import Document, Report, join_sources, package_documents
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
 
@@ -102,18 +102,17 @@ def wheel_documents(wheels: list[Path], report: Report) -> Iterator[Document]:
         members.sort(key=lambda m: m[1])
 
         def read(members=members) -> bytes:
-            parts, opened = [], {}
+            opened: dict[Path, zipfile.ZipFile] = {}
             try:
+                blobs = []
                 for wheel, member in members:
                     if wheel not in opened:
                         opened[wheel] = zipfile.ZipFile(wheel)
-                    blob = opened[wheel].read(member)
-                    if blob and b"\x00" not in blob[:8192]:
-                        parts.append(blob if blob.endswith(b"\n") else blob + b"\n")
+                    blobs.append(opened[wheel].read(member))
+                return join_sources(blobs)
             finally:
                 for z in opened.values():
                     z.close()
-            return b"".join(parts)
 
         yield Document("site-packages" if folder == "." else f"site-packages/{folder}", None, read)
 

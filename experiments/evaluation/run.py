@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from experiments.config import integer, precision, to_plain, write_json
 from experiments.data.build import describe_source
 from experiments.data.corpus import CORPUS_KEYS, ByteCorpus, corpus_options
-from experiments.data.identity import describe_identity, same_content
+from experiments.data.identity import INSTALLED, describe_identity, same_content
 from experiments.data.tokens import load as load_tokenizer
 from experiments.evaluation.aligned import aligned_streaming_bpb, aligned_windowed_bpb
 from experiments.evaluation.bpb import streaming_bpb, windowed_bpb
@@ -45,12 +45,11 @@ def eval_corpus(cfg: DictConfig, train_cfg: DictConfig) -> tuple[ByteCorpus, boo
     preset = data is not None and "_target_" in data
     if data is None or (not preset and data.get("path") is None):
         corpus = corpus_of(train_cfg)
-        was = read_json_quietly(Path(cfg.run_dir) / "corpus.json")
-        if was and not same_content(was, corpus.identity()):
+        was, here = read_json_quietly(Path(cfg.run_dir) / "corpus.json"), corpus.identity()
+        if was and not same_content(was, here):
             raise ValueError(f"{cfg.run_dir} trained on {describe_identity(was)}, but the corpus built here from its "
-                             f"data options is {describe_identity(corpus.identity())}: its test documents are not the "
-                             "ones of the run's corpus (data=packages with data.distributions=null reads the "
-                             "installed site-packages); evaluate where the sources match, or name another corpus "
+                             f"data options is {describe_identity(here)}: its test documents are not the ones of the "
+                             f"run's corpus ({INSTALLED}); evaluate where the sources match, or name another corpus "
                              "with data=<preset> (scored as another corpus)")
         return corpus, False
     if preset:

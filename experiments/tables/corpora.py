@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.data.corpus import ByteCorpus, corpus_options
-from experiments.data.identity import describe_identity, same_content
+from experiments.data.identity import INSTALLED, describe_identity, same_content
 from experiments.tables.cells import read_json
 
 BYTE_DATA = "experiments.data.ByteDataModule"
@@ -65,9 +65,9 @@ def check_table_corpus(results: str | Path, table: str, scale: str, cfg: DictCon
             raise ValueError(
                 f"{tag}: the corpus built here is {describe_identity(here)}, but {cell} trained on "
                 f"{describe_identity(was)} with the same data options: its sources differ on this machine "
-                "(data=packages with data.distributions=null reads the installed site-packages), so this cell "
-                "would train and score on other documents than the table's; run the table where the sources "
-                f"match, or move {Path(results) / 'cells' / table / scale} aside to start the table afresh")
+                f"({INSTALLED}), so this cell would train and score on other documents than the table's; run the "
+                f"table where the sources match, or move {Path(results) / 'cells' / table / scale} aside to start "
+                "the table afresh")
 
 
 __all__ = ["check_table_corpus", "data_key", "table_cells", "trained_on"]

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import integer, write_json
-from experiments.data.identity import describe_identity, same_content
+from experiments.data.identity import INSTALLED, describe_identity, same_content
 
 
 def sequence_parallel(cfg: DictConfig) -> int:
@@ -93,9 +93,7 @@ def check_corpus(run_dir: Path, corpus, overwrite: bool) -> None:
     was = read_json_quietly(f)
     if was and not overwrite and not same_content(was, here):
         raise ValueError(f"{run_dir} trained on {describe_identity(was)}, but the corpus built here from the same "
-                         f"data options is {describe_identity(here)}: its sources differ on this machine (data="
-                         "packages with data.distributions=null reads the installed site-packages); run it where "
-                         "they match, or start it over with overwrite=true")
+                         f"data options is {describe_identity(here)}: its sources differ on this machine "
+                         f"({INSTALLED}); run it where they match, or start it over with overwrite=true")
     if was != here:
         write_json(f, here)
-
