@@ -8,6 +8,10 @@ least ``vocab_size``) or that config's fields as keywords, and which offers:
     what the next segment of the same rows needs, so that segment by segment equals one forward.
 ``flops_per_token(context) -> float``
     training FLOPs (forward + backward) per input token at this context, counted from the config.
+``read(tokens[B, T], state=None) -> state``
+    the state ``forward`` leaves, for tokens whose logits nobody reads (a context before the scored bytes, a
+    memory filled before its queries): a model may skip work that only the logits need (FoT: the layers
+    above its last memory layer). By default ``forward(tokens, state)[1]``.
 ``reset_state(state, rows) -> state``
     the same state where batch rows ``rows`` (bool [B]) start a new document: the next forward of
     those rows sees nothing of what came before. Called between forward calls.
@@ -87,6 +91,9 @@ class Architecture(nn.Module):
     def flops_per_token(self, context: int) -> float:
         raise NotImplementedError(f"{type(self).__name__} must define flops_per_token(context)")
 
+    def read(self, tokens: torch.Tensor, state: Any = None) -> Any:
+        return self.forward(tokens, state)[1]
+
     def reset_state(self, state: Any, rows: torch.Tensor) -> Any:
         if state is None or not bool(torch.as_tensor(rows).any()):
             return state
@@ -124,7 +131,7 @@ def build_config(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
 
 
 REQUIRED = ("config", "forward", "flops_per_token", "reset_state", "max_len", "added_parameters",
-            "crossbatch_window", "patch_size", "decays_all_parameters", "state_parts", "reset_parts")
+            "crossbatch_window", "patch_size", "decays_all_parameters", "state_parts", "reset_parts", "read")
 
 
 def check(net: Any) -> LanguageModel:

@@ -191,6 +191,47 @@ class FocusedTransformer(Architecture):
                 caches = [None] * cfg.n_layers
         return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories, "start": start}
 
+    @torch.no_grad()
+    def read(self, tokens: torch.Tensor, state: dict | None = None) -> dict:
+        """The state ``forward(tokens, state)`` leaves, without its logits (the same numbers: each window takes the
+        same operations). A complete window clears every cache and leaves only what the memory layers write, so
+        a whole window runs only up to the last memory layer's keys and values: the layers above it, its
+        retrieval and the head feed nothing but the logits. A partial window (every layer's cache is kept for
+        the window's next tokens) takes ``forward``."""
+        cfg, W = self.config, self.config.window
+        if not cfg.memory_layers:
+            return super().read(tokens, state)
+        top = max(cfg.memory_layers)
+        B, T = tokens.shape
+        if state is None:
+            state = {"pos": 0, "kv": [None] * cfg.n_layers, "memory": self.new_memory(B, tokens.device), "start": None}
+        i = 0
+        while i < T:
+            pos = int(state["pos"])
+            n = min(T - i, W - pos % W)
+            if n < W:
+                _, state = self.forward(tokens[:, i: i + n], state)
+                i += n
+                continue
+            start, memories = state.get("start"), state["memory"]
+            x, kv, mi = self.embed(tokens[:, i: i + W]), {}, 0
+            for li, layer in enumerate(self.layers[: top + 1]):
+                if li == top:  # only its keys and values: what the memory stores
+                    _, k, v = layer.attn.project(layer.attn_norm(x))
+                    kv[li] = (k, v)
+                    break
+                m_state = None
+                if li in cfg.memory_layers:
+                    m_state = {"memory": memories[mi]}
+                    mi += 1
+                x, (kv[li], _), _ = layer(x, None, m_state, 0)
+            keep = None if start is None else torch.arange(pos, pos + W)[None, :] >= start[:, None]
+            for mi, li in enumerate(cfg.memory_layers):
+                write_window(memories[mi], *kv[li], keep)
+            state = {"pos": pos + W, "kv": [None] * cfg.n_layers, "memory": memories, "start": start}
+            i += W
+        return state
+
     @property
     def crossbatch_window(self) -> int:
         return self.config.window

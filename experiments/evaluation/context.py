@@ -166,9 +166,10 @@ def context_curve(net, split: Split, contexts: list[int], span: int, window: int
         lo_all = None if first is None else int(first.min())
         for s in range(lo_to[0], lo_to[1], window):
             e = min(s + window, lo_to[1])
-            with autocast(device, precision):
-                logits, state = net(inputs[:, s:e], state)
-            if targets is None or max(s, lo_all) >= e:
+            scored = targets is not None and max(s, lo_all) < e
+            with autocast(device, precision):  # unscored windows: the state only (``read`` may skip work)
+                logits, state = net(inputs[:, s:e], state) if scored else (None, net.read(inputs[:, s:e], state))
+            if not scored:
                 continue
             lo = max(s, lo_all)  # only predictions of target bytes count
             dt = torch.promote_types(logits.dtype, torch.float32)

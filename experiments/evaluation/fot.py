@@ -31,8 +31,8 @@ def dictionary_accuracy(net, n_tokens: int, window: int, query_windows: int = 4,
     keys, values = random_entries(rng, n_defs)
     defs = torch.from_numpy(records(keys, values, K_TOK)).to(device)[None]
     state = None
-    for s in range(0, defs.shape[1], window):
-        _, state = net(defs[:, s : s + window], state)
+    for s in range(0, defs.shape[1], window):  # no logits needed: read (FoT stops at its last memory layer)
+        state = net.read(defs[:, s : s + window], state)
     hits, total = 0, 0
     per = window // RECORD
     scored = torch.from_numpy(query_value_mask(per)).to(device)

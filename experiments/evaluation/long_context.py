@@ -61,8 +61,11 @@ def score(net, task: str, lengths: list[int], depths: list[float], samples: int,
             for a in range(0, L - 1, window):
                 b = min(a + window, L - 1)
                 with autocast(device, precision):
-                    logits, state = net(tokens[:, a:b], state)
-                preds[:, a + 1 : b + 1] = logits.argmax(-1)  # the prediction for the next byte
+                    if bool(answer[:, a + 1: b + 1].any()):
+                        logits, state = net(tokens[:, a:b], state)
+                        preds[:, a + 1 : b + 1] = logits.argmax(-1)  # the prediction for the next byte
+                    else:  # no answer byte is predicted here: the state only (``read`` may skip work)
+                        state = net.read(tokens[:, a:b], state)
                 progress.update(done + len(part) * b, f"length {L:,}")
             hit = (preds == tokens) | ~answer
             right.append(hit.all(1).float())

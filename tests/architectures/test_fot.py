@@ -193,3 +193,63 @@ def test_the_fast_path_steps_aside_where_it_would_differ():
     assert not parallel.usable(build_net("fot_tiny", ["model.net.memory_backend=faiss"]), x)  # approximate
     assert not parallel.usable(build_net("fot_tiny", ["model.net.memory_capacity=32"]), x)  # evicts
     assert not parallel.usable(build_net("fot_tiny", ["model.net.checkpoint_layers=true"]), x)
+
+
+def _same(a, b) -> None:
+    """Nested tuples / lists of tensors and Nones, equal leaf by leaf."""
+    if isinstance(a, (tuple, list)):
+        assert isinstance(b, (tuple, list)) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    else:
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a["pos"] == b["pos"]
+    for ma, mb in zip(a["memory"], b["memory"], strict=True):
+        assert torch.equal(ma.count, mb.count)
+        assert torch.equal(ma.keys, mb.keys) and torch.equal(ma.values, mb.values)
+    _same(a["kv"], b["kv"])
+    sa, sb = a.get("start"), b.get("start")
+    assert (sa is None) == (sb is None) and (sa is None or torch.equal(sa, sb))
+
+
+@pytest.mark.parametrize("kw", [{}, {"positional": "none"}, {"token_shift": 3}, {"memory_layers": [0, 2]},
+                                {"memory_backend": "dense"}], ids=["rope", "no-pe", "token-shift", "two-memory-layers",
+                                                                   "dense"])
+@pytest.mark.parametrize("cuts", [(16, 40), (3, 21, 40), (5, 45)], ids=["aligned", "unaligned", "mid-window-end"])
+def test_read_leaves_the_state_forward_leaves(kw, cuts):
+    """``read`` skips the layers above the last memory layer on whole windows: the memory, caches and position
+    are exactly forward's, and the next segment's logits are the same, from any cut (aligned or not), with a
+    row reset between segments."""
+    net = model(**kw)
+    x = tokens(T=64)
+    edges = [0, *cuts, 64]
+    s_read, s_fwd = None, {"pos": 0, "kv": [None] * net.config.n_layers, "memory": net.new_memory(2, x.device)}
+    for n, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        if n == 1:  # row 1 starts a new document here
+            rows = torch.tensor([False, True])
+            s_read, s_fwd = net.reset_state(s_read, rows), net.reset_state(s_fwd, rows)
+        s_read, s_fwd = net.read(x[:, a:b], s_read), net(x[:, a:b], s_fwd)[1]  # forward: streamed windows
+        _same_state(s_read, s_fwd)
+    y = tokens(T=21, seed=3)
+    assert torch.equal(net(y, s_read)[0], net(y, s_fwd)[0])
+
+
+def test_read_skips_the_layers_above_the_last_memory_layer():
+    """The work read saves is real: on whole windows the head and the layers above the memory layer never run
+    (a module that raised there would stop forward, not read)."""
+    net = model(memory_layers=[1])
+    x = tokens(T=32)
+
+    def boom(*_):
+        raise AssertionError("read ran a layer above the last memory layer")
+
+    handles = [net.layers[2].register_forward_pre_hook(boom), net.head.register_forward_pre_hook(boom)]
+    state = net.read(x)
+    assert state["pos"] == 32 and int(state["memory"][0].count.min()) == 32
+    with pytest.raises(AssertionError):
+        net.read(tokens(T=5), state)  # a partial window takes forward: every layer
+    for h in handles:
+        h.remove()

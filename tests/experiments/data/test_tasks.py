@@ -58,6 +58,9 @@ class Oracle(torch.nn.Module):
         nxt = torch.cat([nxt, nxt.new_zeros(nxt.shape[0], tokens.shape[1] - nxt.shape[1])], 1)
         return torch.nn.functional.one_hot(nxt, 256).float(), (row, pos + tokens.shape[1])
 
+    def read(self, tokens, state=None):  # the contract's hook: windows without answer bytes
+        return self.forward(tokens, state)[1]
+
 
 def test_the_evaluator_scores_an_oracle_1_and_a_random_model_at_chance():
     depths, samples, L = [0.0, 1.0], 2, 512
@@ -71,6 +74,25 @@ def test_the_evaluator_scores_an_oracle_1_and_a_random_model_at_chance():
     r = score(rand, "passkey", [L], depths, samples, window=128, device=torch.device("cpu"))
     assert all(v == 0.0 for v in r["accuracy"]["512"].values())
     assert all(v < 0.3 for v in r["byte_accuracy"]["512"].values())  # ten digits: chance 0.1 per byte
+
+
+def test_windows_without_answer_bytes_are_read_for_the_state_only_with_the_same_scores():
+    """Windows with no answer byte to predict take ``read`` (FoT: no retrieval or layers above its memory layer):
+    the scores equal those of running ``forward`` on every window."""
+    from architectures.fot import FocusedTransformer
+
+    torch.manual_seed(0)
+    net = FocusedTransformer(d_model=32, n_layers=3, n_heads=4, window=32, memory_k=4, memory_capacity=4096).eval()
+    reads = []
+    fast = score(net, "passkey", [600], [0.0, 1.0], 2, window=64, device=torch.device("cpu"))
+
+    def forward_only(tokens, state=None):
+        reads.append(tokens.shape[1])
+        return net.forward(tokens, state)[1]
+
+    net.read = forward_only
+    slow = score(net, "passkey", [600], [0.0, 1.0], 2, window=64, device=torch.device("cpu"))
+    assert reads and fast["units"] == slow["units"] and fast["byte_accuracy"] == slow["byte_accuracy"]
 
 
 def test_each_document_answered_right_is_a_unit_for_intervals_over_documents_x_seeds():
