@@ -46,14 +46,28 @@ def block_topk(scores: torch.Tensor, k: int, group: int = GROUP):
     return top.values.view(*lead, kk), slots.view(*lead, kk)
 
 
-def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int, block: int):
-    """Running top-k (values, slots) of ``queries @ keys^T`` over blocks of slots; slots >= ``live`` [B] are
-    dead. ``queries`` [B, H, T, d] and ``keys`` [B, H, n, d] of one dtype."""
-    n = keys.shape[2]
+def bucket(width: int, per_octave: int = 4) -> int:
+    """``width`` rounded up to one of ``per_octave`` steps per power of two (at most 25% more)."""
+    step = 1 << max(0, width.bit_length() - 1 - (per_octave.bit_length() - 1))
+    return -(-width // step) * step
+
+
+def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int, block: int, n: int | None = None,
+          buckets: bool = False):
+    """Running top-k (values, slots) of ``queries @ keys^T`` over blocks of slots [0, n) (default: all of
+    ``keys``); slots >= ``live`` [B] are dead. ``queries`` [B, H, T, d] and ``keys`` [B, H, C, d] of one dtype.
+    ``buckets``: the last block reads on (within C; the slots past ``live`` are masked) to a ``bucket`` width, so
+    that the matmuls take few shapes: oneDNN's bf16 matmul keeps a primitive with the keys packed for every
+    shape it meets, and a memory that grows by one window per search meets a new shape at every search (the
+    fot_dictionary evaluation reached 20 GB of them at 246K keys and was killed)."""
+    C = keys.shape[2]
+    n = C if n is None else n
     live = live.to(keys.device).view(-1, 1, 1, 1)
     best_v = best_s = None
     for lo in range(0, n, block):
         hi = min(n, lo + block)
+        if buckets:
+            hi = min(C, lo + bucket(hi - lo))
         scores = torch.matmul(queries, keys[:, :, lo:hi].transpose(-1, -2))
         if hi > int(live.min()):  # some row has fewer live slots than this block reaches
             slots = torch.arange(lo, hi, device=scores.device)
@@ -83,18 +97,22 @@ def search_fp32(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k
 
 
 def search_bf16(queries: torch.Tensor, keys: torch.Tensor, keys_bf16: torch.Tensor, key_norm_max: torch.Tensor,
-                live: torch.Tensor, k: int, extra: int | None = None, block: int | None = None
+                live: torch.Tensor, k: int, extra: int | None = None, block: int | None = None, n: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k of ``search_fp32``, from bfloat16 candidates re-ranked in float32 (see the module's note).
-    ``keys_bf16``: ``keys`` in bfloat16; ``key_norm_max`` [B, H]: an upper bound of the keys' norms."""
+    ``keys_bf16``: ``keys`` in bfloat16; ``key_norm_max`` [B, H]: an upper bound of the keys' norms. ``n``: the
+    slots searched (default: all); ``keys`` may be a whole ring, whose slots past ``n`` the bf16 scan reads
+    (masked) to keep its matmul shapes few."""
     extra = k if extra is None else extra
+    n = keys.shape[2] if n is None else n
     q = queries.to(keys.dtype)
     cand_v, cand_s = _scan(q.to(torch.bfloat16), keys_bf16, live, k + extra,
-                           block or block_size(queries, torch.bfloat16))
+                           block or block_size(queries, torch.bfloat16), n=n, buckets=True)
     cand_v = cand_v.float()
-    # exact float32 scores of the candidates: one gather of k + extra keys per query
+    # exact float32 scores of the candidates: one gather of k + extra keys per query (dead candidates: slot 0)
     B, H, T, m = cand_s.shape
-    flat = (torch.arange(B * H, device=cand_s.device).view(B, H, 1, 1) * keys.shape[2] + cand_s.clamp(min=0))
+    cand_s = torch.where(torch.isfinite(cand_v), cand_s, torch.zeros_like(cand_s))
+    flat = (torch.arange(B * H, device=cand_s.device).view(B, H, 1, 1) * keys.shape[2] + cand_s)
     cand_k = keys.reshape(-1, keys.shape[-1]).index_select(0, flat.reshape(-1)).view(B, H, T, m, -1)
     exact = torch.einsum("bhtd,bhtmd->bhtm", q, cand_k)
     exact = exact.masked_fill(~torch.isfinite(cand_v), float("-inf"))
@@ -107,7 +125,7 @@ def search_bf16(queries: torch.Tensor, keys: torch.Tensor, keys_bf16: torch.Tens
         delta = BF16_U * (2 * q.norm(dim=-1) * key_norm_max.to(q.device).unsqueeze(-1) + left_out.abs())
         unsure = torch.isfinite(left_out) & ~(vals[..., -1] > left_out + delta)
         if bool(unsure.any()):
-            vals, slots = _refine(q, keys, live, k, unsure, vals, slots)
+            vals, slots = _refine(q, keys[:, :, :n], live, k, unsure, vals, slots)
     return vals, slots
 
 
@@ -121,4 +139,4 @@ def _refine(q, keys, live, k, unsure, vals, slots):
     return vals, slots
 
 
-__all__ = ["GROUP", "block_size", "block_topk", "search_bf16", "search_fp32"]
+__all__ = ["GROUP", "block_size", "block_topk", "bucket", "search_bf16", "search_fp32"]

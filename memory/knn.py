@@ -226,8 +226,8 @@ class KNNMemory:
         if self.cfg.exact_bf16 and self.keys.dtype == torch.float32 and n >= self.cfg.exact_bf16_from:
             if self.keys_bf16 is None:
                 self.keys_bf16 = self.keys.to(torch.bfloat16)
-            best_v, best_s = exact.search_bf16(queries, keys, self.keys_bf16[:, :, :n], self.key_norm_max, live, k,
-                                               block=block)
+            best_v, best_s = exact.search_bf16(queries, self.keys, self.keys_bf16, self.key_norm_max, live, k,
+                                               block=block, n=n)
         else:
             best_v, best_s = exact.search_fp32(queries, keys, live, k, block)
         count = self.count.to(best_s.device).view(-1, 1, 1, 1)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -322,3 +324,42 @@ def test_the_bf16_certificate_sends_unseparated_queries_back_to_float32(monkeypa
     exact.search_bf16(torch.ones(1, 1, 3, 8), keys, keys.bfloat16(), torch.full((1, 1), 8 ** 0.5),
                       torch.tensor([9000]), 4)
     assert calls == [3]
+
+
+def test_a_growing_memory_searches_with_few_matmul_shapes_and_stays_exact(monkeypatch):
+    """A memory that grows by one window between searches (a streamed evaluation) meets a new key count at every
+    search. The bf16 scan pads its last block to a bucketed width (masked slots of the ring), so its matmuls take
+    a few shapes instead of one per search: oneDNN keeps a primitive with the keys packed for every shape (the
+    fot_dictionary evaluation grew to 20 GB of them at 246K keys). The entries found stay the float32 search's,
+    at every size, with one row holding fewer entries than the other."""
+    widths, real = set(), torch.matmul
+
+    def spy(a, b, *args, **kw):
+        if a.dtype == torch.bfloat16:
+            widths.add(b.shape[-1])
+        return real(a, b, *args, **kw)
+
+    monkeypatch.setattr(torch, "matmul", spy)
+    g = torch.Generator().manual_seed(11)
+    d, k, step, steps = 16, 8, 97, 120
+    mem = KNNMemory(2, 2, d, MemoryConfig(capacity=step * steps + 5, exact_bf16_from=1))
+    ref = KNNMemory(2, 2, d, MemoryConfig(capacity=step * steps + 5, exact_bf16=False))
+    for i in range(steps):
+        keys = torch.randn(2, 2, step, d, generator=g)
+        mask = torch.ones(2, step, dtype=torch.bool)
+        mask[1, step // 2:] = False  # row 1 fills half as fast
+        mem.add(keys, keys, mask)
+        ref.add(keys, keys, mask)
+        q = torch.randn(2, 2, 5, d, generator=g)
+        assert torch.equal(mem._search_exact(q, k).sort(-1).values, ref._search_exact(q, k).sort(-1).values), i
+    octaves = math.log2(step * steps / step) + 1
+    assert len(widths) <= 4 * octaves < steps / 3, sorted(widths)  # without the buckets: one width per search
+
+
+def test_bucket_widths_round_up_by_at_most_a_quarter():
+    from memory.exact import bucket
+
+    for w in [1, 2, 3, 5, 100, 4096, 4097, 16504, 65535, 245_760, 1 << 20]:
+        b = bucket(w)
+        assert w <= b <= max(w * 1.25, w + 1), (w, b)
+    assert {bucket(w) for w in range(4097, 8193)} == {5120, 6144, 7168, 8192}
