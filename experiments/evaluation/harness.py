@@ -65,13 +65,15 @@ class LonglabLM(LM):
         total, greedy, state = 0.0, True, None
         for s in range(0, inputs.shape[1], self.window):
             e = min(s + self.window, inputs.shape[1])
-            logits, state = self.net(inputs[:, s:e], state)
             lo = max(s, first - 1)
-            if lo < e:
-                logp = F.log_softmax(logits[0, lo - s:].float(), -1)
-                t = targets[0, lo:e]
-                total += float(logp.gather(-1, t[:, None]).sum())
-                greedy = greedy and bool((logp.argmax(-1) == t).all())
+            if lo >= e:  # context only: its state (``read`` may skip work)
+                state = self.net.read(inputs[:, s:e], state)
+                continue
+            logits, state = self.net(inputs[:, s:e], state)
+            logp = F.log_softmax(logits[0, lo - s:].float(), -1)
+            t = targets[0, lo:e]
+            total += float(logp.gather(-1, t[:, None]).sum())
+            greedy = greedy and bool((logp.argmax(-1) == t).all())
         return total, greedy
 
     # ------------------------------------------------------------------ the harness's requests
