@@ -360,6 +360,28 @@ def big_rows(n, heads=4, d=64, queries=512, chunk=65536):
             {"n": n, "backend": "exact", "ms": ex["cpu"] * 1e3, "recall": 1.0, "gib": (rss_bytes() - base) / 2**30}]
 
 
+def read_rows(a):
+    """Filling a memory with n tokens before its queries, window by window: ``forward`` (every layer, the memory
+    layers' retrieval and the head) against ``read`` (only up to the last memory layer's keys and values; the
+    same state bit for bit, tests/architectures/test_fot.py)."""
+    rows = []
+    for n in a.read_sizes:
+        net = fot_model(a.width, a.layers, a.window, n + a.window).eval()
+        x = torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(0))
+        out = {}
+        for how in ("forward", "read"):
+            state = None
+            w0, c0 = time.perf_counter(), time.process_time()
+            with torch.no_grad():
+                for s in range(0, n, a.window):
+                    state = net(x[:, s: s + a.window], state)[1] if how == "forward" else net.read(
+                        x[:, s: s + a.window], state)
+            out[how] = (time.perf_counter() - w0, time.process_time() - c0)
+        rows.append({"n": n, "fwd_cpu": out["forward"][1], "read_cpu": out["read"][1],
+                     "speedup": out["forward"][1] / out["read"][1], "read_tok_s": n / out["read"][0]})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 65536, 262144, 1048576])
@@ -373,14 +395,16 @@ def main():
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--measure-tokens", type=int, default=2048)
     ap.add_argument("--big", type=int, default=4 * 1048576, help="tokens in the large memory of table 6")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["floor", "keys", "equal", "stream", "train", "big"])
+    ap.add_argument("--read-sizes", type=int, nargs="+", default=[8192, 65536], help="memories filled in table 7")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["floor", "keys", "equal", "stream", "train", "big", "read"])
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     with_allocator()  # measured under the allocator every entry point runs with
     if a.quick:
         a.sizes, a.key_sizes, a.memories, a.window, a.measure_tokens, a.width, a.layers, a.keys_steps = (
             [8192], [8192], [0, 4096], 128, 512, 128, 2, 20)
-        a.big = 65536
+        a.big, a.read_sizes = 65536, [4096]
     if os.environ.get("PEERS"):
         sys.path.insert(0, os.environ["PEERS"])
     try:
@@ -436,6 +460,13 @@ def main():
             ("recall", f"recall@{K} vs exact", "{:.3f}"), ("fill_s", "fill s", "{:.0f}"),
             ("build_s", "index build s", "{:.0f}"), ("ring_gib", "ring GiB", "{:.1f}"),
             ("index_gib", "index GiB", "{:.1f}"), ("gib", "resident GiB (process growth)", "{:.1f}")]))
+    if "read" not in a.skip:
+        print(f"\n## 7. filling a memory before its queries (exact search), width {a.width}, {a.layers} layers, "
+              f"windows of {a.window}, batch 1: forward against read (the state only), CPU-seconds, one run")
+        print(table(read_rows(a), [
+            ("n", "tokens filled", "{:,}"), ("fwd_cpu", "forward CPU-s", "{:.1f}"),
+            ("read_cpu", "read CPU-s", "{:.1f}"), ("speedup", "read speedup", "{:.1f}x"),
+            ("read_tok_s", "read tokens/s", "{:,.0f}")]))
 
 
 if __name__ == "__main__":
