@@ -185,11 +185,17 @@ class FocusedTransformer(Architecture):
             outs.append(self.head(self.norm(x)))
             pos, i = pos + n, i + n
             if pos % W == 0:  # the window is complete: write it to memory, clear the local caches
-                keep = None if start is None else torch.arange(window_start, pos)[None, :] >= start[:, None]
-                for mi, li in enumerate(cfg.memory_layers):
-                    write_window(memories[mi], *caches[li][0], keep)
+                self._remember(memories, [caches[li][0] for li in cfg.memory_layers], window_start, start)
                 caches = [None] * cfg.n_layers
         return torch.cat(outs, 1), {"pos": pos, "kv": caches, "memory": memories, "start": start}
+
+    def _remember(self, memories, kvs, window_start: int, start) -> None:
+        """Write a completed window's keys and values ``kvs`` (one (k, v) per memory layer) to the memories; a
+        row's tokens before its document ``start`` are never stored."""
+        W = self.config.window
+        keep = None if start is None else torch.arange(window_start, window_start + W)[None, :] >= start[:, None]
+        for memory, (k, v) in zip(memories, kvs, strict=True):
+            write_window(memory, k, v, keep)
 
     @torch.no_grad()
     def read(self, tokens: torch.Tensor, state: dict | None = None) -> dict:
@@ -225,9 +231,7 @@ class FocusedTransformer(Architecture):
                     m_state = {"memory": memories[mi]}
                     mi += 1
                 x, (kv[li], _), _ = layer(x, None, m_state, 0)
-            keep = None if start is None else torch.arange(pos, pos + W)[None, :] >= start[:, None]
-            for mi, li in enumerate(cfg.memory_layers):
-                write_window(memories[mi], *kv[li], keep)
+            self._remember(memories, [kv[li] for li in cfg.memory_layers], pos, start)
             state = {"pos": pos + W, "kv": [None] * cfg.n_layers, "memory": memories, "start": start}
             i += W
         return state
