@@ -45,6 +45,7 @@ class RowResult:
     machines: dict[str, set[str]] = field(default_factory=dict)  # machine line -> cells it trained ("" unrecorded)
     cells: dict[int, Path] = field(default_factory=dict)
     stale: dict[int, set[str]] = field(default_factory=dict)  # seed -> evaluations run with other settings
+    retrained: dict[int, float | None] = field(default_factory=dict)  # seed -> val bpb change on retraining
 
     def eval_cells(self, name: str) -> dict[int, Path]:
         """The cells whose evaluation ``name`` is current (an out-of-date one is never read)."""
@@ -93,6 +94,8 @@ def aggregate(spec: TableSpec, results: str | Path, scale: str, extra=None) -> l
                 r.tokens.append(int(metrics.get(metrics_key(metrics, "bytes_seen"), 0)))  # bytes, not tokens
             meta = cell_json(cell, "meta") or {}
             code = meta.get("code", {})
+            if "retrained" in meta:  # trained again for a lost checkpoint: its numbers are not the first run's
+                r.retrained[seed] = meta["retrained"].get("val_bpb_change")
             for m in meta.get("machines") or [None]:
                 r.machines.setdefault(describe_machine(m) if m else "", set()).add(str(trained_cell(cell)))
             r.commits.add(str(code.get("commit", "unknown"))[:10] + ("+dirty" if code.get("dirty") else ""))
@@ -166,6 +169,12 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
         known = "; ".join(f"{line}: {k} cell{'s' * (k > 1)}" for line, k in sorted(n.items()) if line)
         older = f"; not recorded for {n['']} older cell{'s' * (n[''] > 1)}" if n.get("") else ""
         head += [f"Trained on {known}{older}.", ""]
+    again = [f"{r.label} seed{'s' * (len(r.retrained) > 1)} " + ", ".join(f"{s}" + ("" if d is None else f" ({d:+.1e})")
+                                                                          for s, d in sorted(r.retrained.items()))
+             for r in rows if r.retrained]
+    if again:  # a retrain changes numbers that may already have been reported: say which cells
+        head += ["Retrained for a checkpoint that was not kept (val bits/byte change from the first run; the first "
+                 f"run's numbers are kept beside each cell in `*.first.json`): {'; '.join(again)}.", ""]
     if spec.note:
         head += [spec.note.strip(), ""]
     metric_cols = [m.label or m.key for m in spec.metrics]

@@ -188,6 +188,8 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     with open(cell / "logs" / "metrics.csv") as fh:
         steps = [r["step"] for r in csv.DictReader(fh) if r.get("train/loss")]
     assert len(steps) == len(set(steps)) == 3  # one curve, not the first run's rows and the second's
+    assert "Retrained for a checkpoint that was not kept" in make_table("megabyte_bpb", str(tmp_path), "smoke")
+    assert "MEGABYTE" in make_table("megabyte_bpb", str(tmp_path), "smoke").split("Retrained for")[1].split("\n")[0]
     second = json.loads((cell / "metrics.json").read_text())
     shutil.rmtree(cell / "checkpoints")  # retrained again, in a later session: the first run stays first
     (cell / "methods.json").unlink()
