@@ -82,10 +82,14 @@ def strided_nll(net, u: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def windowed_bpb(net, split: Split, context: int, batch_size: int, num_batches: int, seed: int,
                  device: torch.device, precision="32", split_name: str = "test", strided: bool = False,
-                 methods: list[str] | None = None, patch_size: int | None = None) -> dict:
+                 methods: list[str] | None = None, patch_size: int | None = None,
+                 window_patch: int | None = None) -> dict:
     if methods:
         return _windowed_methods(net, split, context, batch_size, num_batches, seed, device, precision, split_name,
-                                 list(methods), patch_size or net.patch_size)
+                                 list(methods), patch_size or net.patch_size, window_patch)
+    if window_patch is not None:
+        raise ValueError(f"eval.window_patch={window_patch} lays out the windows of eval.methods; set eval.methods or "
+                         f"drop eval.window_patch")
     if strided:
         P = net.patch_size
         if P is None:
@@ -119,24 +123,25 @@ def _windowed_strided(net, split, context, batch_size, num_batches, seed, device
             "bpb_basic": sums["basic"] / count / LN2, "bytes": count, "context": context, "strided": True}
 
 
-def _windowed_methods(net, split, T, batch_size, num_batches, seed, device, precision, split_name, methods, P):
+def _windowed_methods(net, split, T, batch_size, num_batches, seed, device, precision, split_name, methods, P, W=None):
     """Several inference methods (and the within-patch loss profile) on exactly the same target bytes."""
     if P is None and any("strided" in m for m in methods):
         raise ValueError(f"eval.methods={methods} includes strided inference, which needs a patch model; "
                          f"{type(net).__name__} has no patch_size (set eval.patch_size to profile by slot only)")
     P = P or 2
-    sampler = RandomWindows(split, window_length(T, P) - 1, batch_size, seed, split_name=split_name)
+    W = W or P
+    sampler = RandomWindows(split, window_length(T, W) - 1, batch_size, seed, split_name=split_name)
     sums = {m: 0.0 for m in methods}
     profile = torch.zeros(P, 2, dtype=torch.float64)
     count = 0
     for step in range(num_batches):
         u = sampler.batch(step)["tokens"].to(device)
         with autocast(device, precision):
-            nll = method_nll(net, u, T, P, methods)
+            nll = method_nll(net, u, T, P, methods, W)
         for m in methods:
             sums[m] += float(nll[m].double().sum())
         if "basic" in nll:
-            profile += patch_profile(nll["basic"], T, P)
+            profile += patch_profile(nll["basic"], T, P, W)
         count += u.shape[0] * T
     out = {"bytes": count, "context": T, "methods": {m: sums[m] / count / LN2 for m in methods}}
     if profile[:, 1].sum() > 0:

@@ -12,6 +12,10 @@ bytes (``o = T/2 + P/2``), with passes of ``T`` bytes at different starts ``ws``
 * ``sliding_strided`` — both (the paper's best row).
 
 ``patch_profile`` is the basic pass's loss by slot inside the patch (``j mod P``; paper Fig. 5).
+
+``W`` (default ``P``) is the patch size the window is laid out for: the window is ``T/2 + W + T + 1`` bytes and
+``o = T/2 + W/2``, so models with different patch sizes (and a Transformer) score the same bytes of the same
+windows when they share ``W``; the strided passes stay offset by the model's own ``P/2`` (``W >= P``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def window_length(T: int, P: int) -> int:
     return T // 2 + P + T + 1
 
 
-def _check(T: int, P: int, methods) -> None:
+def _check(T: int, P: int, methods, W: int) -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"eval.methods has {unknown}; use some of {list(METHODS)}")
@@ -34,11 +38,14 @@ def _check(T: int, P: int, methods) -> None:
         raise ValueError(f"sliding-window scoring needs an even context, got eval.context={T}")
     if any("strided" in m for m in methods) and (P < 2 or P % 2):
         raise ValueError(f"strided inference needs an even patch size, got patch_size={P}")
+    if W < P or W % 2:
+        raise ValueError(f"eval.window_patch={W} lays the windows out for a patch size: it must be even and at least "
+                         f"the model's patch_size={P} (its strided passes must fit in the window)")
 
 
-def pass_starts(method: str, i: torch.Tensor, T: int, P: int) -> torch.Tensor:
+def pass_starts(method: str, i: torch.Tensor, T: int, P: int, W: int | None = None) -> torch.Tensor:
     """For each target index i (into u), the start of the pass that scores it."""
-    o, h = T // 2 + P // 2, P // 2
+    o, h = T // 2 + (W or P) // 2, P // 2
     base = torch.full_like(i, o)
     if method.startswith("sliding"):
         base = torch.where(i <= o + T // 2, base - T // 2, base)
@@ -48,12 +55,13 @@ def pass_starts(method: str, i: torch.Tensor, T: int, P: int) -> torch.Tensor:
     return base
 
 
-def method_nll(net, u: torch.Tensor, T: int, P: int, methods=METHODS) -> dict[str, torch.Tensor]:
+def method_nll(net, u: torch.Tensor, T: int, P: int, methods=METHODS, W: int | None = None) -> dict[str, torch.Tensor]:
     """{method: NLL [B, T] in nats} for the targets u[o+1 : o+T+1], each pass run once."""
-    _check(T, P, methods)
-    o = T // 2 + P // 2
+    W = W or P
+    _check(T, P, methods, W)
+    o = T // 2 + W // 2
     i = torch.arange(o + 1, o + T + 1, device=u.device)
-    starts = {m: pass_starts(m, i, T, P) for m in methods}
+    starts = {m: pass_starts(m, i, T, P, W) for m in methods}
     nll_of: dict[int, torch.Tensor] = {}
     for ws in sorted({int(s) for st in starts.values() for s in st.unique()}):
         logits, _ = net(u[:, ws : ws + T])
@@ -69,9 +77,9 @@ def method_nll(net, u: torch.Tensor, T: int, P: int, methods=METHODS) -> dict[st
     return out
 
 
-def patch_profile(nll_basic: torch.Tensor, T: int, P: int) -> torch.Tensor:
+def patch_profile(nll_basic: torch.Tensor, T: int, P: int, W: int | None = None) -> torch.Tensor:
     """Sum of NLL and count by slot inside the patch for the basic pass: [P, 2]."""
-    o = T // 2 + P // 2
+    o = T // 2 + (W or P) // 2
     slot = (torch.arange(o + 1, o + T + 1) - o) % P  # paper position j = i - o
     sums = torch.zeros(P, 2, dtype=torch.float64)
     for p in range(P):

@@ -108,7 +108,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         else:
             r = windowed_bpb(module.net, split, ctx, int(e.batch_size), int(e.num_batches), int(e.seed),
                              device, cfg.precision, e.split, strided=bool(e.strided), methods=methods,
-                             patch_size=e.patch_size)
+                             patch_size=e.patch_size, window_patch=e.window_patch)
         if "units" in r:
             result["units"] = r.pop("units")
         result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,

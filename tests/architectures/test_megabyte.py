@@ -240,3 +240,31 @@ def test_inference_methods_score_the_same_bytes_from_the_right_pass():
     prof = patch_profile(nll["basic"], T, P)
     assert prof[:, 1].tolist() == [2 * T / P] * P
     assert prof[:, 0].sum() == pytest.approx(float(nll["basic"].sum()), rel=1e-9)
+
+
+def test_windows_laid_out_for_a_larger_patch_score_the_same_bytes_with_the_models_own_offsets():
+    """eval.window_patch: a P=4 model scores the targets of windows laid out for P=8 (the bytes every P=8 row and
+    the Transformer control score), its strided passes offset by its own P/2 = 2 and each byte taken where it sits
+    in the first half of its patch."""
+    from experiments.evaluation.inference_methods import METHODS, method_nll, pass_starts, patch_profile, window_length
+
+    P4, W, T = P, 2 * P, 16
+    net = model()
+    o, h = T // 2 + W // 2, P4 // 2
+    u = tokens(T=window_length(T, W))
+    nll = method_nll(net, u, T, P4, W=W)
+    i = torch.arange(o + 1, o + T + 1)
+    for m in METHODS:
+        ws = pass_starts(m, i, T, P4, W)
+        assert ws.min() >= 0 and int((ws + T).max()) <= u.shape[1] - 1  # every pass fits in the window
+        if m.endswith("strided"):
+            assert bool(((i - ws) % P4 < h).all()) and set((ws - o).unique().tolist()) <= {-T // 2 - h, -T // 2,
+                                                                                            -T // 2 + h, -h, 0, h}
+        for col in (0, T // 2, T - 1):
+            logits, _ = net(u[:, int(ws[col]) : int(ws[col]) + T])
+            want = F.cross_entropy(logits[:, int(i[col] - ws[col]) - 1], u[:, int(i[col])], reduction="none")
+            torch.testing.assert_close(nll[m][:, col], want)
+    assert not torch.allclose(nll["strided"], nll["basic"])
+    assert patch_profile(nll["basic"], T, P4, W)[:, 1].tolist() == [2 * T / P4] * P4
+    with pytest.raises(ValueError, match="window_patch=2"):
+        method_nll(net, u, T, P4, W=2)

@@ -176,7 +176,7 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     first = json.loads((cell / "metrics.json").read_text())
     first_eval = json.loads((cell / "test4096.json").read_text())
     shutil.rmtree(cell / "checkpoints")  # what a fresh clone has
-    run_table("megabyte_strided", "smoke", [0], str(tmp_path))
+    run_table("megabyte_strided", "smoke", [0], str(tmp_path), rows=["megabyte"])
     assert (cell / "methods.json").exists() and (cell / "checkpoints" / "last.ckpt").exists()
     assert json.loads((cell / "metrics.first.json").read_text()) == first
     # megabyte_bpb's own evaluation ran again on the new weights; the first weights' is kept beside it
@@ -193,7 +193,7 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     second = json.loads((cell / "metrics.json").read_text())
     shutil.rmtree(cell / "checkpoints")  # retrained again, in a later session: the first run stays first
     (cell / "methods.json").unlink()
-    run_table("megabyte_strided", "smoke", [0], str(tmp_path))
+    run_table("megabyte_strided", "smoke", [0], str(tmp_path), rows=["megabyte"])
     assert json.loads((cell / "metrics.first.json").read_text()) == first
     assert json.loads((cell / "metrics.run2.json").read_text()) == second
     assert json.loads((cell / "test4096.first.json").read_text()) == first_eval
