@@ -111,6 +111,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                              patch_size=e.patch_size, window_patch=e.window_patch)
         if "units" in r:
             result["units"] = r.pop("units")
+        if "method_units" in r:  # a table's intervals on <split>/bpb_<method>, paired across methods
+            result["metric_units"] = {f"{e.split}/bpb_{m}": v for m, v in r.pop("method_units").items()}
         result.update({f"{e.split}/bpb": r["bpb"], f"{e.split}/loss": r["loss"], "context": ctx,
                        "bytes": r["bytes"]})
         for m, v in r.get("methods", {}).items():

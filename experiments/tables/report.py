@@ -221,7 +221,7 @@ def make_table(name: str | TableSpec, results: str | None = None, scale: str | N
         body += ["", "Interval metrics: the fraction of test documents answered right, pooled over seeds, with a 95% "
                  "bootstrap interval [lo, hi] over documents x seeds; other metrics: mean ± std over seeds."]
     body += sections.matching(spec, rows, scale) + sections.tuning(spec, rows, scale, res, extra)
-    body += sections.differences(spec, rows) + sections.context_use(spec, rows)
+    body += sections.differences(spec, rows) + sections.contrasts(spec, rows) + sections.context_use(spec, rows)
     if spec.scaling is not None:
         from experiments.tables.scaling import section
 

@@ -60,6 +60,26 @@ def differences(spec: TableSpec, rows: list) -> list[str]:
     return (["", "## Differences"] + out) if out else []
 
 
+def contrasts(spec: TableSpec, rows: list) -> list[str]:
+    """Within each row, metric a − metric b (``spec.contrasts``: two ways of scoring the same test units, e.g.
+    MEGABYTE's strided inference against the basic pass) with a paired 95% interval over its units x seeds."""
+    labels = {m.key: m.label or m.key for m in spec.metrics}
+    out = []
+    for a, b in spec.contrasts:
+        lines = []
+        for r in rows:
+            ua, ub = (units(r, next(m for m in spec.metrics if m.key == k)) for k in (a, b))
+            if ua is not None and ub is not None:
+                d = paired(ua, ub)
+                lines.append(f"| {r.label} | {d.text(4, signed=True)} | "
+                             f"{'separated' if d.separated else '**not separated**'} |")
+        if lines:
+            out += ["", f"**{labels[a]} − {labels[b]}** within each row (bits/byte; 95% paired bootstrap interval over "
+                    "test units x seeds; rows without per-unit losses left out):", "", "| row | a − b | |",
+                    "|---|---:|---|", *lines]
+    return (["", "## Contrasts within a row"] + out) if out else []
+
+
 def tuning(spec: TableSpec, rows: list, scale: str, results: str | Path, extra) -> list[str]:
     """Each tuned row's grid (tuning metric per rate, the chosen one in bold) and the ranking at the shared
     default rate against the ranking at the tuned rates (seed 0's tuning metric)."""
@@ -185,4 +205,4 @@ def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     return out
 
 
-__all__ = ["context_units", "context_use", "differences", "interval_text", "matching", "tuning", "units"]
+__all__ = ["context_units", "context_use", "contrasts", "differences", "interval_text", "matching", "tuning", "units"]

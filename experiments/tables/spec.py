@@ -167,6 +167,7 @@ class TableSpec:
     tune: TuneSpec | None = None  # rows at their tuned learning rates
     scaling: ScalingSpec | None = None  # loss-vs-compute fits over the rows' groups
     differences_within: tuple[str, ...] = ()  # pair only rows whose ``group`` agrees on these keys (default: all)
+    contrasts: tuple[tuple[str, str], ...] = ()  # [a, b] metric keys: a − b within each row, paired over its units
 
     def seeds_for(self, scale: str, row: RowSpec | None = None) -> tuple[int, ...]:
         """The seeds of a scale: ``scale_seeds`` if given, the first seed only for smoke, else ``seeds``."""
@@ -229,6 +230,11 @@ def load_table(name: str) -> TableSpec:
         if any(k not in r.group for r in spec.rows):
             raise ValueError(f"table {name!r}: differences_within has {k!r}, which rows "
                              f"{[r.name for r in spec.rows if k not in r.group]} do not have in their group")
+    keys = {m.key for m in spec.metrics if m.interval}
+    for pair in spec.contrasts:
+        if len(pair) != 2 or not set(pair) <= keys:
+            raise ValueError(f"table {name!r}: contrasts entry {list(pair)} must name two interval metrics of "
+                             f"{sorted(keys)}")
     from experiments.tables.evals import EVALUATIONS
 
     for row in spec.rows:

@@ -287,3 +287,41 @@ def test_the_joint_fit_recovers_a_law_in_size_and_data_its_optimal_size_and_flag
     assert flat.at_bound and {"A", "a"} & set(flat.at_bound)
     again = fit_joint(N, D, true.loss(N, D) + 0.001, start=got)  # a bootstrap replicate starts from the estimate
     assert abs(again.E - got.E - 0.001) < 1e-3
+
+
+def test_contrasts_pair_two_metrics_of_one_row_over_its_own_units(monkeypatch):
+    """``contrasts: [[strided, basic]]`` (megabyte_strided): within each row, a − b paired over the same windows
+    x seeds: a method that is better on every window is separated, one that only adds noise is not, a row
+    without per-unit losses is left out, and a contrast naming a metric without intervals is refused at load."""
+    from experiments.tables import sections
+    from experiments.tables import spec as spec_module
+    from experiments.tables.report import RowResult
+
+    spec = load_table("megabyte_strided")
+    rows = [RowResult(n, n, {}, [0, 1, 2]) for n in ("better", "noise", "none")]
+    rng = np.random.default_rng(0)
+    hard = rng.gamma(2.0, 40.0, size=(3, 32))
+    noise = rng.normal(0, 3.0, size=(3, 32))
+    per = {("better", "basic"): hard, ("better", "strided"): hard - 1.0,
+           ("noise", "basic"): hard, ("noise", "strided"): hard + noise - noise.mean()}
+
+    def fake(row, metric):
+        m = metric.key.rsplit("_", 1)[-1]
+        got = per.get((row.name, m))
+        return None if got is None else collect({s: units(got[s]) for s in range(3)})
+
+    monkeypatch.setattr(sections, "units", fake)
+    spec = dataclasses.replace(spec, contrasts=(("methods/test/bpb_strided", "methods/test/bpb_basic"),))
+    lines = [x for x in sections.contrasts(spec, rows) if x.startswith("| ") and "---" not in x][1:]
+    assert [x.split(" | ")[0] for x in lines] == ["| better", "| noise"]
+    assert lines[0].endswith("| separated |") and "-0.0144" in lines[0]  # 1 nat per 100 bytes
+    assert lines[1].endswith("| **not separated** |")
+    real = spec_module._build
+
+    def bad(cls, raw, where):
+        return real(cls, {**raw, "contrasts": [["methods/test/bpb_strided", "steps"]]}
+                    if cls is spec_module.TableSpec else raw, where)
+
+    monkeypatch.setattr(spec_module, "_build", bad)
+    with pytest.raises(ValueError, match="contrasts entry"):
+        load_table("megabyte_strided")

@@ -148,6 +148,7 @@ def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
     assert (cells[0] / "metrics.json").stat().st_mtime_ns == stamp
     text = make_table("megabyte_strided", str(tmp_path), "smoke")
     assert "MEGABYTE (4096, P=8)" in text and "missing" not in text
+    assert "## Contrasts within a row" in text and "no per-unit" not in text  # intervals per inference method
 
 
 def test_the_header_names_the_machines_that_trained_the_cells(tmp_path):
