@@ -25,7 +25,7 @@ run: install
 
 # the fast CPU set plus the Triton kernels under the interpreter (tiny shapes, a few seconds)
 test: install
-	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not slow and not gpu"
+	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not slow and not gpu" --durations=15
 
 test-all: install
 	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not gpu"
