@@ -67,6 +67,7 @@ def _measure(blob: str, context: int) -> Size:
         return measure_net(check(build(json.loads(blob))), context)
 
 
+@functools.lru_cache(maxsize=4096)  # the same widths are scanned for every target (a scaling table's sizes)
 def _measure_config(cls: type, config: Any, context: int) -> Size:
     with torch.device("meta"):
         return measure_net(cls(config=config), context)
