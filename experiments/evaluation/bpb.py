@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
-from experiments.evaluation.inference_methods import method_nll, patch_profile, window_length
+from experiments.evaluation.inference_methods import method_nll, patch_profile, target_offset, window_length
 from experiments.training.progress import Progress
 
 LN2 = math.log(2)
@@ -131,27 +131,24 @@ def _windowed_methods(net, split, T, batch_size, num_batches, seed, device, prec
     P = P or 2
     W = W or P
     sampler = RandomWindows(split, window_length(T, W) - 1, batch_size, seed, split_name=split_name)
-    sums = {m: 0.0 for m in methods}
-    units = {m: Units() for m in methods}  # per window: intervals, and paired differences between methods
+    units = {m: Units() for m in methods}  # per window: the totals, intervals, paired differences between methods
     profile = torch.zeros(P, 2, dtype=torch.float64)
-    count = 0
-    o = T // 2 + W // 2
+    o = target_offset(T, W)
     for step in range(num_batches):
         u = sampler.batch(step)["tokens"].to(device)
         with autocast(device, precision):
             nll = method_nll(net, u, T, P, methods, W)
         for m in methods:
-            sums[m] += float(nll[m].double().sum())
             units[m].add(nll[m].double().sum(1), torch.full((u.shape[0],), T), u[:, o + 1 : o + T + 1])
         if "basic" in nll:
             profile += patch_profile(nll["basic"], T, P, W)
-        count += u.shape[0] * T
-    out = {"bytes": count, "context": T, "methods": {m: sums[m] / count / LN2 for m in methods},
+    totals = {m: units[m].summary() for m in methods}
+    first = methods[0]
+    out = {"bytes": totals[first]["bytes"], "context": T, "methods": {m: totals[m]["bpb"] for m in methods},
            "method_units": {m: units[m].to_json("window") for m in methods}}
     if profile[:, 1].sum() > 0:
         out["patch_profile"] = [{"slot": p, "bpb": float(profile[p, 0] / profile[p, 1] / LN2)} for p in range(P)]
-    first = methods[0]
-    out.update(bpb=out["methods"][first], loss=sums[first] / count)
+    out.update(bpb=totals[first]["bpb"], loss=totals[first]["loss"])
     return out
 
 

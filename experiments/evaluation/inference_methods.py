@@ -30,6 +30,11 @@ def window_length(T: int, P: int) -> int:
     return T // 2 + P + T + 1
 
 
+def target_offset(T: int, W: int) -> int:
+    """``o``: the targets of a window laid out for patch size ``W`` are ``u[o+1 : o+T+1]``."""
+    return T // 2 + W // 2
+
+
 def _check(T: int, P: int, methods, W: int) -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -45,7 +50,7 @@ def _check(T: int, P: int, methods, W: int) -> None:
 
 def pass_starts(method: str, i: torch.Tensor, T: int, P: int, W: int | None = None) -> torch.Tensor:
     """For each target index i (into u), the start of the pass that scores it."""
-    o, h = T // 2 + (W or P) // 2, P // 2
+    o, h = target_offset(T, W or P), P // 2
     base = torch.full_like(i, o)
     if method.startswith("sliding"):
         base = torch.where(i <= o + T // 2, base - T // 2, base)
@@ -59,7 +64,7 @@ def method_nll(net, u: torch.Tensor, T: int, P: int, methods=METHODS, W: int | N
     """{method: NLL [B, T] in nats} for the targets u[o+1 : o+T+1], each pass run once."""
     W = W or P
     _check(T, P, methods, W)
-    o = T // 2 + W // 2
+    o = target_offset(T, W)
     i = torch.arange(o + 1, o + T + 1, device=u.device)
     starts = {m: pass_starts(m, i, T, P, W) for m in methods}
     nll_of: dict[int, torch.Tensor] = {}
@@ -79,7 +84,7 @@ def method_nll(net, u: torch.Tensor, T: int, P: int, methods=METHODS, W: int | N
 
 def patch_profile(nll_basic: torch.Tensor, T: int, P: int, W: int | None = None) -> torch.Tensor:
     """Sum of NLL and count by slot inside the patch for the basic pass: [P, 2]."""
-    o = T // 2 + (W or P) // 2
+    o = target_offset(T, W or P)
     slot = (torch.arange(o + 1, o + T + 1) - o) % P  # paper position j = i - o
     sums = torch.zeros(P, 2, dtype=torch.float64)
     for p in range(P):

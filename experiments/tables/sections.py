@@ -30,6 +30,10 @@ def interval_text(row, metric: MetricSpec) -> str | None:
     return None if u is None else interval(u).text(metric.digits)
 
 
+def verdict(d) -> str:
+    return "separated" if d.separated else "**not separated**"
+
+
 def differences(spec: TableSpec, rows: list) -> list[str]:
     """Every pair of rows on every interval metric: a - b with its paired 95% interval; with
     ``spec.differences_within``, only pairs whose groups share those keys (a scaling table: the architectures at
@@ -55,28 +59,26 @@ def differences(spec: TableSpec, rows: list) -> list[str]:
                 except ValueError as e:
                     out.append(f"| {ra.label} | {rb.label} | — | not comparable: {e} |")
                     continue
-                verdict = "separated" if d.separated else "**not separated**"
-                out.append(f"| {ra.label} | {rb.label} | {d.text(m.digits, signed=True)} | {verdict} |")
+                out.append(f"| {ra.label} | {rb.label} | {d.text(m.digits, signed=True)} | {verdict(d)} |")
     return (["", "## Differences"] + out) if out else []
 
 
 def contrasts(spec: TableSpec, rows: list) -> list[str]:
     """Within each row, metric a − metric b (``spec.contrasts``: two ways of scoring the same test units, e.g.
     MEGABYTE's strided inference against the basic pass) with a paired 95% interval over its units x seeds."""
-    labels = {m.key: m.label or m.key for m in spec.metrics}
+    metrics = {m.key: m for m in spec.metrics}
     out = []
     for a, b in spec.contrasts:
         lines = []
         for r in rows:
-            ua, ub = (units(r, next(m for m in spec.metrics if m.key == k)) for k in (a, b))
+            ua, ub = units(r, metrics[a]), units(r, metrics[b])
             if ua is not None and ub is not None:
                 d = paired(ua, ub)
-                lines.append(f"| {r.label} | {d.text(4, signed=True)} | "
-                             f"{'separated' if d.separated else '**not separated**'} |")
+                lines.append(f"| {r.label} | {d.text(4, signed=True)} | {verdict(d)} |")
         if lines:
-            out += ["", f"**{labels[a]} − {labels[b]}** within each row (bits/byte; 95% paired bootstrap interval over "
-                    "test units x seeds; rows without per-unit losses left out):", "", "| row | a − b | |",
-                    "|---|---:|---|", *lines]
+            out += ["", f"**{metrics[a].label or a} − {metrics[b].label or b}** within each row (bits/byte; 95% "
+                    "paired bootstrap interval over test units x seeds; rows without per-unit losses left out):", "",
+                    "| row | a − b | |", "|---|---:|---|", *lines]
     return (["", "## Contrasts within a row"] + out) if out else []
 
 
