@@ -9,49 +9,17 @@ import hashlib
 import json
 from pathlib import Path
 
+import yaml
+
 from experiments.config import CONFIGS, compose, to_plain
+from experiments.tables.canonical import canonical, dotted
 from experiments.tables.cells import cell_dir, default_results, lookup, read_json, view_dir
 from experiments.tables.sizing import bytes_per_token, match, measure
 from experiments.tables.spec import RowSpec, TableSpec, load_table
-from experiments.training.crossbatch import CrossBatchConfig
 
 REPO = CONFIGS.parent
 PLACEHOLDER_DIR = "CELL"
-# values that never change what a cell computes
-IGNORED_KEYS = ("run_dir", "seed", "ckpt_path", "init_from", "trainer.enable_progress_bar", "data.cache_dir",
-                "callbacks.checkpoint.enable_version_counter")
-# config keys added after cells were keyed, with the value that reproduces the behaviour from before
-# they existed: at that value a key is left out of the hash, so adding a neutral option never orphans
-# finished cells (any other value changes the key). Append here whenever a config gains a key.
-NEUTRAL_ADDITIONS: dict[str, object] = {
-    "data.source": "auto", "data.text_field": "text", "data.doc_separator": None, "data.block_bytes": None,
-    "data.split_bytes": None, "data.hf_name": None, "data.hf_config": None,
-    "model.net.attention_dropout_mode": "post_softmax", "model.net.checkpoint_layers": False,
-    "data.loss_on": "all", "parallel.sequence": 1, "data.segment_len": None, "data.skip_unreadable": False,
-    "overwrite": False, "task.crossbatch.score_previous": False, "data.tokenizer": "bytes",
-    "task.crossbatch.detach_previous": False, "compile": False,
-    "data.bpe_vocab_size": 4096,
-}
-# classes that moved to another module (a ``_target_`` says where code lives, not what a cell computes): the
-# name a key was computed with, so that reorganising the code never orphans finished cells
-MOVED_TARGETS: dict[str, str] = {
-    "experiments.training.loggers.ResumableCSVLogger": "experiments.loggers.ResumableCSVLogger",
-    "experiments.training.parallel.block_classes": "experiments.parallel.block_classes",
-}
-# the same for fields an architecture's config gained (at their defaults), by the net's _target_
-_MEMORY_DEFAULTS: dict[str, object] = {
-    "memory_layers": [], "memory_backend": "exact", "memory_index": "flat", "memory_capacity": 65536,
-    "memory_k": 128, "memory_nlist": 64, "memory_nprobe": 8, "memory_hnsw_m": 32, "memory_ef_search": 64,
-    "memory_threads": 1,
-}
-NEUTRAL_NET_ADDITIONS: dict[str, dict[str, object]] = {
-    "architectures.megalodon.Megalodon": _MEMORY_DEFAULTS,
-    "architectures.megabyte.Megabyte": {**_MEMORY_DEFAULTS, "global_window": 0},
-    "architectures.fot.FocusedTransformer": {"qk_norm": "memory"},
-}
-
-
-
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _base_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None) -> list[str]:
     if scale not in spec.scales:
         raise ValueError(f"table {spec.name!r} has no scale {scale!r}; it has {sorted(spec.scales)}")
@@ -70,70 +38,14 @@ def row_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | 
     tuned = tuned_lr(spec, row, scale, extra, results)
     return base if tuned is None else [*base, f"optim.lr={lr_text(tuned)}"]
 
-_MISSING = object()
-
-
-def _get(tree: dict, dotted: str, default=None):
-    for p in dotted.split("."):
-        if not isinstance(tree, dict) or p not in tree:
-            return default
-        tree = tree[p]
-    return tree
-
-
-def _drop(tree: dict, dotted: str) -> None:
-    """Remove ``dotted`` from ``tree``, and any parent it leaves empty (a group that only held it)."""
-    *parents, last = dotted.split(".")
-    path = [tree]
-    for p in parents:
-        node = path[-1].get(p) if isinstance(path[-1], dict) else None
-        if node is None:
-            return
-        path.append(node)
-    if not isinstance(path[-1], dict):
-        return
-    path[-1].pop(last, None)
-    for node, key in zip(reversed(path[:-1]), reversed(parents)):
-        if node.get(key) == {}:
-            node.pop(key)
-
-
-def _unmove_targets(tree) -> None:
-    if isinstance(tree, dict):
-        if tree.get("_target_") in MOVED_TARGETS:
-            tree["_target_"] = MOVED_TARGETS[tree["_target_"]]
-        for v in tree.values():
-            _unmove_targets(v)
-    elif isinstance(tree, list):
-        for v in tree:
-            _unmove_targets(v)
-
-
-
 def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None, lr: float | None = None,
             results: str | Path | None = None) -> str:
     """12 hex digits of a hash of the row's composed config at this scale (seed excluded)."""
-    tree = composed(row_overrides(spec, row, scale, extra, lr, results))
-    data = tree.get("data") or {}
-    if "pattern" in data and data["pattern"] is None and "path" in data:  # the pattern that applies
-        data["pattern"] = "**/*.py" if data["path"] is None else "**/*"
-    for k in IGNORED_KEYS:
-        _drop(tree, k)
-    _unmove_targets(tree)
-    crossbatch = (tree.get("task") or {}).get("crossbatch")
-    if isinstance(crossbatch, dict):  # a default that changes training must change the key: spell it out
-        crossbatch.setdefault("score_previous", CrossBatchConfig.score_previous)
-    if set(tree.get("logger") or {}) == {"csv"}:  # loggers became a dict of loggers: the CSV one alone keys as before
-        tree["logger"] = tree["logger"]["csv"]
-    neutral_net = NEUTRAL_NET_ADDITIONS.get(str(_get(tree, "model.net._target_")), {})
-    for k, neutral in [*NEUTRAL_ADDITIONS.items(), *((f"model.net.{f}", v) for f, v in neutral_net.items())]:
-        if _get(tree, k, _MISSING) == neutral:
-            _drop(tree, k)
+    tree = canonical(composed(row_overrides(spec, row, scale, extra, lr, results)))
     parent = "" if row.init_from_row is None else row_key(spec, spec.row(row.init_from_row), scale, extra,
                                                           results=results)
     blob = json.dumps({"config": tree, "init_from": parent}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
 
 
 def row_cells(spec: TableSpec, row: RowSpec, scale: str, results: str | Path, extra=None) -> dict[int, Path]:
@@ -241,19 +153,33 @@ def tuning_cell(spec: TableSpec, row: RowSpec, scale: str, lr: float, results: s
                 extra: list[str] | None = None) -> Path:
     """The tuning cell of ``row`` at ``lr`` (the row's own cell of the tuning seed when the tuning budget is
     the row's, else a cell of ``<row>.tune``)."""
-    t = spec.tune
-    name = row.name if not t.overrides else f"{row.name}.tune"
-    return cell_dir(results, spec.name, scale, name, row_key(spec, row, scale, extra, lr=lr), t.seed)
+    return cell_dir(results, spec.name, scale, tuning_name(spec, row), row_key(spec, row, scale, extra, lr=lr),
+                    spec.tune.seed)
+
+
+def tuning_name(spec: TableSpec, row: RowSpec) -> str:
+    return row.name if not spec.tune.overrides else f"{row.name}.tune"
+
+
+def cell_lr(cell: Path) -> float | None:
+    """The learning rate a cell was trained at, from its config.yaml (None: no such file)."""
+    path = cell / "config.yaml"
+    lr = dotted(yaml.load(path.read_text(), Loader=_YAML_LOADER), "optim.lr") if path.exists() else None
+    return None if lr is None else float(lr_text(float(lr)))
 
 
 def tuning_results(spec: TableSpec, row: RowSpec, scale: str, results: str | Path,
                    extra: list[str] | None = None) -> dict[float, float]:
     """{rate: metric} of the row's finished tuning cells over the grid and its possible extensions."""
     t = spec.tune
-    ks = range(-t.max_extensions, len(t.grid) + t.max_extensions)
+    folder = Path(results) / "cells" / spec.name / scale / tuning_name(spec, row)
+    # a key is composed (the slow part) only at the rates the folder's cells were trained at, unless one's is unknown
+    trained = {cell_lr(c.parent) for c in folder.glob(f"*/seed={t.seed}/meta.json")}
     out = {}
-    for k in ks:
+    for k in range(-t.max_extensions, len(t.grid) + t.max_extensions):
         lr = float(lr_text(t.grid[0] * t.ratio**k))
+        if lr not in trained and None not in trained:
+            continue
         cell = tuning_cell(spec, row, scale, lr, results, extra)
         if (read_json(cell / "meta.json") or {}).get("finished"):
             value = lookup(cell, t.metric)

@@ -9,7 +9,9 @@ optional figure. The human-written finding lives apart, in ``results/findings/<n
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +193,14 @@ class TableSpec:
         return evals if scale is None else tuple(ev.at(scale) for ev in evals)
 
 
+@functools.lru_cache(maxsize=64)
+def _read_yaml(path: Path, mtime_ns: int, size: int) -> dict:
+    """A table file's contents, parsed once per process while it is unchanged (OmegaConf's parser is the slow
+    part of reading a spec, and a command reads a table's spec, and the tables it takes rates from, hundreds of
+    times)."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
 def known_tables() -> list[str]:
     return sorted(p.stem for p in (CONFIGS / "table").glob("*.yaml"))
 
@@ -199,7 +209,8 @@ def load_table(name: str) -> TableSpec:
     path = CONFIGS / "table" / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no table {name!r} (configs/table/{name}.yaml); known tables: {known_tables()}")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    stat = path.stat()
+    raw = copy.deepcopy(_read_yaml(path, stat.st_mtime_ns, stat.st_size))
     spec = _build(TableSpec, raw, f"configs/table/{name}.yaml")
     if spec.name != name:
         raise ValueError(f"configs/table/{name}.yaml has name: {spec.name!r}; the name must be the file's stem")

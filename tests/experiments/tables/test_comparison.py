@@ -100,9 +100,11 @@ def test_the_committed_token_row_is_evaluated_as_the_compare_command_builds_it()
     assert keys[0] == keys[1] and set(keys[0]) == {ev.name for ev in committed.evals}
 
 
-def fake_tuning_cell(results, spec, row, lr, value):
+def fake_tuning_cell(results, spec, row, lr, value, config=True):
     cell = tuning_cell(spec, row, "tiny", lr, results)
     cell.mkdir(parents=True, exist_ok=True)
+    if config:  # the rate it was trained at (a cell without one still counts: its key is composed at every rate)
+        (cell / "config.yaml").write_text(f"optim:\n  lr: {lr}\n")
     (cell / "metrics.json").write_text(json.dumps({"val/bpb": value}))
     (cell / "meta.json").write_text(json.dumps({"finished": "now"}))
 
@@ -120,7 +122,7 @@ def test_tuning_extends_the_grid_at_an_edge_and_accepts_only_an_interior_best(tm
         tuned_lr(spec, row, "tiny", results=tmp_path)
     assert p.value.missing == [0.016]
     fake_tuning_cell(tmp_path, spec, row, 0.016, 2.45)  # still the edge
-    fake_tuning_cell(tmp_path, spec, row, 0.032, 2.7)
+    fake_tuning_cell(tmp_path, spec, row, 0.032, 2.7, config=False)
     assert tuned_lr(spec, row, "tiny", results=tmp_path) == 0.016
     # the row's cells are keyed with the chosen rate: the tuning cell at 0.016 is the row's seed-0 cell
     assert row_overrides(spec, row, "tiny", results=tmp_path)[-1] == "optim.lr=0.016"

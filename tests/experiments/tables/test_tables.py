@@ -368,30 +368,37 @@ def test_compare_quick_writes_the_report_and_learning_curves_into_its_run_folder
 def test_committed_cells_keep_their_keys():
     """Every cell committed under results/cells is found by the current code (its folder's key is the
     key of its row's current config): a code change that only adds options at neutral values never
-    orphans finished work, and a real config change shows up here (delete the stale cells)."""
-    from experiments.tables.keys import REPO, TuningPending, lr_text, tuned_rows
+    orphans finished work, and a real config change shows up here (delete the stale cells). A tuning
+    cell is keyed at the rate it was trained at, which must be one of the grid's or its extensions'."""
+    from experiments.tables.keys import REPO, TuningPending, cell_lr, lr_text, tuned_rows, tuning_name
 
     root = REPO / "results" / "cells"
-    keys = {}  # one composition per (table, scale, row): the seeds of a row share its key
+    keys: dict[tuple, str | None] = {}  # composing is slow: one key per (table, scale, row, rate)
+    checked = 0
     for meta in sorted(root.glob("*/*/*/*/seed=*/meta.json")):
         cell = meta.parent
         table, scale, row, key = cell.parts[-5:-1]
-        if (table, scale, row) not in keys:
-            spec = load_table(table)
-            name = row.removesuffix(".tune")  # a tuning budget of its own: the row's tuning cells, apart
-            r = spec.row(name)
-            keys[table, scale, row] = set()
-            if name == row:
+        spec = load_table(table)
+        r = spec.row(row.removesuffix(".tune"))
+        expected = set()
+        if r.name == row:
+            if (table, scale, row, None) not in keys:
                 try:
-                    keys[table, scale, row].add(row_key(spec, r, scale))
+                    keys[table, scale, row, None] = row_key(spec, r, scale)
                 except TuningPending:  # tuning in progress: the row holds only its finished tuning cells
-                    pass
-            if name in tuned_rows(spec):  # the tuning cells at every rate of the grid and its extensions
-                t = spec.tune
-                keys[table, scale, row] |= {row_key(spec, r, scale, lr=float(lr_text(t.grid[0] * t.ratio**k)))
-                                            for k in range(-t.max_extensions, len(t.grid) + t.max_extensions)}
-        assert key in keys[table, scale, row], f"{cell}: its row's config changed; rerun or delete it"
-    assert keys or not root.exists()
+                    keys[table, scale, row, None] = None
+            expected.add(keys[table, scale, row, None])
+        if r.name in tuned_rows(spec) and row == tuning_name(spec, r):
+            t, lr = spec.tune, cell_lr(cell)
+            ks = range(-t.max_extensions, len(t.grid) + t.max_extensions)
+            rates = {float(lr_text(t.grid[0] * t.ratio**k)) for k in ks}
+            assert lr in rates, f"{cell}: trained at lr={lr}, not a rate of the tuning grid {sorted(rates)}"
+            if (table, scale, row, lr) not in keys:
+                keys[table, scale, row, lr] = row_key(spec, r, scale, lr=lr)
+            expected.add(keys[table, scale, row, lr])
+        assert key in expected, f"{cell}: its row's config changed; rerun or delete it"
+        checked += 1
+    assert checked or not root.exists()
 
 
 def test_only_finished_cells_are_committed():
@@ -413,11 +420,11 @@ def test_only_finished_cells_are_committed():
 
 
 def test_dropping_a_neutral_key_prunes_the_group_it_leaves_empty():
-    from experiments.tables.keys import _drop
+    from experiments.tables.canonical import drop
 
     tree = {"parallel": {"sequence": 1}, "model": {"net": {"a": 1, "b": 2}}}
-    _drop(tree, "parallel.sequence")
-    _drop(tree, "model.net.a")
+    drop(tree, "parallel.sequence")
+    drop(tree, "model.net.a")
     assert tree == {"model": {"net": {"b": 2}}}
 
 
