@@ -137,33 +137,39 @@ def context_units(row, name: str) -> dict[int, Units]:
 def context_use(spec: TableSpec, rows: list) -> list[str]:
     """For every context evaluation: bits per byte of the same target bytes at each context (95% intervals
     over documents x seeds), the gain of each context over the previous one (paired), and the usable
-    context: the largest context whose gain over the previous one is separated and positive. Evaluations of
-    some rows only (``RowSpec.evals``) list those rows."""
+    context: the largest context whose gain over the previous one is separated and positive, and the total
+    gain. An evaluation with distractors (other documents read first) also gets, per row, its difference from
+    the first evaluation without them at each context: what the other documents changed. Evaluations of some
+    rows only (``RowSpec.evals``) list those rows."""
     out, evals = [], {}
     for row in spec.rows:
         for ev in spec.evals_for(row):
             if ev.kind == "context":
                 evals.setdefault(ev.name, ev)
+    from experiments.evaluation.context import reset_text  # the evaluation's own words (loads it only here)
+
+    plain = None  # the first evaluation without distractors: what each distract evaluation is compared with
     for ev in evals.values():
         found = [(r, context_units(r, ev.name)) for r in rows]
         found = [(r, u) for r, u in found if u]
         if not found:
             continue
         contexts = sorted({c for _, u in found for c in u})
-        first = next(iter(found[0][0].cells.values()))
-        from experiments.evaluation.context import reset_text  # the evaluation's own words (loads it only here)
-
-        result = cell_json(first, ev.name) or {}
+        result = cell_json(next(iter(found[0][0].cells.values())), ev.name) or {}
         distract = result.get("distractors") or 0
+        plain = plain or (None if distract else (ev.name, {r.name: u for r, u in found}))
+        versus = f"; below that, the difference from the {plain[0]} evaluation at the same c (paired)" if (
+            distract and plain) else ""
         after = (f"{distract:,} bytes of other documents ({reset_text(result.get('distract_reset') or [])}), then "
                  if distract else "")
         out += ["", f"## Context use ({ev.name})", "",
                 f"The same target bytes of each test document scored after reading {after}only the last c bytes "
                 "before them (bits per byte, 95% interval over documents x seeds); below each, the gain over the "
-                "previous context (paired interval). Usable context: the largest c whose gain over the previous one "
-                "is separated from 0.", "",
-                "| row | " + " | ".join(f"c={c:,}" for c in contexts) + " | usable context |",
-                "|---|" + "---:|" * (len(contexts) + 1)]
+                f"previous context (paired interval){versus}. Usable context: the largest c whose gain over the "
+                f"previous one is separated from 0; total gain: c={contexts[-1]:,} over c={contexts[0]:,} (paired).",
+                "",
+                "| row | " + " | ".join(f"c={c:,}" for c in contexts) + " | usable context | total gain |",
+                "|---|" + "---:|" * (len(contexts) + 2)]
         for r, u in found:
             cells, gains, usable = [], [], 0
             for i, c in enumerate(contexts):
@@ -175,8 +181,14 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
                         usable = c
                 else:
                     gains.append("")
-            out.append(f"| {r.label} | " + " | ".join(cells) + f" | {usable:,} bytes |")
-            out.append("| ↳ gain | " + " | ".join(gains) + " | |")
+            ends = [u.get(contexts[0]), u.get(contexts[-1])]
+            total = paired(*ends).text(3, signed=True) if None not in ends else "—"
+            out.append(f"| {r.label} | " + " | ".join(cells) + f" | {usable:,} bytes | {total} |")
+            out.append("| ↳ gain | " + " | ".join(gains) + " | | |")
+            base = plain[1].get(r.name) if distract and plain else None
+            if base:
+                diffs = [paired(u[c], base[c]).text(3, signed=True) if c in u and c in base else "" for c in contexts]
+                out.append(f"| ↳ − {plain[0]} | " + " | ".join(diffs) + " | | |")
     return out
 
 

@@ -327,3 +327,43 @@ def test_contrasts_pair_two_metrics_of_one_row_over_its_own_units(monkeypatch):
     monkeypatch.setattr(spec_module, "_build", bad)
     with pytest.raises(ValueError, match="contrasts entry"):
         load_table("megabyte_strided")
+
+
+def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monkeypatch, tmp_path):
+    """context_use's section: a row whose loss falls at c=256 and again at c=4,096 (on every document) uses
+    4,096 bytes, a row whose curve only wobbles uses 0, a row that gets worse with context uses 0 and its
+    total gain (c=65,536 over c=0) is negative and separated. The distract evaluation (other documents read
+    first) of each row is also given as its difference from the context evaluation at every c."""
+    from experiments.tables import sections
+    from experiments.tables.report import RowResult
+
+    spec = load_table("context_use")
+    spec = dataclasses.replace(spec, rows=spec.rows[:3])  # evaluations of every row: context and distract
+    rows = [RowResult(n, n, {}, [0, 1, 2], cells={0: tmp_path}) for n in ("uses", "flat", "hurt")]
+    rng = np.random.default_rng(0)
+    hard = rng.gamma(2.0, 40.0, size=(3, 64))
+    contexts = (0, 256, 1024, 4096, 16384, 65536)
+    drop = {"uses": {256: 2.0, 4096: 1.0}, "flat": {}, "hurt": {c: -0.5 for c in contexts[1:]}}
+
+    (tmp_path / "distract.json").write_text(json.dumps({"distractors": 65536, "distract_reset": []}))
+
+    def fake(row, name):
+        out, level = {}, hard.copy() + (1.0 if name == "distract" else 0.0)  # distracted: 1 nat per 100 bytes worse
+        for c in contexts:
+            level = level - drop[row.name].get(c, 0.0)
+            noise = rng.normal(0, 0.5, size=hard.shape) if row.name == "flat" else 0.0
+            out[c] = collect({s: units((level + noise)[s]) for s in range(3)})
+        return out
+
+    monkeypatch.setattr(sections, "context_units", fake)
+    lines = [x for x in sections.context_use(spec, rows) if x.startswith("| ")]
+    table = lines[:next(i for i, x in enumerate(lines) if i and x.startswith("| row"))]  # the first evaluation's
+    by_row = {x.split(" | ")[0].removeprefix("| "): x.split(" | ") for x in table if not x.startswith("| ↳")}
+    assert by_row["uses"][-2] == "4,096 bytes" and by_row["flat"][-2] == "0 bytes" and by_row["hurt"][-2] == "0 bytes"
+    assert by_row["uses"][-1].startswith("+0.043")  # 3 nats per 100 bytes
+    assert by_row["hurt"][-1].startswith("-0.036") and by_row["hurt"][-1].endswith("] |")
+    versus = [x for x in lines if x.startswith("| ↳ − context")]
+    assert len(versus) == 3 and versus[0].count("+0.014 [+0.014, +0.014]") == 6 == versus[2].count("+0.014 [")
+    total = by_row["flat"][-1].removesuffix(" |")
+    lo, hi = (float(v) for v in total[total.index("[") + 1:-1].split(", "))
+    assert lo < 0 < hi
