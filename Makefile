@@ -23,9 +23,10 @@ install: $(BIN)/.installed
 run: install
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m experiments.compare
 
-# the fast CPU set plus the Triton kernels under the interpreter (tiny shapes, a few seconds)
+# the fast CPU set plus the Triton kernels under the interpreter (tiny shapes, a few seconds), one pytest
+# worker per core (pytest-xdist; tests/conftest.py shares the cores' threads out among the workers)
 test: install
-	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not slow and not gpu" --durations=15
+	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -n auto -m "not slow and not gpu" --durations=15
 
 test-all: install
 	LONGLAB_ALLOCATOR=glibc-keep GLIBC_TUNABLES=$(GLIBC_KEEP) TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not gpu"

@@ -37,7 +37,8 @@ def write_corpus(root: Path, n_docs: int = 40, seed: int = 0, min_len: int = 300
 def _isolated_cache(tmp_path_factory):
     """Built corpora go to a per-session folder; faiss/torch use few threads on the 2-core box."""
     os.environ["LONGLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # pytest -n N: the cores shared out
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // workers))
     yield
 
 
