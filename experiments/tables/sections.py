@@ -189,6 +189,21 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
             if base:
                 diffs = [paired(u[c], base[c]).text(3, signed=True) if c in u and c in base else "" for c in contexts]
                 out.append(f"| ↳ − {plain[0]} | " + " | ".join(diffs) + " | | |")
+        out += context_pairs(spec, {r.name: (r.label, u) for r, u in found}, contexts)
+    return out
+
+
+def context_pairs(spec: TableSpec, found: dict, contexts: list[int]) -> list[str]:
+    """Row a − row b at every context both have (``spec.context_pairs``), paired over the documents x seeds."""
+    pairs = [(a, b) for a, b in spec.context_pairs if a in found and b in found]
+    if not pairs:
+        return []
+    out = ["", "Between rows (a − b, paired over documents x seeds; negative: a is better):", "",
+           "| a − b | " + " | ".join(f"c={c:,}" for c in contexts) + " |", "|---|" + "---:|" * len(contexts)]
+    for a, b in pairs:
+        (la, ua), (lb, ub) = found[a], found[b]
+        diffs = [paired(ua[c], ub[c]).text(3, signed=True) if c in ua and c in ub else "—" for c in contexts]
+        out.append(f"| {la} − {lb} | " + " | ".join(diffs) + " |")
     return out
 
 
@@ -219,4 +234,5 @@ def matching(spec: TableSpec, rows: list, scale: str) -> list[str]:
     return out
 
 
-__all__ = ["context_units", "context_use", "contrasts", "differences", "interval_text", "matching", "tuning", "units"]
+__all__ = ["context_pairs", "context_units", "context_use", "contrasts", "differences", "interval_text", "matching",
+           "tuning", "units"]

@@ -170,6 +170,7 @@ class TableSpec:
     scaling: ScalingSpec | None = None  # loss-vs-compute fits over the rows' groups
     differences_within: tuple[str, ...] = ()  # pair only rows whose ``group`` agrees on these keys (default: all)
     contrasts: tuple[tuple[str, str], ...] = ()  # [a, b] metric keys: a − b within each row, paired over its units
+    context_pairs: tuple[tuple[str, str], ...] = ()  # [a, b] row names: a − b at every context (context evaluations)
 
     def seeds_for(self, scale: str, row: RowSpec | None = None) -> tuple[int, ...]:
         """The seeds of a scale: ``scale_seeds`` if given, the first seed only for smoke, else ``seeds``."""
@@ -246,6 +247,9 @@ def load_table(name: str) -> TableSpec:
         if len(pair) != 2 or not set(pair) <= keys:
             raise ValueError(f"table {name!r}: contrasts entry {list(pair)} must name two interval metrics of "
                              f"{sorted(keys)}")
+    for pair in spec.context_pairs:
+        if len(pair) != 2 or not set(pair) <= set(names):
+            raise ValueError(f"table {name!r}: context_pairs entry {list(pair)} must name two rows of {names}")
     from experiments.tables.evals import EVALUATIONS
 
     for row in spec.rows:

@@ -333,12 +333,15 @@ def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monke
     """context_use's section: a row whose loss falls at c=256 and again at c=4,096 (on every document) uses
     4,096 bytes, a row whose curve only wobbles uses 0, a row that gets worse with context uses 0 and its
     total gain (c=65,536 over c=0) is negative and separated. The distract evaluation (other documents read
-    first) of each row is also given as its difference from the context evaluation at every c."""
+    first) of each row is also given as its difference from the context evaluation at every c, and a
+    ``context_pairs`` entry as row a − row b at every c; an entry naming no row of the table is refused."""
     from experiments.tables import sections
+    from experiments.tables import spec as spec_module
     from experiments.tables.report import RowResult
 
     spec = load_table("context_use")
-    spec = dataclasses.replace(spec, rows=spec.rows[:3])  # evaluations of every row: context and distract
+    spec = dataclasses.replace(spec, rows=spec.rows[:3],  # evaluations of every row: context and distract
+                               context_pairs=(("uses", "hurt"), ("uses", "absent")))
     rows = [RowResult(n, n, {}, [0, 1, 2], cells={0: tmp_path}) for n in ("uses", "flat", "hurt")]
     rng = np.random.default_rng(0)
     hard = rng.gamma(2.0, 40.0, size=(3, 64))
@@ -367,3 +370,15 @@ def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monke
     total = by_row["flat"][-1].removesuffix(" |")
     lo, hi = (float(v) for v in total[total.index("[") + 1:-1].split(", "))
     assert lo < 0 < hi
+    pairs = [x for x in lines if x.startswith("| uses − ")]
+    assert len(pairs) == 4 and all(x.startswith("| uses − hurt | +0.000 [") for x in pairs)  # once per evaluation
+    assert pairs[0].endswith("| -0.079 [-0.079, -0.079] |")  # at 65,536: 3 nats better, 2.5 worse, per 100 bytes
+    real = spec_module._build
+
+    def bad(cls, raw, where):
+        return real(cls, {**raw, "context_pairs": [["fot", "no_such_row"]]} if cls is spec_module.TableSpec else raw,
+                    where)
+
+    monkeypatch.setattr(spec_module, "_build", bad)
+    with pytest.raises(ValueError, match="context_pairs entry"):
+        load_table("context_use")
