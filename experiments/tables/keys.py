@@ -20,6 +20,8 @@ from experiments.tables.spec import RowSpec, TableSpec, load_table
 REPO = CONFIGS.parent
 PLACEHOLDER_DIR = "CELL"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _base_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None) -> list[str]:
     if scale not in spec.scales:
         raise ValueError(f"table {spec.name!r} has no scale {scale!r}; it has {sorted(spec.scales)}")
@@ -37,6 +39,7 @@ def row_overrides(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | 
         return [*base, *spec.tune.overrides, *spec.tune.scale_overrides.get(scale, []), f"optim.lr={lr_text(lr)}"]
     tuned = tuned_lr(spec, row, scale, extra, results)
     return base if tuned is None else [*base, f"optim.lr={lr_text(tuned)}"]
+
 
 def row_key(spec: TableSpec, row: RowSpec, scale: str, extra: list[str] | None = None, lr: float | None = None,
             results: str | Path | None = None) -> str:
