@@ -164,6 +164,12 @@ def tuning_name(spec: TableSpec, row: RowSpec) -> str:
     return row.name if not spec.tune.overrides else f"{row.name}.tune"
 
 
+def tuning_rates(spec: TableSpec) -> list[float]:
+    """Every rate a tuning cell may have: the grid and its possible extensions at either edge."""
+    t = spec.tune
+    return [float(lr_text(t.grid[0] * t.ratio**k)) for k in range(-t.max_extensions, len(t.grid) + t.max_extensions)]
+
+
 def cell_lr(cell: Path) -> float | None:
     """The learning rate a cell was trained at, from its config.yaml (None: no such file)."""
     path = cell / "config.yaml"
@@ -179,8 +185,7 @@ def tuning_results(spec: TableSpec, row: RowSpec, scale: str, results: str | Pat
     # a key is composed (the slow part) only at the rates the folder's cells were trained at, unless one's is unknown
     trained = {cell_lr(c.parent) for c in folder.glob(f"*/seed={t.seed}/meta.json")}
     out = {}
-    for k in range(-t.max_extensions, len(t.grid) + t.max_extensions):
-        lr = float(lr_text(t.grid[0] * t.ratio**k))
+    for lr in tuning_rates(spec):
         if lr not in trained and None not in trained:
             continue
         cell = tuning_cell(spec, row, scale, lr, results, extra)

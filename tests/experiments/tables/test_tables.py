@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from experiments.compare import main as compare_main
 from experiments.config import CONFIGS
 from experiments.tables.cells import cell_dir
-from experiments.tables.keys import row_key
+from experiments.tables.keys import REPO, row_key
 from experiments.tables.report import aggregate, make_table
 from experiments.tables.runner import run_table
 from experiments.tables.spec import load_table
@@ -365,7 +365,7 @@ def test_compare_quick_writes_the_report_and_learning_curves_into_its_run_folder
     assert (tmp_path / "cmp" / "compare.smoke_curves.png").stat().st_size > 0
 
 
-CELLS = Path(__file__).resolve().parents[3] / "results" / "cells"
+CELLS = REPO / "results" / "cells"
 
 
 @pytest.mark.parametrize("table", sorted(p.name for p in CELLS.iterdir() if p.is_dir()) if CELLS.is_dir() else [])
@@ -375,31 +375,29 @@ def test_committed_cells_keep_their_keys(table):
     orphans finished work, and a real config change shows up here (delete the stale cells). A tuning
     cell is keyed at the rate it was trained at, which must be one of the grid's or its extensions'.
     One test per table, so that parallel workers share the compositions."""
-    from experiments.tables.keys import TuningPending, cell_lr, lr_text, tuned_rows, tuning_name
+    from experiments.tables.keys import TuningPending, cell_lr, tuned_rows, tuning_name, tuning_rates
 
-    keys: dict[tuple, str | None] = {}  # composing is slow: one key per (table, scale, row, rate)
+    spec = load_table(table)
+    keys: dict[tuple, str | None] = {}  # composing is slow: one key per (scale, row, rate)
     checked = 0
     for meta in sorted((CELLS / table).glob("*/*/*/seed=*/meta.json")):
         cell = meta.parent
-        table, scale, row, key = cell.parts[-5:-1]
-        spec = load_table(table)
+        scale, row, key = cell.parts[-4:-1]
         r = spec.row(row.removesuffix(".tune"))
         expected = set()
         if r.name == row:
-            if (table, scale, row, None) not in keys:
+            if (scale, row, None) not in keys:
                 try:
-                    keys[table, scale, row, None] = row_key(spec, r, scale)
+                    keys[scale, row, None] = row_key(spec, r, scale)
                 except TuningPending:  # tuning in progress: the row holds only its finished tuning cells
-                    keys[table, scale, row, None] = None
-            expected.add(keys[table, scale, row, None])
+                    keys[scale, row, None] = None
+            expected.add(keys[scale, row, None])
         if r.name in tuned_rows(spec) and row == tuning_name(spec, r):
-            t, lr = spec.tune, cell_lr(cell)
-            ks = range(-t.max_extensions, len(t.grid) + t.max_extensions)
-            rates = {float(lr_text(t.grid[0] * t.ratio**k)) for k in ks}
-            assert lr in rates, f"{cell}: trained at lr={lr}, not a rate of the tuning grid {sorted(rates)}"
-            if (table, scale, row, lr) not in keys:
-                keys[table, scale, row, lr] = row_key(spec, r, scale, lr=lr)
-            expected.add(keys[table, scale, row, lr])
+            lr, rates = cell_lr(cell), tuning_rates(spec)
+            assert lr in rates, f"{cell}: trained at lr={lr}, not a rate of the tuning grid {rates}"
+            if (scale, row, lr) not in keys:
+                keys[scale, row, lr] = row_key(spec, r, scale, lr=lr)
+            expected.add(keys[scale, row, lr])
         assert key in expected, f"{cell}: its row's config changed; rerun or delete it"
         checked += 1
     assert checked, f"results/cells/{table} holds no finished cell"
@@ -409,8 +407,6 @@ def test_only_finished_cells_are_committed():
     """A cell committed while it trains (a `git add` during a table run) would publish half a run: every
     tracked cell's meta.json says finished and its metrics.json holds no pre-empted status."""
     import subprocess
-
-    from experiments.tables.keys import REPO
 
     tracked = subprocess.run(["git", "ls-files", "results/cells"], cwd=REPO, capture_output=True, text=True)
     if tracked.returncode:
