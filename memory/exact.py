@@ -16,34 +16,42 @@ from __future__ import annotations
 
 import torch
 
-GROUP = 64
 BF16_U = 2.0 ** -8
 
 
-def block_topk(scores: torch.Tensor, k: int, group: int = GROUP):
+def group_size(n: int) -> int:
+    """Scores per group of ``block_topk`` over rows of n: 8, or 16 from 32,768 (measured on 2,048 rows of bf16
+    scores, top-64: the fastest of 8 / 16 / 32 / 64 at 8K, 64K and 256K)."""
+    return 8 if n < 32768 else 16
+
+
+def block_topk(scores: torch.Tensor, k: int, group: int | None = None):
     """``scores.topk(min(k, n), -1)`` (values, indices) over the last dim n, exactly, with less work: the
     maxima of groups of ``group`` scores select k groups, and the top-k is taken among their members.
     Every top-k score lies in one of the k groups with the largest maxima (a group left out has k groups
     of larger maxima above it, so k larger scores), so nothing is lost; a top-k over n becomes a max over
-    n, a top-k over n / group and one over k * group."""
+    n, a top-k over n / group and one over k * group. Any partition into groups will do, so a group is
+    strided, {j, j + w, j + 2w, ...} with w = n // group: its maxima are an elementwise max of ``group``
+    contiguous slices of the row (no copy, no padding; the < ``group`` scores past group * w join the
+    members), where contiguous groups would need a reduction along a short inner dimension."""
     n = scores.shape[-1]
     kk = min(k, n)
-    if n <= 2 * k * group:  # small: a plain top-k is as cheap
+    group = group or group_size(n)
+    w = n // group
+    if w < 4 * kk:  # small: a plain top-k is as cheap
         top = scores.topk(kk, dim=-1)
         return top.values, top.indices
-    pad = -n % group
-    if pad:
-        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
-    lead, n_groups = scores.shape[:-1], scores.shape[-1] // group
-    groups = scores.reshape(-1, n_groups, group)  # [rows, n / group, group]
-    rows = groups.shape[0]
-    best = groups.amax(-1).topk(kk, dim=-1).indices  # [rows, kk]: the k groups with the largest maxima
-    flat = torch.arange(rows, device=scores.device).unsqueeze(-1) * n_groups + best
-    # their members, copied as whole rows of ``group`` scores (one row gather, no per-element index)
-    members = groups.reshape(rows * n_groups, group).index_select(0, flat.flatten()).view(rows, kk * group)
-    top = members.topk(kk, dim=-1)
-    slots = best.gather(-1, top.indices // group) * group + top.indices % group
-    return top.values.view(*lead, kk), slots.view(*lead, kk)
+    lead = scores.shape[:-1]
+    flat = scores.reshape(-1, n).contiguous()
+    rows = flat.shape[0]
+    cols = flat.as_strided((rows, group, w), (n, w, 1)).amax(1).topk(kk, dim=-1, sorted=False).indices
+    # the members of the k groups: [rows, group * kk] slots, then the ragged end
+    slots = (cols.unsqueeze(1) + torch.arange(0, group * w, w, device=scores.device).view(1, group, 1))
+    slots = slots.view(rows, group * kk)
+    if n > group * w:
+        slots = torch.cat([slots, torch.arange(group * w, n, device=scores.device).expand(rows, -1)], -1)
+    top = flat.gather(-1, slots).topk(kk, dim=-1)
+    return top.values.view(*lead, kk), slots.gather(-1, top.indices).view(*lead, kk)
 
 
 def bucket(width: int, per_octave: int = 4) -> int:
@@ -139,4 +147,4 @@ def _refine(q, keys, live, k, unsure, vals, slots):
     return vals, slots
 
 
-__all__ = ["GROUP", "block_size", "block_topk", "bucket", "search_bf16", "search_fp32"]
+__all__ = ["block_size", "block_topk", "group_size", "bucket", "search_bf16", "search_fp32"]
