@@ -266,6 +266,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                       partial=Path(cfg.run_dir) / f".{cfg.out}.partial",
                       distract_reset=tuple(to_plain(cfg.get("distract_reset", []))))
     r.update({"run_dir": str(cfg.run_dir), "model": train_cfg.model.get("name"), "split": cfg.split,
+              "net_overrides": to_plain(cfg.net_overrides),
               "corpus": {"path": corpus.meta["source"].get("path"), "folder": corpus.folder.name,
                          "trained_on": not other}})
     print(f"[longlab] context use: {r['docs']} documents of >= {r['min_doc_bytes']:,} bytes ({r['skipped_docs']} "

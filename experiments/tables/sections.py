@@ -138,9 +138,10 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
     """For every context evaluation: bits per byte of the same target bytes at each context (95% intervals
     over documents x seeds), the gain of each context over the previous one (paired), and the usable
     context: the largest context whose gain over the previous one is separated and positive, and the total
-    gain. An evaluation with distractors (other documents read first) also gets, per row, its difference from
-    the first evaluation without them at each context: what the other documents changed. Evaluations of some
-    rows only (``RowSpec.evals``) list those rows."""
+    gain. Every later evaluation (other documents read first, a part of the state reset, a model setting
+    changed such as a smaller memory) also gets, per row, its difference from the first evaluation without
+    distractors at each context: what that change did. Evaluations of some rows only (``RowSpec.evals``) list
+    those rows."""
     out, evals = [], {}
     for row in spec.rows:
         for ev in spec.evals_for(row):
@@ -158,14 +159,18 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
         result = cell_json(next(iter(found[0][0].cells.values())), ev.name) or {}
         distract = result.get("distractors") or 0
         plain = plain or (None if distract else (ev.name, {r.name: u for r, u in found}))
-        versus = f"; below that, the difference from the {plain[0]} evaluation at the same c (paired)" if (
-            distract and plain) else ""
+        versus = plain if plain and plain[0] != ev.name else None  # every other evaluation: its difference
         after = (f"{distract:,} bytes of other documents ({reset_text(result.get('distract_reset') or [])}), then "
                  if distract else "")
+        nets = result.get("net_overrides") or {}
+        model = ", with the model's " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                                                   for k, v in nets.items()) + "," if nets else ""
         out += ["", f"## Context use ({ev.name})", "",
-                f"The same target bytes of each test document scored after reading {after}only the last c bytes "
+                f"The same target bytes of each test document scored{model} after reading {after}only the last c bytes "
                 "before them (bits per byte, 95% interval over documents x seeds); below each, the gain over the "
-                f"previous context (paired interval){versus}. Usable context: the largest c whose gain over the "
+                f"previous context (paired interval)"
+                + (f"; below that, the difference from the {versus[0]} evaluation at the same c (paired)" if versus
+                   else "") + ". Usable context: the largest c whose gain over the "
                 f"previous one is separated from 0; total gain: c={contexts[-1]:,} over c={contexts[0]:,} (paired).",
                 "",
                 "| row | " + " | ".join(f"c={c:,}" for c in contexts) + " | usable context | total gain |",
@@ -185,10 +190,10 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
             total = paired(*ends).text(3, signed=True) if None not in ends else "—"
             out.append(f"| {r.label} | " + " | ".join(cells) + f" | {usable:,} bytes | {total} |")
             out.append("| ↳ gain | " + " | ".join(gains) + " | | |")
-            base = plain[1].get(r.name) if distract and plain else None
+            base = versus[1].get(r.name) if versus else None
             if base:
                 diffs = [paired(u[c], base[c]).text(3, signed=True) if c in u and c in base else "" for c in contexts]
-                out.append(f"| ↳ − {plain[0]} | " + " | ".join(diffs) + " | | |")
+                out.append(f"| ↳ − {versus[0]} | " + " | ".join(diffs) + " | | |")
         out += context_pairs(spec, {r.name: (r.label, u) for r, u in found}, contexts)
     return out
 

@@ -333,7 +333,8 @@ def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monke
     """context_use's section: a row whose loss falls at c=256 and again at c=4,096 (on every document) uses
     4,096 bytes, a row whose curve only wobbles uses 0, a row that gets worse with context uses 0 and its
     total gain (c=65,536 over c=0) is negative and separated. The distract evaluation (other documents read
-    first) of each row is also given as its difference from the context evaluation at every c, and a
+    first), and every other evaluation (here one with a model setting changed), of each row is also given as
+    its difference from the context evaluation at every c, and a
     ``context_pairs`` entry as row a − row b at every c; an entry naming no row of the table is refused."""
     from experiments.tables import sections
     from experiments.tables import spec as spec_module
@@ -349,6 +350,7 @@ def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monke
     drop = {"uses": {256: 2.0, 4096: 1.0}, "flat": {}, "hurt": {c: -0.5 for c in contexts[1:]}}
 
     (tmp_path / "distract.json").write_text(json.dumps({"distractors": 65536, "distract_reset": []}))
+    (tmp_path / "distract_keep_ema.json").write_text(json.dumps({"net_overrides": {"memory_capacity": 2048}}))
 
     def fake(row, name):
         out, level = {}, hard.copy() + (1.0 if name == "distract" else 0.0)  # distracted: 1 nat per 100 bytes worse
@@ -365,8 +367,12 @@ def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monke
     assert by_row["uses"][-2] == "4,096 bytes" and by_row["flat"][-2] == "0 bytes" and by_row["hurt"][-2] == "0 bytes"
     assert by_row["uses"][-1].startswith("+0.043")  # 3 nats per 100 bytes
     assert by_row["hurt"][-1].startswith("-0.036") and by_row["hurt"][-1].endswith("] |")
-    versus = [x for x in lines if x.startswith("| ↳ − context")]
-    assert len(versus) == 3 and versus[0].count("+0.014 [+0.014, +0.014]") == 6 == versus[2].count("+0.014 [")
+    versus = [x for x in lines if x.startswith("| ↳ − context")]  # every evaluation after the first, per row
+    assert len(versus) == 9 and versus[0].count("+0.014 [+0.014, +0.014]") == 6 == versus[2].count("+0.014 [")
+    assert versus[-1].count("+0.000 [+0.000, +0.000]") == 6  # the same curves as the context evaluation's
+    text = sections.context_use(spec, rows)
+    setting = [x for x in text if "with the model's memory_capacity=2,048, after reading only" in x]
+    assert len(setting) == 1 and text[text.index(setting[0]) - 2] == "## Context use (distract_keep_ema)"
     total = by_row["flat"][-1].removesuffix(" |")
     lo, hi = (float(v) for v in total[total.index("[") + 1:-1].split(", "))
     assert lo < 0 < hi
