@@ -1,6 +1,7 @@
 """The evaluations a table runs on its cells, by kind: ``EVALUATIONS[kind](cell, spec, out) -> dict``
 (the dict is written to ``<cell>/<out>``, a path relative to the cell; ``spec`` is the table's
-``tables.spec.EvalSpec``). A new kind is one function and one entry here."""
+``tables.spec.EvalSpec``). A new kind is one function and one entry in ``EVALUATIONS``, and in ``ENTRY`` the
+config of its entry point, if it has one (``check_overrides`` composes those before a table trains)."""
 
 from __future__ import annotations
 
@@ -12,39 +13,56 @@ import torch
 
 from experiments.config import compose
 
+# kind -> (its entry point's config, overrides it always adds); the generation kind has no config
+ENTRY = {"window": ("eval", []), "stream": ("eval", ["eval.streaming=true"]), "fot": ("fot_eval", []),
+         "context": ("context_eval", []), "longeval": ("longeval", [])}
 
-def _entry_overrides(cell: Path, spec, out: str) -> list[str]:
-    return [f"run_dir='{cell}'", f"out='{out}'", *spec.overrides]
+
+def entry_config(cell: Path, spec, out: str):
+    """The composed config of ``spec``'s entry point on ``cell``, as ``python -m experiments.<entry>`` would."""
+    name, always = ENTRY[spec.kind]
+    return compose(name, [f"run_dir='{cell}'", f"out='{out}'", *spec.overrides, *always])
 
 
-def window(cell: Path, spec, out: str) -> dict:
+def check_overrides(table, scale: str) -> None:
+    """Compose every evaluation of every row of ``table`` at ``scale`` before anything trains, so that an
+    override that cannot apply stops the run at once, in one line, not after hours of training."""
+    seen = set()
+    for row in table.rows_at(scale):
+        for ev in table.evals_for(row, scale):
+            if ev.kind not in ENTRY or (ev.kind, ev.overrides) in seen:
+                continue
+            seen.add((ev.kind, ev.overrides))
+            try:
+                entry_config(Path("cell"), ev, f"{ev.name}.json")
+            except Exception as err:  # Hydra's override and config errors, each its own class
+                raise ValueError(f"table {table.name}, row {row.name}, evaluation {ev.name} at scale {scale}: its "
+                                 f"overrides {list(ev.overrides)} do not compose: {str(err).splitlines()[0]}") from err
+
+
+def bits_per_byte(cell: Path, spec, out: str) -> dict:
+    """The window and stream kinds (``experiments.eval``; ENTRY turns streaming on for stream)."""
     from experiments.evaluation.run import evaluate
 
-    return evaluate(compose("eval", _entry_overrides(cell, spec, out)))
-
-
-def stream(cell: Path, spec, out: str) -> dict:
-    from experiments.evaluation.run import evaluate
-
-    return evaluate(compose("eval", [*_entry_overrides(cell, spec, out), "eval.streaming=true"]))
+    return evaluate(entry_config(cell, spec, out))
 
 
 def fot(cell: Path, spec, out: str) -> dict:
     from experiments.evaluation.fot import run
 
-    return run(compose("fot_eval", _entry_overrides(cell, spec, out)))
+    return run(entry_config(cell, spec, out))
 
 
 def context(cell: Path, spec, out: str) -> dict:
     from experiments.evaluation.context import run
 
-    return run(compose("context_eval", _entry_overrides(cell, spec, out)))
+    return run(entry_config(cell, spec, out))
 
 
 def longeval(cell: Path, spec, out: str) -> dict:
     from experiments.evaluation.long_context import run
 
-    return run(compose("longeval", [f"run_dir='{cell}'", f"out='{out}'", *spec.overrides]))
+    return run(entry_config(cell, spec, out))
 
 
 @torch.no_grad()
@@ -63,8 +81,8 @@ def generation(cell: Path, spec, out: str) -> dict:
 
 
 EVALUATIONS: dict[str, Callable[[Path, object, str], dict]] = {
-    "window": window,
-    "stream": stream,
+    "window": bits_per_byte,
+    "stream": bits_per_byte,
     "fot": fot,
     "generation": generation,
     "longeval": longeval,

@@ -32,7 +32,7 @@ from experiments.tables.cells import (
     view_dir,
 )
 from experiments.tables.corpora import check_table_corpus
-from experiments.tables.evals import EVALUATIONS
+from experiments.tables.evals import EVALUATIONS, check_overrides
 from experiments.tables.keys import (
     TuningPending,
     lr_source,
@@ -96,6 +96,7 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
     scale = scale or spec.default_scale
     results = results or default_results(scale)
     seeds = list(seeds) if seeds is not None else list(spec.seeds_for(scale))
+    check_overrides(spec, scale)  # an evaluation that cannot run stops the table now, not after its training
     if spec.cells_from:
         print(f"[table] {name} reads the cells of {spec.cells_from}")
         cells = run_table(spec.cells_from, scale, seeds, results, extra, rows=[r.name for r in spec.rows])

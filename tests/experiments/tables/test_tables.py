@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from experiments.compare import main as compare_main
 from experiments.config import CONFIGS
 from experiments.tables.cells import cell_dir
+from experiments.tables.evals import check_overrides
 from experiments.tables.keys import REPO, row_key
 from experiments.tables.report import aggregate, make_table
 from experiments.tables.runner import run_table
@@ -32,6 +33,29 @@ def test_every_table_composes_and_lists_existing_rows(name):
         cfg = compose("train", [f"experiment={row.experiment}", *table.scales["smoke"], *row.overrides])
         with torch.device("meta"):
             instantiate(cfg.model.net)
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_evaluation_of_every_table_composes_at_every_scale(name):
+    """What run_table checks before it trains anything: each row's evaluations compose with their overrides."""
+    table = load_table(name)
+    for scale in {*table.scales, table.default_scale}:
+        check_overrides(table, scale)
+
+
+def test_an_evaluation_that_cannot_compose_stops_the_table_before_any_training(tmp_path):
+    """An override the entry point cannot apply (here: a key the context evaluation's config does not have,
+    without Hydra's +) is refused in one line naming the table, row and evaluation, and no cell is started."""
+    import dataclasses
+
+    spec = load_table("context_use")
+    row = spec.row("megabyte")
+    bad = dataclasses.replace(spec.evals[0], name="bad", overrides=(*spec.evals[0].overrides, "net_overrides.x=1"))
+    spec = dataclasses.replace(spec, rows=(dataclasses.replace(row, evals=(bad,)),), tune=None, match=None,
+                               context_pairs=())
+    with pytest.raises(ValueError, match=r"context_use, row megabyte, evaluation bad at scale smoke: .*net_overrides"):
+        run_table(spec, scale="smoke", results=str(tmp_path))
+    assert not any(tmp_path.rglob("meta.json"))
 
 
 @pytest.mark.parametrize("name", SWEEPS)
