@@ -60,8 +60,8 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Pa
             raise FileNotFoundError(f"{cell}: evaluation {ev.name!r} needs the cell's checkpoint, which is gone; "
                                     f"delete {cell} to retrain the cell")
         result = EVALUATIONS[ev.kind](cell, ev, str(out.relative_to(cell)))
-        write_json(out, {**result, "_eval_key": eval_key(ev), "_eval": {"kind": ev.kind,
-                                                                        "overrides": list(ev.overrides)}})
+        write_json(out, {**result, "_eval_key": eval_key(ev), "_eval": {
+            "kind": ev.kind, "overrides": list(ev.overrides), "code": git_commit(), "machine": machine_info()}})
 
 
 SET_ASIDE = re.compile(r"\.(first|run\d+)\.json$")  # the results of earlier weights
@@ -206,12 +206,14 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
                                  "first_finished": meta.pop("finished", None)}  # unfinished until retrained
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
                   flush=True)
-        meta["code"] = code
-        here = machine_info()  # bf16 numerics differ between processors: say which trained the cell
-        meta["machines"] = [m for m in meta.get("machines", []) if m != here] + [here]
-        write_json(cell / "meta.json", meta)
         metrics = read_json(cell / "metrics.json")
-        if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
+        trains = metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps
+        if trains:  # the code and machine that train it; a new evaluation of a trained cell records its own
+            meta["code"] = code
+            here = machine_info()  # bf16 numerics differ between processors: say which trained the cell
+            meta["machines"] = [m for m in meta.get("machines", []) if m != here] + [here]
+        write_json(cell / "meta.json", meta)
+        if trains:
             print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
             metrics = train(cfg)
         if first is not None and "val/bpb" in first:

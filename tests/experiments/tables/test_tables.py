@@ -160,8 +160,9 @@ def test_every_table_runs_at_smoke_scale(tmp_path, name):
     assert "missing" not in make_table(name, str(tmp_path), "smoke")
 
 
-def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
+def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path, monkeypatch):
     from experiments.provenance import machine_info
+    from experiments.tables import runner
 
     cells = run_table("megabyte_strided", "smoke", [0], str(tmp_path))
     meta = json.loads((cells[0] / "meta.json").read_text())
@@ -170,6 +171,15 @@ def test_a_table_runs_end_to_end_at_smoke_scale_and_resumes(tmp_path):
     stamp = (cells[0] / "metrics.json").stat().st_mtime_ns
     run_table("megabyte_strided", "smoke", [0], str(tmp_path))  # a finished cell is skipped
     assert (cells[0] / "metrics.json").stat().st_mtime_ns == stamp
+    # a new evaluation of the trained cell under later code: the cell keeps the commit that trained it, and
+    # the evaluation's result records the commit and machine that evaluated it
+    (cells[0] / "methods.json").unlink()
+    later = {"commit": "f" * 40, "dirty": False}
+    monkeypatch.setattr(runner, "git_commit", lambda: later)
+    run_table("megabyte_strided", "smoke", [0], str(tmp_path))
+    assert json.loads((cells[0] / "meta.json").read_text())["code"] == meta["code"] != later
+    assert json.loads((cells[0] / "methods.json").read_text())["_eval"]["code"] == later
+    assert (cells[0] / "metrics.json").stat().st_mtime_ns == stamp  # not trained again
     text = make_table("megabyte_strided", str(tmp_path), "smoke")
     assert "MEGABYTE (4096, P=8)" in text and "missing" not in text
     assert "## Contrasts within a row" in text and "no per-unit" not in text  # intervals per inference method
