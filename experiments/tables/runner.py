@@ -48,8 +48,9 @@ from experiments.training.checkpointing import last_checkpoint
 from experiments.training.faults import RunLock
 
 
-def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Path | None = None) -> None:
-    """Run the row's evaluations on ``cell`` into ``out_dir`` (default: the cell), skipping those done."""
+def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, code: dict, out_dir: Path | None = None) -> None:
+    """Run the row's evaluations on ``cell`` into ``out_dir`` (default: the cell), skipping those done; each
+    result records ``code`` (the commit this process runs) and the machine."""
     out_dir = out_dir or cell
     out_dir.mkdir(parents=True, exist_ok=True)
     for ev in spec.evals_for(row, scale):
@@ -61,7 +62,7 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, out_dir: Pa
                                     f"delete {cell} to retrain the cell")
         result = EVALUATIONS[ev.kind](cell, ev, str(out.relative_to(cell)))
         write_json(out, {**result, "_eval_key": eval_key(ev), "_eval": {
-            "kind": ev.kind, "overrides": list(ev.overrides), "code": git_commit(), "machine": machine_info()}})
+            "kind": ev.kind, "overrides": list(ev.overrides), "code": code, "machine": machine_info()}})
 
 
 SET_ASIDE = re.compile(r"\.(first|run\d+)\.json$")  # the results of earlier weights
@@ -97,6 +98,7 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
     results = results or default_results(scale)
     seeds = list(seeds) if seeds is not None else list(spec.seeds_for(scale))
     check_overrides(spec, scale)  # an evaluation that cannot run stops the table now, not after its training
+    code = git_commit()  # the code this process loaded, recorded by what it trains and evaluates
     if spec.cells_from:
         print(f"[table] {name} reads the cells of {spec.cells_from}")
         cells = run_table(spec.cells_from, scale, seeds, results, extra, rows=[r.name for r in spec.rows])
@@ -109,8 +111,8 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
             if pending_evals(spec, row, cell, scale) and (stopped or checkpoint_gone(cell)):
                 # a cell trained in another session is retrained; an interrupted retrain resumes
                 _train_cell(source, source.row(row.name), scale, int(cell.name[5:]), cell, results, extra,
-                            git_commit(), retrain=not stopped)
-            run_evals(spec, row, cell, scale)
+                            code, retrain=not stopped)
+            run_evals(spec, row, cell, scale, code)
         return cells
     if rows is not None:  # a subset of rows also needs the rows they start from or evaluate
         todo, rows = list(rows), set()
@@ -118,7 +120,6 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
             r = spec.row(todo.pop())
             rows.add(r.name)
             todo += [p for p in (r.init_from_row, r.cells_of) if p and p not in rows]
-    code = git_commit()
     cells = []
     for row in spec.rows_at(scale):
         if rows is not None and row.name not in rows:
@@ -135,7 +136,7 @@ def run_table(name: str | TableSpec, scale: str | None = None, seeds: list[int] 
                 if not (read_json(cell / "meta.json") or {}).get("finished"):
                     raise RuntimeError(f"{tag}: the cell of row {src.name!r} is not finished; run that row first")
                 view = view_dir(cell, row)
-                run_evals(spec, row, cell, scale, view)
+                run_evals(spec, row, cell, scale, code, view)
                 write_json(view / "meta.json", {"row": row.name, "cells_of": src.name, "finished": _now()})
                 cells.append(view)
                 continue
@@ -207,13 +208,12 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
                   flush=True)
         metrics = read_json(cell / "metrics.json")
-        trains = metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps
-        if trains:  # the code and machine that train it; a new evaluation of a trained cell records its own
+        if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
+            # the code and machine that train it (a new evaluation of a trained cell records its own)
             meta["code"] = code
             here = machine_info()  # bf16 numerics differ between processors: say which trained the cell
             meta["machines"] = [m for m in meta.get("machines", []) if m != here] + [here]
-        write_json(cell / "meta.json", meta)
-        if trains:
+            write_json(cell / "meta.json", meta)
             print(f"[table] {tag}: training ({key}: {' '.join(overrides)})", flush=True)
             metrics = train(cfg)
         if first is not None and "val/bpb" in first:
@@ -222,7 +222,7 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
             print(f"[table] {tag}: retrained val bits/byte {metrics['val/bpb']:.6f} (first run "
                   f"{first['val/bpb']:.6f}, change {diff:+.2e})", flush=True)
         if lr is None:
-            run_evals(spec, row, cell, scale)  # a retrained cell: its own table's, on the new weights
+            run_evals(spec, row, cell, scale, code)  # a retrained cell: its own table's, on the new weights
         meta["finished"] = _now()
         write_json(cell / "meta.json", meta)
 

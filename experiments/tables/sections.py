@@ -162,15 +162,14 @@ def context_use(spec: TableSpec, rows: list) -> list[str]:
         versus = plain if plain and plain[0] != ev.name else None  # every other evaluation: its difference
         after = (f"{distract:,} bytes of other documents ({reset_text(result.get('distract_reset') or [])}), then "
                  if distract else "")
-        nets = result.get("net_overrides") or {}
-        model = ", with the model's " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
-                                                   for k, v in nets.items()) + "," if nets else ""
+        nets = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                         for k, v in (result.get("net_overrides") or {}).items())
+        model = f", with the model's {nets}," if nets else ""
+        below = f"; below that, the difference from the {versus[0]} evaluation at the same c (paired)" if versus else ""
         out += ["", f"## Context use ({ev.name})", "",
                 f"The same target bytes of each test document scored{model} after reading {after}only the last c bytes "
                 "before them (bits per byte, 95% interval over documents x seeds); below each, the gain over the "
-                f"previous context (paired interval)"
-                + (f"; below that, the difference from the {versus[0]} evaluation at the same c (paired)" if versus
-                   else "") + ". Usable context: the largest c whose gain over the "
+                f"previous context (paired interval){below}. Usable context: the largest c whose gain over the "
                 f"previous one is separated from 0; total gain: c={contexts[-1]:,} over c={contexts[0]:,} (paired).",
                 "",
                 "| row | " + " | ".join(f"c={c:,}" for c in contexts) + " | usable context | total gain |",
