@@ -1,8 +1,8 @@
 """Exact top-k by inner product over a ring of keys, the oracle of every search backend, in two ways that
 return the same entries:
 
-* ``search_fp32`` — float32 scores by blocks of slots, a running top-k by group maxima (``block_topk``), so
-  the score matrix never exceeds a budget;
+* ``search_fp32`` — float32 scores by blocks of slots, a running top-k (``kernels.topk.topk_merge``: one C++
+  pass per row on CPU), so the score matrix never exceeds a budget;
 * ``search_bf16`` — the same scan with bfloat16 scores (half the memory traffic, and the CPU's bf16 matrix
   units), keeping ``k + extra`` candidates per query, re-ranked exactly in float32. It is exact by a
   certificate, not by hope: a bf16 score differs from the float32 one by at most
@@ -16,42 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from kernels.topk import topk_merge
+
 BF16_U = 2.0 ** -8
-
-
-def group_size(n: int) -> int:
-    """Scores per group of ``block_topk`` over rows of n: 8, or 16 from 32,768 (measured on 2,048 rows of bf16
-    scores, top-64: the fastest of 8 / 16 / 32 / 64 at 8K, 64K and 256K)."""
-    return 8 if n < 32768 else 16
-
-
-def block_topk(scores: torch.Tensor, k: int, group: int | None = None):
-    """``scores.topk(min(k, n), -1)`` (values, indices) over the last dim n, exactly, with less work: the
-    maxima of groups of ``group`` scores select k groups, and the top-k is taken among their members.
-    Every top-k score lies in one of the k groups with the largest maxima (a group left out has k groups
-    of larger maxima above it, so k larger scores), so nothing is lost; a top-k over n becomes a max over
-    n, a top-k over n / group and one over k * group. Any partition into groups will do, so a group is
-    strided, {j, j + w, j + 2w, ...} with w = n // group: its maxima are an elementwise max of ``group``
-    contiguous slices of the row (no copy, no padding; the < ``group`` scores past group * w join the
-    members), where contiguous groups would need a reduction along a short inner dimension."""
-    n = scores.shape[-1]
-    kk = min(k, n)
-    group = group or group_size(n)
-    w = n // group
-    if w < 4 * kk:  # small: a plain top-k is as cheap
-        top = scores.topk(kk, dim=-1)
-        return top.values, top.indices
-    lead = scores.shape[:-1]
-    flat = scores.reshape(-1, n).contiguous()
-    rows = flat.shape[0]
-    cols = flat.as_strided((rows, group, w), (n, w, 1)).amax(1).topk(kk, dim=-1, sorted=False).indices
-    # the members of the k groups: [rows, group * kk] slots, then the ragged end
-    slots = (cols.unsqueeze(1) + torch.arange(0, group * w, w, device=scores.device).view(1, group, 1))
-    slots = slots.view(rows, group * kk)
-    if n > group * w:
-        slots = torch.cat([slots, torch.arange(group * w, n, device=scores.device).expand(rows, -1)], -1)
-    top = flat.gather(-1, slots).topk(kk, dim=-1)
-    return top.values.view(*lead, kk), slots.gather(-1, top.indices).view(*lead, kk)
 
 
 def bucket(width: int, per_octave: int = 4) -> int:
@@ -70,24 +37,16 @@ def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int,
     fot_dictionary evaluation reached 20 GB of them at 246K keys and was killed)."""
     C = keys.shape[2]
     n = C if n is None else n
-    live = live.to(keys.device).view(-1, 1, 1, 1)
-    best_v = best_s = None
+    B, H, T, _ = queries.shape
+    live_rows = live.to(keys.device).view(B, 1).expand(B, H * T).reshape(-1)
+    best = None
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         if buckets:
             hi = min(C, lo + bucket(hi - lo))
         scores = torch.matmul(queries, keys[:, :, lo:hi].transpose(-1, -2))
-        if hi > int(live.min()):  # some row has fewer live slots than this block reaches
-            slots = torch.arange(lo, hi, device=scores.device)
-            scores = scores.masked_fill(slots.view(1, 1, 1, -1) >= live, float("-inf"))
-        cand_v, cand_s = block_topk(scores, k)
-        cand_s = cand_s + lo
-        if best_v is not None:
-            cand_v, cand_s = torch.cat([best_v, cand_v], -1), torch.cat([best_s, cand_s], -1)
-            top = cand_v.topk(min(k, cand_v.shape[-1]), dim=-1)
-            cand_v, cand_s = top.values, cand_s.gather(-1, top.indices)
-        best_v, best_s = cand_v, cand_s
-    return best_v, best_s
+        best = topk_merge(scores.view(B * H * T, hi - lo), k, lo, (live_rows - lo).clamp(0, hi - lo), best)
+    return best[0].view(B, H, T, k), best[1].view(B, H, T, k)
 
 
 def block_size(queries: torch.Tensor, dtype: torch.dtype = torch.float32, budget: int = 1 << 28) -> int:
@@ -147,4 +106,4 @@ def _refine(q, keys, live, k, unsure, vals, slots):
     return vals, slots
 
 
-__all__ = ["block_size", "block_topk", "group_size", "bucket", "search_bf16", "search_fp32"]
+__all__ = ["block_size", "bucket", "search_bf16", "search_fp32"]

@@ -255,26 +255,6 @@ def test_blocked_exact_search_equals_one_top_k():
     assert torch.equal(one.sort(-1).values, blocks.sort(-1).values)
 
 
-def test_top_k_by_group_maxima_is_exact():
-    """Exact search selects k groups of scores by their maxima, then the top-k among their members:
-    the same values and positions as a plain top-k, also with -inf (empty slots) and ragged ends."""
-    from memory.exact import block_topk
-
-    g = torch.Generator().manual_seed(4)
-    for n, group in ((40, None), (8193, None), (20000, None), (40003, None), (3001, 3), (20000, 64)):
-        scores = torch.randn(2, 3, 5, n, generator=g)
-        scores[..., ::37] = float("-inf")
-        scores[0, 0, 0, -3:] = 10.0  # the top in the ragged end past the last whole group
-        values, idx = block_topk(scores, 32, group)
-        ref = scores.topk(min(32, n), -1)
-        assert torch.equal(values, ref.values) and torch.equal(scores.gather(-1, idx), ref.values)
-    # a row whose top-k all sit in one strided group: the k groups chosen must still hold them
-    scores = torch.randn(1, 16384, generator=g)
-    scores[0, 5::1024] = 100 + torch.arange(16, dtype=torch.float)
-    values, idx = block_topk(scores, 32, 16)
-    assert torch.equal(values, scores.topk(32, -1).values)
-
-
 def test_exact_search_over_a_large_partly_filled_wrapped_memory_equals_brute_force():
     """Large enough for the grouped top-k (> 8192 slots), rows filled to different sizes, one wrapped."""
     g = torch.Generator().manual_seed(5)
