@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.topk import topk_merge
+from kernels.topk import rerank_topk, topk_merge
 
 BF16_U = 2.0 ** -8
 
@@ -28,13 +28,14 @@ def bucket(width: int, per_octave: int = 4) -> int:
 
 
 def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int, block: int, n: int | None = None,
-          buckets: bool = False):
+          buckets: bool = False, sorted: bool = True):
     """Running top-k (values, slots) of ``queries @ keys^T`` over blocks of slots [0, n) (default: all of
     ``keys``); slots >= ``live`` [B] are dead. ``queries`` [B, H, T, d] and ``keys`` [B, H, C, d] of one dtype.
-    ``buckets``: the last block reads on (within C; the slots past ``live`` are masked) to a ``bucket`` width, so
-    that the matmuls take few shapes: oneDNN's bf16 matmul keeps a primitive with the keys packed for every
-    shape it meets, and a memory that grows by one window per search meets a new shape at every search (the
-    fot_dictionary evaluation reached 20 GB of them at 246K keys and was killed)."""
+    ``sorted``: descending by score (else in any order). ``buckets``: the last block reads on (within C; the
+    slots past ``live`` are masked) to a ``bucket`` width, so that the matmuls take few shapes: oneDNN's bf16
+    matmul keeps a primitive with the keys packed for every shape it meets, and a memory that grows by one
+    window per search meets a new shape at every search (the fot_dictionary evaluation reached 20 GB of them
+    at 246K keys and was killed)."""
     C = keys.shape[2]
     n = C if n is None else n
     B, H, T, _ = queries.shape
@@ -45,7 +46,8 @@ def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int,
         if buckets:
             hi = min(C, lo + bucket(hi - lo))
         scores = torch.matmul(queries, keys[:, :, lo:hi].transpose(-1, -2))
-        best = topk_merge(scores.view(B * H * T, hi - lo), k, lo, (live_rows - lo).clamp(0, hi - lo), best)
+        best = topk_merge(scores.view(B * H * T, hi - lo), k, lo, (live_rows - lo).clamp(0, hi - lo), best,
+                          sorted=sorted and lo + block >= n)
     return best[0].view(B, H, T, k), best[1].view(B, H, T, k)
 
 
@@ -59,7 +61,7 @@ def block_size(queries: torch.Tensor, dtype: torch.dtype = torch.float32, budget
 
 def search_fp32(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int,
                 block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k (scores, slots) [B, H, T, <=k]; -inf scores where a row has fewer live slots than k."""
+    """Exact top-k (scores, slots) [B, H, T, k]; -inf scores (slot 0) where a row has fewer live slots than k."""
     return _scan(queries.to(keys.dtype), keys, live, k, block or block_size(queries, keys.dtype))
 
 
@@ -74,21 +76,16 @@ def search_bf16(queries: torch.Tensor, keys: torch.Tensor, keys_bf16: torch.Tens
     n = keys.shape[2] if n is None else n
     q = queries.to(keys.dtype)
     cand_v, cand_s = _scan(q.to(torch.bfloat16), keys_bf16, live, k + extra,
-                           block or block_size(queries, torch.bfloat16), n=n, buckets=True)
-    cand_v = cand_v.float()
-    # exact float32 scores of the candidates: one gather of k + extra keys per query (dead candidates: slot 0)
+                           block or block_size(queries, torch.bfloat16), n=n, buckets=True, sorted=False)
+    # exact float32 scores of the candidates, and their top-k
     B, H, T, m = cand_s.shape
-    cand_s = torch.where(torch.isfinite(cand_v), cand_s, torch.zeros_like(cand_s))
-    flat = (torch.arange(B * H, device=cand_s.device).view(B, H, 1, 1) * keys.shape[2] + cand_s)
-    cand_k = keys.reshape(-1, keys.shape[-1]).index_select(0, flat.reshape(-1)).view(B, H, T, m, -1)
-    exact = torch.einsum("bhtd,bhtmd->bhtm", q, cand_k)
-    exact = exact.masked_fill(~torch.isfinite(cand_v), float("-inf"))
-    top = exact.topk(min(k, m), dim=-1)
-    vals, slots = top.values, cand_s.gather(-1, top.indices)
+    vals, slots = rerank_topk(q.reshape(B * H, T, -1), keys.reshape(B * H, keys.shape[2], -1),
+                              cand_v.reshape(B * H * T, m), cand_s.reshape(B * H * T, m), k)
+    vals, slots = vals.view(B, H, T, k), slots.view(B, H, T, k)
     # the certificate: every score left out (<= the last candidate's bf16 score) plus its error bound must lie
     # below the k-th exact score; rows with fewer live slots than k + extra left nothing out
     if m > k:
-        left_out = cand_v[..., -1]
+        left_out = cand_v.amin(-1)  # the smallest candidate (unsorted)
         delta = BF16_U * (2 * q.norm(dim=-1) * key_norm_max.to(q.device).unsqueeze(-1) + left_out.abs())
         unsure = torch.isfinite(left_out) & ~(vals[..., -1] > left_out + delta)
         if bool(unsure.any()):

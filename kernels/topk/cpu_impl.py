@@ -27,7 +27,7 @@ def usable(scores: torch.Tensor) -> bool:
             and scores.dtype in (torch.float32, torch.bfloat16) and scores.shape[1] + 1 < 2 ** 31)
 
 
-def topk_merge_cpu(scores, k, lo, limit, prev):
+def topk_merge_cpu(scores, k, lo, limit, prev, sorted=True):
     """``topk_merge_reference``'s result from the C++ kernel, or None when it is not built."""
     ext = extension()
     if ext is None:
@@ -40,8 +40,18 @@ def topk_merge_cpu(scores, k, lo, limit, prev):
         pv, ps = torch.empty(R, 0), torch.empty(R, 0, dtype=torch.int64)
     else:
         pv, ps = prev[0].to(torch.float32).contiguous(), prev[1].to(torch.int64).contiguous()
-    v, s = ext.topk_merge(scores, int(lo), limit, pv, ps, int(k))
-    return v, s
+    return tuple(ext.topk_merge(scores, int(lo), limit, pv, ps, int(k), bool(sorted)))
 
 
-__all__ = ["extension", "topk_merge_cpu", "usable"]
+def rerank_topk_cpu(queries, keys, cand_v, cand_s, k):
+    """``rerank_topk_reference``'s result from the C++ kernel (one pass over each row's candidate keys, no gathered
+    copy), or None when it is not built or the inputs are not float32 on the CPU."""
+    ext = extension() if cpu_build.enabled() else None
+    if (ext is None or queries.device.type != "cpu" or queries.dtype != torch.float32 or keys.dtype != torch.float32
+            or cand_v.dtype not in (torch.float32, torch.bfloat16)):
+        return None
+    return tuple(ext.rerank_topk(queries.contiguous(), keys.contiguous(), cand_v.contiguous(),
+                                 cand_s.to(torch.int64).contiguous(), int(k)))
+
+
+__all__ = ["extension", "rerank_topk_cpu", "topk_merge_cpu", "usable"]

@@ -3,10 +3,10 @@
 // 1. the maxima of M strided groups (column j in group j % M, M >= 2k), and their k-th largest t: k groups hold
 //    a score >= t each, so the row's k-th best is >= t (as is the k-th best carried from earlier blocks);
 // 2. every score >= t is appended to a candidate buffer, branch-free (the compare's mask compresses the chunk
-//    in registers); on random scores about 1.4k enter (1.15k with M = 4k, whose selection costs more). A buffer past 4k (adversarial rows: sorted, ties) is
-//    cut back to its best k, which raises the threshold.
-// The best k of the candidates are sorted and written. The PyTorch path (exact.py: block_topk, torch.topk) is
-// the oracle: the same scores, ties broken either way; see exact_cpu.py.
+//    in registers); on random scores about 1.4k enter (1.15k with M = 4k, whose selection costs more). A
+//    buffer past 4k (rows built against a threshold: ascending, ties) is cut back to its best k.
+// The best k of the candidates are written, sorted or not. The PyTorch paths (torch_impl.py: block_topk;
+// reference.py) are the oracle: the same scores, ties broken either way. rerank_topk re-scores candidates.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -135,9 +135,9 @@ struct Row {
     for (; j < m; ++j) push(load_one(x, j), static_cast<int32_t>(j));
   }
 
-  // the best k, sorted by score (descending), as slots lo + column; padded with -inf at slot 0. Each candidate
-  // is packed into one integer ordered as its score (no comparator indirection in the sort)
-  void write(int64_t lo, float* ov, int64_t* os) {
+  // the best k, sorted by score (descending) or in any order, as slots lo + column; padded with -inf at slot 0.
+  // Each candidate is packed into one integer ordered as its score (no comparator indirection in the sort)
+  void write(int64_t lo, float* ov, int64_t* os, bool sorted = true) {
     for (int64_t i = 0; i < n; ++i) {
       uint32_t u;
       std::memcpy(&u, &v[i], 4);
@@ -146,7 +146,7 @@ struct Row {
     }
     const int64_t m = std::min(n, k);
     if (n > k) std::nth_element(packed.begin(), packed.begin() + (k - 1), packed.begin() + n, std::greater<uint64_t>());
-    std::sort(packed.begin(), packed.begin() + m, std::greater<uint64_t>());
+    if (sorted) std::sort(packed.begin(), packed.begin() + m, std::greater<uint64_t>());
     for (int64_t i = 0; i < m; ++i) {
       uint32_t u = static_cast<uint32_t>(packed[i] >> 32);
       u ^= (u >> 31) ? 0x80000000u : 0xFFFFFFFFu;
@@ -159,7 +159,8 @@ struct Row {
 
 template <typename T>
 void merge_impl(const torch::Tensor& scores, int64_t lo, const torch::Tensor& limit, const torch::Tensor& prev_v,
-                const torch::Tensor& prev_s, int64_t k, torch::Tensor& out_v, torch::Tensor& out_s) {
+                const torch::Tensor& prev_s, int64_t k, bool sorted, torch::Tensor& out_v,
+                torch::Tensor& out_s) {
   const int64_t R = scores.size(0), w = scores.size(1), stride = scores.stride(0);
   const T* sp = scores.data_ptr<T>();
   const int64_t* lp = limit.data_ptr<int64_t>();
@@ -179,7 +180,40 @@ void merge_impl(const torch::Tensor& scores, int64_t lo, const torch::Tensor& li
       const T* x = sp + r * stride;
       row.group_threshold(x, m);
       row.scan(x, m);
-      row.write(lo, ov + r * k, os + r * k);
+      row.write(lo, ov + r * k, os + r * k, sorted);
+    }
+  });
+}
+
+template <typename T>
+void rerank_impl(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& cand_v,
+                 const torch::Tensor& cand_s, int64_t k, torch::Tensor& out_v, torch::Tensor& out_s) {
+  const int64_t G = q.size(0), Tq = q.size(1), d = q.size(2), C = keys.size(1), m = cand_s.size(1);
+  const float* qp = q.data_ptr<float>();
+  const float* kp = keys.data_ptr<float>();
+  const T* cv = cand_v.data_ptr<T>();
+  const int64_t* cs = cand_s.data_ptr<int64_t>();
+  float* ov = out_v.data_ptr<float>();
+  int64_t* os = out_s.data_ptr<int64_t>();
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, G * Tq, 16, [&](int64_t r0, int64_t r1) {
+    Row row(k, 1);
+    for (int64_t r = r0; r < r1; ++r) {
+      row.reset();
+      const float* qr = qp + r * d;
+      const float* kg = kp + (r / Tq) * C * d;
+      for (int64_t i = 0; i < m; ++i) {
+        if (!(static_cast<float>(cv[r * m + i]) > neg_inf)) continue;  // an empty candidate
+        const int64_t slot = cs[r * m + i];
+        TORCH_CHECK(slot >= 0 && slot < C, "rerank_topk: candidate slot ", slot, " outside [0, ", C, ")");
+        const float* kr = kg + slot * d;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < d; ++j) dot += qr[j] * kr[j];
+        row.v[row.n] = dot, row.s[row.n] = static_cast<int32_t>(slot), ++row.n;
+        if (row.n >= row.cap) row.cut();
+      }
+      row.write(0, ov + r * k, os + r * k);
     }
   });
 }
@@ -188,10 +222,10 @@ void merge_impl(const torch::Tensor& scores, int64_t lo, const torch::Tensor& li
 
 // scores [R, w] float32 or bfloat16 (unit stride along w); limit [R] int64: columns of the row to read (the rest
 // are dead slots); prev_v [R, kp] float32 and prev_s [R, kp] int64: the best so far (kp = 0: none), -inf entries
-// skipped. Returns the best k of prev and the block, values [R, k] float32 (descending, -inf padded) and slots
-// [R, k] int64 (a block column j is slot lo + j).
+// skipped. Returns the best k of prev and the block, values [R, k] float32 (descending if sorted, else in any
+// order; -inf padded) and slots [R, k] int64 (a block column j is slot lo + j).
 std::vector<torch::Tensor> topk_merge(torch::Tensor scores, int64_t lo, torch::Tensor limit, torch::Tensor prev_v,
-                                      torch::Tensor prev_s, int64_t k) {
+                                      torch::Tensor prev_s, int64_t k, bool sorted) {
   TORCH_CHECK(scores.dim() == 2 && scores.stride(1) == 1, "scores: [R, w] with unit stride along w");
   TORCH_CHECK(k >= 1, "k >= 1");
   TORCH_CHECK(lo >= 0 && lo + scores.size(1) < (int64_t(1) << 31), "slots lo .. lo + w must stay below 2^31");
@@ -205,12 +239,41 @@ std::vector<torch::Tensor> topk_merge(torch::Tensor scores, int64_t lo, torch::T
   auto out_v = torch::empty({R, k}, scores.options().dtype(torch::kFloat32));
   auto out_s = torch::empty({R, k}, scores.options().dtype(torch::kInt64));
   if (scores.scalar_type() == torch::kFloat32) {
-    merge_impl<float>(scores, lo, limit, prev_v, prev_s, k, out_v, out_s);
+    merge_impl<float>(scores, lo, limit, prev_v, prev_s, k, sorted, out_v, out_s);
   } else {
     TORCH_CHECK(scores.scalar_type() == torch::kBFloat16, "scores: float32 or bfloat16");
-    merge_impl<at::BFloat16>(scores, lo, limit, prev_v, prev_s, k, out_v, out_s);
+    merge_impl<at::BFloat16>(scores, lo, limit, prev_v, prev_s, k, sorted, out_v, out_s);
   }
   return {out_v, out_s};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("topk_merge", &topk_merge, "running top-k of a block of scores"); }
+// q [G, T, d] and keys [G, C, d] float32 contiguous; cand_v [G * T, m] (float32 or bfloat16; -inf: empty) and
+// cand_s [G * T, m] int64: candidate slots of row r in keys[r / T]. Returns the best k of the candidates by their
+// float32 scores q . key: values [G * T, k] float32 descending (-inf padded) and slots [G * T, k] int64 (0 where
+// empty).
+std::vector<torch::Tensor> rerank_topk(torch::Tensor q, torch::Tensor keys, torch::Tensor cand_v, torch::Tensor cand_s,
+                                       int64_t k) {
+  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && q.size(0) == keys.size(0) && q.size(2) == keys.size(2),
+              "q [G, T, d], keys [G, C, d]");
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && keys.scalar_type() == torch::kFloat32 && q.is_contiguous() &&
+                  keys.is_contiguous(), "q, keys: contiguous float32");
+  TORCH_CHECK(cand_s.dim() == 2 && cand_s.size(0) == q.size(0) * q.size(1) && cand_s.is_contiguous() &&
+                  cand_s.scalar_type() == torch::kInt64 && cand_v.sizes() == cand_s.sizes() && cand_v.is_contiguous(),
+              "cand_v, cand_s: contiguous [G * T, m], slots int64");
+  TORCH_CHECK(k >= 1 && keys.size(1) < (int64_t(1) << 31), "k >= 1, fewer than 2^31 slots");
+  const int64_t R = cand_s.size(0);
+  auto out_v = torch::empty({R, k}, q.options());
+  auto out_s = torch::empty({R, k}, cand_s.options());
+  if (cand_v.scalar_type() == torch::kFloat32) {
+    rerank_impl<float>(q, keys, cand_v, cand_s, k, out_v, out_s);
+  } else {
+    TORCH_CHECK(cand_v.scalar_type() == torch::kBFloat16, "cand_v: float32 or bfloat16");
+    rerank_impl<at::BFloat16>(q, keys, cand_v, cand_s, k, out_v, out_s);
+  }
+  return {out_v, out_s};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("topk_merge", &topk_merge, "running top-k of a block of scores");
+  m.def("rerank_topk", &rerank_topk, "the best k candidates by their float32 scores");
+}

@@ -26,4 +26,23 @@ def topk_merge_reference(scores: torch.Tensor, k: int, lo: int = 0, limit: torch
     return top.values, slots.gather(-1, top.indices).masked_fill(top.values == float("-inf"), 0)
 
 
-__all__ = ["topk_merge_reference"]
+def rerank_topk_reference(queries: torch.Tensor, keys: torch.Tensor, cand_v: torch.Tensor, cand_s: torch.Tensor,
+                          k: int):
+    """The best ``k`` of candidate slots by their float32 scores: queries [G, T, d], keys [G, C, d], candidates
+    ``cand_s`` [G * T, m] (slots of row r in ``keys[r // T]``; ``cand_v`` -inf: empty). Returns values
+    [G * T, k] descending (-inf padded) and slots [G * T, k] (0 where empty)."""
+    G, T, d = queries.shape
+    m = cand_s.shape[1]
+    empty = cand_v == float("-inf")
+    slots = torch.where(empty, torch.zeros_like(cand_s), cand_s)
+    rows = torch.arange(G, device=keys.device).repeat_interleave(T).view(-1, 1) * keys.shape[1]
+    ck = keys.reshape(-1, d).index_select(0, (rows + slots).reshape(-1)).view(G * T, m, d)
+    scores = torch.einsum("rd,rmd->rm", queries.reshape(G * T, d), ck).masked_fill(empty, float("-inf"))
+    if m < k:
+        scores = torch.cat([scores, scores.new_full((G * T, k - m), float("-inf"))], 1)
+        slots = torch.cat([slots, slots.new_zeros(G * T, k - m)], 1)
+    top = scores.topk(k, dim=-1)
+    return top.values, slots.gather(-1, top.indices).masked_fill(top.values == float("-inf"), 0)
+
+
+__all__ = ["rerank_topk_reference", "topk_merge_reference"]

@@ -42,8 +42,8 @@ def block_topk(scores: torch.Tensor, k: int, group: int | None = None):
 
 
 def topk_merge_torch(scores: torch.Tensor, k: int, lo: int = 0, limit: torch.Tensor | None = None,
-                     prev: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """``topk_merge_reference``'s result (ties aside) by ``block_topk`` over the block."""
+                     prev: tuple[torch.Tensor, torch.Tensor] | None = None, sorted: bool = True):
+    """``topk_merge_reference``'s result (ties aside; in any order unless ``sorted``) by ``block_topk``."""
     R, w = scores.shape
     if limit is not None and bool((limit < w).any()):
         scores = scores.masked_fill(torch.arange(w, device=scores.device).view(1, w) >= limit.view(R, 1),
@@ -55,7 +55,7 @@ def topk_merge_torch(scores: torch.Tensor, k: int, lo: int = 0, limit: torch.Ten
     if v.shape[-1] < k:  # fewer scores than k: pad
         v = torch.cat([v, torch.full((R, k - v.shape[-1]), float("-inf"), dtype=v.dtype, device=v.device)], -1)
         s = torch.cat([s, torch.zeros(R, k - s.shape[-1], dtype=s.dtype, device=s.device)], -1)
-    top = v.topk(k, dim=-1)
+    top = v.topk(k, dim=-1, sorted=sorted)
     return top.values, s.gather(-1, top.indices).masked_fill(top.values == float("-inf"), 0)
 
 

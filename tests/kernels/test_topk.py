@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from kernels.topk import cpu_impl, topk_merge, topk_merge_reference
+from kernels import cpu_build
+from kernels.topk import cpu_impl, rerank_topk, rerank_topk_reference, topk_merge, topk_merge_reference
 from kernels.topk.torch_impl import block_topk, topk_merge_torch
 
 INF = float("inf")
@@ -59,6 +60,9 @@ def test_matches_reference_on_random_rows(path, dtype, w, k):
     limit[:3] = torch.tensor([0, w, min(k - 1, w)])
     check(fn(scores, k, 0, limit, None), scores, k, 0, limit, None)
     check(fn(scores, k, 0, None, None), scores, k, 0, None, None)
+    v, s = fn(scores, k, 0, limit, None, sorted=False)  # any order: the same entries
+    order = v.sort(-1, descending=True).indices
+    check((v.gather(1, order), s.gather(1, order)), scores, k, 0, limit, None)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -136,7 +140,7 @@ def test_the_op_takes_the_cpp_kernel_and_can_be_switched_off(monkeypatch):
     assert torch.equal(topk_merge(scores, 8)[0], want) and len(calls) == 1
     assert torch.equal(topk_merge(scores.double(), 8)[0], want.double()) and len(calls) == 1  # float64: torch
     assert torch.equal(topk_merge(scores, 8, backend="reference")[0], want) and len(calls) == 1
-    monkeypatch.setenv(cpu_impl.cpu_build.ENV_VAR, "0")
+    monkeypatch.setenv(cpu_build.ENV_VAR, "0")
     assert torch.equal(topk_merge(scores, 8)[0], want) and len(calls) == 1
 
 
@@ -147,3 +151,28 @@ def test_bad_arguments_are_refused():
         topk_merge(torch.randn(3, 9), 2, limit=torch.ones(2, dtype=torch.long))
     with pytest.raises(ValueError, match="backend="):
         topk_merge(torch.randn(3, 9), 2, backend="cuda")
+
+
+@pytest.mark.parametrize("m,k", [(64, 32), (20, 32), (40, 8)])
+@pytest.mark.parametrize("cand_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rerank_matches_reference(m, k, cand_dtype):
+    """The best k candidates by their float32 scores: C++ (one pass over each candidate key) and the reference
+    (a gathered copy) agree, with empty candidates (-inf), rows with fewer candidates than k and rows of every
+    group of keys."""
+    cpp()
+    g = torch.Generator().manual_seed(m + k)
+    G, T, C, d = 3, 17, 500, 24
+    q, keys = torch.randn(G, T, d, generator=g), torch.randn(G, C, d, generator=g)
+    cand_s = torch.stack([torch.randperm(C, generator=g)[:m] for _ in range(G * T)])
+    cand_v = torch.randn(G * T, m, generator=g).to(cand_dtype)
+    cand_v[::5, m // 2:] = -INF
+    cand_v[3] = -INF
+    v, s = rerank_topk(q, keys, cand_v, cand_s, k)
+    rv, rs = rerank_topk_reference(q, keys, cand_v, cand_s, k)
+    torch.testing.assert_close(v, rv, rtol=1e-6, atol=1e-5)
+    assert torch.equal(s, rs)
+    exact = torch.einsum("gtd,gcd->gtc", q.double(), keys.double()).reshape(G * T, C)
+    fin = v != -INF
+    torch.testing.assert_close(exact.gather(1, s)[fin].float(), v[fin], rtol=1e-6, atol=1e-5)
+    assert (s[3] == 0).all() and (v[3] == -INF).all()
+    assert torch.equal(rerank_topk(q, keys, cand_v, cand_s, k, backend="reference")[1], rs)
