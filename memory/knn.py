@@ -211,13 +211,13 @@ class KNNMemory:
         dev = self.keys.device
         ids = ids.to(dev)
         live_from = (self.count - self.capacity).clamp(min=0).to(dev)
-        valid = (ids >= live_from.view(B, 1, 1, 1)) & (ids >= 0)
-        slots = torch.where(valid, ids % self.capacity, torch.zeros_like(ids))
+        valid = ids >= live_from.view(B, 1, 1, 1)  # live_from >= 0, so -1 is invalid too
+        # -1 reads slot 0 and an evicted entry the newer one in its slot; both are masked by valid
         row = (torch.arange(B, device=dev).view(B, 1, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1, 1))
-        flat = (row * self.capacity + slots).permute(0, 2, 1, 3).reshape(-1)  # [B, T, H, k] order
+        flat = (ids.clamp(min=0) % self.capacity + row * self.capacity).permute(0, 2, 1, 3).reshape(-1)
         kk = self.keys.view(-1, self.d).index_select(0, flat).view(B, T, H, k, self.d)
         vv = self.values.view(-1, self.dv).index_select(0, flat).view(B, T, H, k, self.dv)
-        return kk, vv, valid.permute(0, 2, 1, 3), torch.where(valid, ids, torch.full_like(ids, -1))
+        return kk, vv, valid.permute(0, 2, 1, 3), ids.masked_fill(~valid, -1)
 
     def _search_exact(self, queries, k, block: int | None = None):
         """Exact top-k (``memory.exact``): bf16 candidates certified in float32 for large memories of float32
@@ -232,13 +232,11 @@ class KNNMemory:
                                                block=block, n=n)
         else:
             best_v, best_s = exact.search_fp32(queries, keys, live, k, block)
-        count = self.count.to(best_s.device).view(-1, 1, 1, 1)
-        base = (count - 1 - best_s) // self.capacity * self.capacity + best_s  # slot -> newest entry there
-        ids = torch.where(torch.isfinite(best_v), base, torch.full_like(base, -1))
-        if ids.shape[-1] < k:
-            ids = torch.cat([ids, torch.full((*ids.shape[:-1], k - ids.shape[-1]), -1, dtype=ids.dtype,
-                                             device=ids.device)], -1)
-        return ids
+        ids = best_s  # slot -> the newest entry there: the slot itself until the ring wraps
+        if int(self.count.max()) > self.capacity:
+            count = self.count.to(best_s.device).view(-1, 1, 1, 1)
+            ids = (count - 1 - best_s) // self.capacity * self.capacity + best_s
+        return ids.masked_fill(best_v == float("-inf"), -1)  # exact search: k entries, -inf where empty
 
     # ------------------------------------------------------------------ faiss
     def _new_index(self, b: int, h: int, live_from: int):
