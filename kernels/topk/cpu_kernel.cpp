@@ -74,7 +74,11 @@ struct Row {
 
   // keep the best k of the buffer (those above the k-th best, then ties up to k); the threshold rises to it
   void cut() {
-    if (n <= k) return;
+    if (n < k) return;
+    if (n == k) {  // nothing to drop; the threshold rises to the smallest kept
+      thr = std::max(thr, *std::min_element(v.begin(), v.begin() + n));
+      return;
+    }
     const float t = kth(v.data(), n);
     int64_t above = 0;
     for (int64_t i = 0; i < n; ++i) above += v[i] > t;
