@@ -46,9 +46,12 @@ def topk_merge_cpu(scores, k, lo, limit, prev, sorted=True):
 def rerank_topk_cpu(queries, keys, cand_v, cand_s, k):
     """``rerank_topk_reference``'s result from the C++ kernel (one pass over each row's candidate keys, no gathered
     copy), or None when it is not built or the inputs are not float32 on the CPU."""
-    ext = extension() if cpu_build.enabled() else None
-    if (ext is None or queries.device.type != "cpu" or queries.dtype != torch.float32 or keys.dtype != torch.float32
+    if (not cpu_build.enabled() or queries.device.type != "cpu" or keys.device.type != "cpu"
+            or queries.dtype != torch.float32 or keys.dtype != torch.float32
             or cand_v.dtype not in (torch.float32, torch.bfloat16)):
+        return None  # checked before building: GPU tensors never build the CPU kernel
+    ext = extension()
+    if ext is None:
         return None
     return tuple(ext.rerank_topk(queries.contiguous(), keys.contiguous(), cand_v.contiguous(),
                                  cand_s.to(torch.int64).contiguous(), int(k)))

@@ -142,6 +142,12 @@ def test_the_op_takes_the_cpp_kernel_and_can_be_switched_off(monkeypatch):
     assert torch.equal(topk_merge(scores, 8, backend="reference")[0], want) and len(calls) == 1
     monkeypatch.setenv(cpu_build.ENV_VAR, "0")
     assert torch.equal(topk_merge(scores, 8)[0], want) and len(calls) == 1
+    # switched off, the re-rank never asks for the kernel either
+    monkeypatch.setattr(cpu_impl, "extension", lambda: pytest.fail("the C++ kernel was asked for"))
+    q, keys = torch.randn(1, 3, 8), torch.randn(1, 50, 8)
+    cand_s = torch.arange(12).repeat(3, 1)
+    v, s = rerank_topk(q, keys, torch.zeros(3, 12), cand_s, 4)
+    assert torch.equal(s, rerank_topk_reference(q, keys, torch.zeros(3, 12), cand_s, 4)[1])
 
 
 def test_bad_arguments_are_refused():
