@@ -38,6 +38,7 @@ def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int,
     at 246K keys and was killed)."""
     C = keys.shape[2]
     n = C if n is None else n
+    queries = queries.detach()  # the search picks entries; no gradient flows through it
     B, H, T, _ = queries.shape
     live_rows = live.to(keys.device).view(B, 1).expand(B, H * T).reshape(-1)
     best = None
@@ -45,14 +46,16 @@ def _scan(queries: torch.Tensor, keys: torch.Tensor, live: torch.Tensor, k: int,
         hi = min(n, lo + block)
         if buckets:
             hi = min(C, lo + bucket(hi - lo))
-        if hi - lo == C:
-            scores = torch.matmul(queries, keys.transpose(-1, -2))
-        else:  # a slice of the ring is not one strided batch: a matmul per head reads its rows in place (a batched
-            # matmul over the slice copied it whole first: 32 MB per search at 65,536 bf16 keys x 4 heads)
+        blk = keys[:, :, lo:hi]
+        if blk.is_contiguous():
+            scores = torch.matmul(queries, blk.transpose(-1, -2))
+        else:  # a slice of a ring (here, or the caller's keys[:, :, :n]) is not one strided batch: a matmul per head
+            # reads its rows in place (a batched matmul over the slice copied it whole first: 32 MB per search at
+            # 65,536 bf16 keys x 4 heads)
             scores = torch.empty(B, H, T, hi - lo, dtype=queries.dtype, device=queries.device)
             for b in range(B):
                 for h in range(H):
-                    torch.mm(queries[b, h], keys[b, h, lo:hi].t(), out=scores[b, h])
+                    torch.mm(queries[b, h], blk[b, h].t(), out=scores[b, h])
         best = topk_merge(scores.view(B * H * T, hi - lo), k, lo, (live_rows - lo).clamp(0, hi - lo), best,
                           sorted=sorted and lo + block >= n)
     return best[0].view(B, H, T, k), best[1].view(B, H, T, k)

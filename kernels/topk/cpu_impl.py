@@ -21,10 +21,10 @@ def extension():
     return cpu_build.load("topk_merge", "longlab_topk", SOURCE)
 
 
-def usable(scores: torch.Tensor) -> bool:
-    """Whether this call can take the C++ kernel (before building it)."""
+def usable(scores: torch.Tensor, lo: int = 0) -> bool:
+    """Whether this call can take the C++ kernel (before building it): its slots lo .. lo + w fit in 31 bits."""
     return (cpu_build.enabled() and scores.device.type == "cpu" and scores.dim() == 2
-            and scores.dtype in (torch.float32, torch.bfloat16) and scores.shape[1] + 1 < 2 ** 31)
+            and scores.dtype in (torch.float32, torch.bfloat16) and 0 <= lo and lo + scores.shape[1] < 2 ** 31)
 
 
 def topk_merge_cpu(scores, k, lo, limit, prev, sorted=True):

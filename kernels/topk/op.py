@@ -31,7 +31,7 @@ def topk_merge(scores: torch.Tensor, k: int, lo: int = 0, limit: torch.Tensor | 
     check(backend is None or backend in BACKENDS, f"topk_merge: backend={backend!r} is unknown; use one of {BACKENDS}")
     if backend == "reference":
         return topk_merge_reference(scores, k, lo, limit, prev)
-    if cpu_impl.usable(scores):
+    if cpu_impl.usable(scores, lo):
         out = cpu_impl.topk_merge_cpu(scores, k, lo, limit, prev, sorted)
         if out is not None:
             return out

@@ -349,3 +349,15 @@ def test_bucket_widths_round_up_by_at_most_a_quarter():
         b = bucket(w)
         assert w <= b <= max(w * 1.25, w + 1), (w, b)
     assert {bucket(w) for w in range(4097, 8193)} == {5120, 6144, 7168, 8192}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_exact_search_takes_queries_that_require_grad_over_a_partly_filled_ring(bf16):
+    """A memory layer searches with queries from the graph being trained, over a ring larger than its live keys
+    (each head's block a slice of the ring, scored by a matmul per head): the search picks entries, so it takes
+    no gradient, and the entries are the same as with detached queries."""
+    g = torch.Generator().manual_seed(9)
+    mem = KNNMemory(1, 2, 8, MemoryConfig(capacity=6000, exact_bf16_from=1 if bf16 else 10**9))
+    mem.add(torch.randn(1, 2, 5000, 8, generator=g), torch.randn(1, 2, 5000, 8, generator=g))
+    q = torch.randn(1, 2, 5, 8, generator=g, requires_grad=True)
+    assert torch.equal(mem.search_ids(q, 4), mem.search_ids(q.detach(), 4))
