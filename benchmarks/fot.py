@@ -43,6 +43,7 @@ from architectures.fot import FocusedTransformer  # noqa: E402
 from benchmarks.common import measure, table  # noqa: E402
 from experiments.cli import with_allocator  # noqa: E402
 from memory import KNNMemory, MemoryConfig, exact  # noqa: E402
+from memory.knn import faiss_threads  # noqa: E402
 
 K = 32  # neighbours per query (the peer's default)
 IVF = {"backend": "faiss", "index": "ivf", "nlist": "auto", "nprobe": 16, "faiss_threads": 1}
@@ -163,18 +164,16 @@ def key_rows(keys, queries, sizes):
 def inner_product_ivf(keys, q, n):
     """The IVF this commit replaced (inner-product lists, 64 of them, trained on the first 4,096 keys), kept
     here as the control of the lifted one."""
-    import faiss
-
-    faiss.omp_set_num_threads(1)
-    t0 = time.perf_counter()
-    quant = faiss.IndexFlatIP(keys.shape[-1])
-    idx = faiss.IndexIVFFlat(quant, keys.shape[-1], 64, faiss.METRIC_INNER_PRODUCT)
-    idx.nprobe = 8
-    idx.train(keys[:4096].numpy())
-    idx.add(keys.numpy())
-    build = time.perf_counter() - t0
-    ms = measure(lambda: idx.search(q.numpy(), K), repeat=3)["cpu"] * 1e3
-    return torch.from_numpy(idx.search(q.numpy(), K)[1]), ms, build
+    with faiss_threads(1) as faiss:
+        t0 = time.perf_counter()
+        quant = faiss.IndexFlatIP(keys.shape[-1])
+        idx = faiss.IndexIVFFlat(quant, keys.shape[-1], 64, faiss.METRIC_INNER_PRODUCT)
+        idx.nprobe = 8
+        idx.train(keys[:4096].numpy())
+        idx.add(keys.numpy())
+        build = time.perf_counter() - t0
+        ms = measure(lambda: idx.search(q.numpy(), K), repeat=3)["cpu"] * 1e3
+        return torch.from_numpy(idx.search(q.numpy(), K)[1]), ms, build
 
 
 # ---------------------------------------------------------------------------------------------- 3. equal work

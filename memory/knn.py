@@ -32,6 +32,7 @@ hands every live entry to attention, whatever the backend.
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,21 @@ def _faiss():
         return importlib.import_module("faiss")
     except ImportError as e:
         raise ImportError("memory backend 'faiss' needs faiss: `pip install faiss-cpu` (or faiss-gpu-cu12)") from e
+
+
+@contextmanager
+def faiss_threads(n: int):
+    """faiss's OpenMP threads set to ``n`` inside the block, torch's thread count restored after it. faiss and
+    torch share one OpenMP runtime, so ``faiss.omp_set_num_threads`` is torch's setting too: left at 1, the rest
+    of the process ran torch's OpenMP ops on one thread, silently (FoT streaming with exact search, after a
+    faiss call in the same process, at 0.59-0.69x its wall-clock speed; a float32 flash attention of 4 x 512 x 64
+    at 2.4x its CPU time; benchmarks.fot table 4 and a probe, AMX Xeon)."""
+    faiss, threads = _faiss(), torch.get_num_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield faiss
+    finally:
+        torch.set_num_threads(threads)
 
 
 class KNNMemory:
@@ -277,7 +293,6 @@ class KNNMemory:
         them; HNSW and GPU indexes, which cannot, are rebuilt from the ring once stale entries reach half
         of them, and searched with k + stale candidates meanwhile); new entries are added."""
         faiss = _faiss()
-        faiss.omp_set_num_threads(self.cfg.faiss_threads)
         cfg, key = self.cfg, (b, h)
         count = int(self.count[b])
         live_from = max(0, count - self.capacity)
@@ -326,7 +341,12 @@ class KNNMemory:
 
     def _search_faiss(self, queries, k):
         """One search call per (row, head) index with all of that row's queries at once; candidates
-        that were evicted after indexing are over-fetched and dropped."""
+        that were evicted after indexing are over-fetched and dropped. The indexes are updated, trained and
+        searched on ``faiss_threads`` threads, torch's own setting restored after."""
+        with faiss_threads(self.cfg.faiss_threads):
+            return self._search_indexes(queries, k)
+
+    def _search_indexes(self, queries, k):
         B, H, T, _ = queries.shape
         out = torch.full((B, H, T, k), -1, dtype=torch.int64)
         q = queries.detach().float().cpu().contiguous()

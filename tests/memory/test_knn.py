@@ -56,6 +56,21 @@ def test_faiss_flat_returns_the_same_ids_as_exact():
     assert torch.equal(ids1.sort(-1).values, ids2.sort(-1).values)
 
 
+@pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
+def test_a_faiss_search_leaves_torch_thread_count_as_it_was(index):
+    """faiss and torch share one OpenMP runtime: a search on faiss_threads=1 must not leave torch's ops on one
+    thread for the rest of the process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        mem, _, _ = filled(MemoryConfig(capacity=200, backend="faiss", index=index, nlist=2, ivf_train_size=64,
+                                        faiss_threads=1), per=40)
+        mem.search(torch.randn(B, H, 3, D), 4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("index,floor", [("ivf", 0.8), ("hnsw", 0.9)])
 def test_approximate_indexes_recall_above_a_floor(index, floor):
     torch.manual_seed(0)
