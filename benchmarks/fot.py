@@ -9,7 +9,8 @@ Four tables:
    over n keys per head; the floor is what any exact search must do on this CPU: the bf16 score matmul and
    one read of the scores (their maxima by groups of 64). The search is timed twice: the top-k entry numbers
    (``KNNMemory.search_ids``), and ``search``, which also gathers their keys and values for attention (what
-   every backend must do after it: 2 x 16 MB at 512 queries, top-32);
+   every backend must do after it: 2 x 16 MB at 512 queries, top-32), against the floor plus one copy of
+   those bytes (the least the gather can cost: it writes them);
 2. search on a trained FoT's own keys and queries (its first memory layer; ``--keys-run`` or a fot_tiny
    trained here for ``--keys-steps``): recall@32 of each index against exact search, and its time;
 3. equal work: one memory of n keys (one head: the peer keeps one memory head shared by all heads),
@@ -82,9 +83,13 @@ def floor_rows(sizes, heads=4, queries=512, d=64):
         fp32 = KNNMemory(1, heads, d, MemoryConfig(capacity=n, exact_bf16=False))
         fp32.add(keys, keys)
         search32 = measure(lambda: fp32.search(q, K), repeat=1)["cpu"]
+        # what search adds to search_ids must at least write its output: the retrieved keys and values, once
+        out = torch.randn(2, 1, heads, queries, K, d, generator=g)
+        dst = torch.empty_like(out)
+        copy = measure(lambda: dst.copy_(out), repeat=5)["cpu"]
         rows.append({"n": n, "mm": mm * 1e3, "scan": scan * 1e3, "floor": (mm + scan) * 1e3, "ms": search * 1e3,
                      "ratio": search / (mm + scan), "ids": ids * 1e3, "ratio_ids": ids / (mm + scan),
-                     "fp32": search32 * 1e3})
+                     "copy": copy * 1e3, "ratio_copy": search / (mm + scan + copy), "fp32": search32 * 1e3})
     return rows
 
 
@@ -425,7 +430,8 @@ def main():
             ("scan", "one read of the scores ms", "{:.0f}"), ("floor", "floor ms", "{:.0f}"),
             ("ids", "exact top-k ids ms", "{:.0f}"), ("ratio_ids", "ids / floor", "{:.2f}x"),
             ("ms", "+ gather of keys and values ms", "{:.0f}"), ("ratio", "search / floor", "{:.2f}x"),
-            ("fp32", "float32 exact search ms", "{:.0f}")]))
+            ("copy", "one copy of the gathered bytes ms", "{:.1f}"),
+            ("ratio_copy", "search / (floor + copy)", "{:.2f}x"), ("fp32", "float32 exact search ms", "{:.0f}")]))
     if {"keys", "equal"} - set(a.skip):
         run = trained_run(a)
         n = max(a.key_sizes)
