@@ -10,9 +10,11 @@ import hashlib
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 ENV_VAR = "LONGLAB_CPU_KERNELS"
+STALE_LOCK_S = 600.0  # a build takes about 30 s: a lock this old was left by a process that died building
 
 
 def enabled() -> bool:
@@ -37,6 +39,28 @@ def build_root() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
 
 
+def clear_stale_lock(op: str, build: Path) -> None:
+    """torch's build lock (``build/lock``) is removed only by the process that made it: one killed while building
+    leaves it, and every later load waits on it forever, silently. Wait for a lock while it is younger than
+    ``STALE_LOCK_S`` (another process is building: it says so once), then remove it, saying so."""
+    lock, said = build / "lock", False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age >= STALE_LOCK_S:
+            print(f"[longlab] {op}: removing a build lock left {age / 60:.0f} min ago in {build} (a build takes "
+                  "about 30 s: the process that took it is gone)", file=sys.stderr, flush=True)
+            lock.unlink(missing_ok=True)
+            return
+        if not said:
+            print(f"[longlab] {op}: waiting for another process's build in {build} (its lock is {age:.0f} s old; "
+                  f"one older than {STALE_LOCK_S:.0f} s is removed)", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(min(1.0, STALE_LOCK_S - age))
+
+
 def load(op: str, prefix: str, source: Path):
     """The compiled module of ``source`` (named ``{prefix}_{cpu tag}_{source hash}``), or None, the reason printed
     once per call (callers cache the result), where it is switched off or cannot be built."""
@@ -53,6 +77,7 @@ def load(op: str, prefix: str, source: Path):
         name = f"{prefix}_{cpu_tag()}_{digest}"
         build = build_root() / name
         build.mkdir(parents=True, exist_ok=True)
+        clear_stale_lock(op, build)
         if not (build / f"{name}.so").exists():
             print(f"[longlab] {op}: building the C++ CPU kernel in {build} (once per machine, ~30 s)",
                   file=sys.stderr, flush=True)
@@ -65,4 +90,4 @@ def load(op: str, prefix: str, source: Path):
         return None
 
 
-__all__ = ["ENV_VAR", "build_root", "cpu_tag", "enabled", "load"]
+__all__ = ["ENV_VAR", "STALE_LOCK_S", "build_root", "clear_stale_lock", "cpu_tag", "enabled", "load"]
