@@ -57,7 +57,7 @@ def test_faiss_flat_returns_the_same_ids_as_exact():
 
 
 @pytest.mark.parametrize("index", ["flat", "ivf", "hnsw"])
-def test_a_faiss_search_leaves_torch_thread_count_as_it_was(index):
+def test_a_faiss_search_leaves_torch_thread_count_as_it_was(index, monkeypatch):
     """faiss and torch share one OpenMP runtime: a search on faiss_threads=1 must not leave torch's ops on one
     thread for the rest of the process. The index is built on faiss_threads and searched on torch's count."""
     import faiss
@@ -66,15 +66,14 @@ def test_a_faiss_search_leaves_torch_thread_count_as_it_was(index):
     torch.set_num_threads(2)
     set_to = []
     real = faiss.omp_set_num_threads
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: set_to.append(n) or real(n))
     try:
-        faiss.omp_set_num_threads = lambda n: set_to.append(n) or real(n)
         mem, _, _ = filled(MemoryConfig(capacity=200, backend="faiss", index=index, nlist=2, ivf_train_size=64,
                                         faiss_threads=1), per=40)
         mem.search(torch.randn(B, H, 3, D), 4)
         assert torch.get_num_threads() == 2
         assert set_to[0] == 1 and 2 in set_to  # built on faiss_threads, searched on torch's count
     finally:
-        faiss.omp_set_num_threads = real
         torch.set_num_threads(before)
 
 
