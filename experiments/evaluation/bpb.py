@@ -20,6 +20,7 @@ from experiments.data.corpus import Split
 from experiments.data.samplers import RandomWindows
 from experiments.evaluation.inference_methods import method_nll, patch_profile, target_offset, window_length
 from experiments.training.progress import Progress
+from kernels.bf16_matmul import use_fp32_gemm_for_bf16
 
 LN2 = math.log(2)
 
@@ -53,6 +54,8 @@ class Units:
 
 def autocast(device: torch.device, precision: str | int):
     if str(precision) in ("bf16", "bf16-mixed"):
+        if device.type == "cpu":
+            use_fp32_gemm_for_bf16()  # an AVX2-only CPU's bf16 GEMM is a scalar loop: 25-50x slower
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

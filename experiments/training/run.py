@@ -36,6 +36,7 @@ from experiments.training.module import CausalLMModule
 from experiments.training.optim import changes as optim_changes
 from experiments.training.parallel import sequence_group
 from experiments.training.progress import LineProgress, wants_line_progress
+from kernels.bf16_matmul import use_fp32_gemm_for_bf16
 
 
 def count_parameters(net: torch.nn.Module) -> int:
@@ -188,6 +189,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if tokenizer:  # the run is self-contained: eval and generation read its tokenizer from here
             shutil.copyfile(tokenizer, run_dir / "tokenizer.json")
 
+    if "bf16" in str(cfg.trainer.get("precision")) and trainer.strategy.root_device.type == "cpu":
+        use_fp32_gemm_for_bf16()  # an AVX2-only CPU's bf16 GEMM is a scalar loop: 25-50x slower
     preemption.install()
     reset_peak_memory(trainer.strategy.root_device)  # this run's peak, not an earlier run's in this process
     try:

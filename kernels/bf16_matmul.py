@@ -1,0 +1,101 @@
+"""bf16 matrix products on CPUs that have no native bf16 GEMM.
+
+PyTorch runs a bf16 ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm`` on the CPU through oneDNN only where the processor
+has AVX-512 (or AMX); elsewhere (an AVX2-only EPYC or Xeon) it falls back to a scalar reference loop
+(``cpublas_gemm_impl``, ``bf16_dot_with_fp32_arith``) that is 25-50x slower than float32 MKL on the same
+shapes: an 8192x128 @ 128x512 product took 1,209 ms in bf16 and 22 ms as below, one thread of an AVX2 EPYC.
+Under ``bf16-mixed`` training nine tenths of a step went there (py-spy).
+
+On such a machine :func:`use_fp32_gemm_for_bf16` routes those four operators, for bf16 operands, through a
+float32 GEMM of the same bf16 values, rounded once to bf16: the products of two bf16 numbers are exact in
+float32 and the reference accumulates in float32 too, so the result is the native one up to the order of the
+float32 summation (at most one bf16 rounding step apart; tested against the reference). Backward passes call
+the same operators, so they take the same route. Other dtypes run PyTorch's own kernels (through the ``out=``
+overloads, which the route leaves alone). Nothing changes on a machine with a native bf16 GEMM; set
+``LONGLAB_BF16_MATMUL=native`` to keep PyTorch's kernels anyway (``fp32-gemm`` forces the route, for tests).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+ENV = "LONGLAB_BF16_MATMUL"
+_LIB: torch.library.Library | None = None  # the registration lives as long as this object
+
+
+def native_bf16_gemm() -> bool:
+    """Whether PyTorch's CPU bf16 GEMM is a native (oneDNN) one here: x86 with AVX-512 or AMX, or not x86."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    return bool(torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def wants_route() -> bool:
+    """Whether bf16 CPU matmuls should take the float32-GEMM route on this machine (``LONGLAB_BF16_MATMUL``)."""
+    choice = os.environ.get(ENV, "auto")
+    if choice not in ("auto", "native", "fp32-gemm"):
+        raise ValueError(f"{ENV}={choice!r}: use auto, native or fp32-gemm")
+    return choice == "fp32-gemm" or (choice == "auto" and not native_bf16_gemm())
+
+
+def _bf16(*ts: torch.Tensor) -> bool:
+    return all(t.dtype == torch.bfloat16 for t in ts)
+
+
+def _mm(a, b):
+    if _bf16(a, b):
+        return _mm(a.float(), b.float()).to(torch.bfloat16)
+    return torch.ops.aten.mm.out(a, b, out=a.new_empty((a.shape[0], b.shape[1])))
+
+
+def _bmm(a, b):
+    if _bf16(a, b):
+        return _bmm(a.float(), b.float()).to(torch.bfloat16)
+    return torch.ops.aten.bmm.out(a, b, out=a.new_empty((a.shape[0], a.shape[1], b.shape[2])))
+
+
+def _addmm(c, a, b, *, beta=1, alpha=1):
+    if _bf16(c, a, b):
+        return _addmm(c.float(), a.float(), b.float(), beta=beta, alpha=alpha).to(torch.bfloat16)
+    out = a.new_empty((a.shape[0], b.shape[1]))
+    return torch.ops.aten.addmm.out(c, a, b, beta=beta, alpha=alpha, out=out)
+
+
+def _baddbmm(c, a, b, *, beta=1, alpha=1):
+    if _bf16(c, a, b):
+        return _baddbmm(c.float(), a.float(), b.float(), beta=beta, alpha=alpha).to(torch.bfloat16)
+    out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+    return torch.ops.aten.baddbmm.out(c, a, b, beta=beta, alpha=alpha, out=out)
+
+
+def use_fp32_gemm_for_bf16() -> bool:
+    """Route bf16 ``mm``/``addmm``/``bmm``/``baddbmm`` on the CPU through float32 GEMMs where this machine has no
+    native bf16 GEMM (:func:`wants_route`), once per process; says so in one line. Returns whether the route
+    is on."""
+    global _LIB
+    if _LIB is not None:
+        return True
+    if not wants_route():
+        return False
+    lib = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
+        warnings.simplefilter("ignore")
+        for name, fn in (("mm", _mm), ("bmm", _bmm), ("addmm", _addmm), ("baddbmm", _baddbmm)):
+            lib.impl(name, fn, "CPU")
+    _LIB = lib
+    print("[kernels] this CPU has no native bf16 GEMM (no AVX-512 / AMX): bf16 matmuls run as float32 GEMMs of "
+          f"the same bf16 values, rounded to bf16 (the native result up to summation order; {ENV}=native "
+          "keeps PyTorch's slow fallback)", flush=True)
+    return True
+
+
+def route_active() -> bool:
+    return _LIB is not None
+
+
+__all__ = ["ENV", "native_bf16_gemm", "route_active", "use_fp32_gemm_for_bf16", "wants_route"]
