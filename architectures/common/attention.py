@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from architectures.common.rotary import RotaryEmbedding
+from kernels.sdpa import fused
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # keys (after RoPE) and values, each [B, H_kv, S, d]
 
@@ -147,13 +147,13 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         hidden = start is not None and bool((start > pos + T - S).any())  # some cached keys are out of bounds
         if S == T and (self.window is None or T <= self.window) and not hidden:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            o = fused(q, k, v, is_causal=True, dropout_p=p)
         elif T == 1 and not hidden:  # one query: every cached key is within its window
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            o = fused(q, k, v, dropout_p=p)
         else:
             mask = causal_window_mask(T, S, self.window, x.device)
             if hidden:
                 key_pos = torch.arange(pos + T - S, pos + T, device=x.device)
                 mask = mask & (key_pos[None, :] >= start.to(x.device)[:, None])[:, None, None, :]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            o = fused(q, k, v, attn_mask=mask, dropout_p=p)
         return self.wo(rearrange(o, "b h t d -> b t (h d)")), new_cache

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from kernels.sdpa import sdpa, uses_math
+from kernels.sdpa import fused, sdpa, uses_math
 
 
 def _sdpa(q, k, v, scale):
@@ -27,7 +27,7 @@ def _sdpa(q, k, v, scale):
     w = max(d, dv)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     q, k, vp = F.pad(q, (0, w - d)), F.pad(k, (0, w - d)), F.pad(v, (0, w - dv))
-    return F.scaled_dot_product_attention(q, k, vp, is_causal=True, scale=scale)[..., :dv]
+    return fused(q, k, vp, is_causal=True, scale=scale)[..., :dv]
 
 
 DIRECT_CONTINUATION = True  # False: queries continuing a cached chunk take the fold path (comparisons)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from kernels._dispatch import compute_dtype
 from kernels.memory_attention.reference import dense_mask, local_mask
+from kernels.sdpa import fused
 
 
 def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, local_valid=None):
@@ -29,7 +29,7 @@ def memory_attention_fast(q, k, v, mem_k, mem_v, mem_mask=None, scale=None, loca
             dense_mask(mem_mask, B, H, M, q.device).expand(B, H, T, M),
             local_mask(T, q.device, local_valid).expand(B, H, T, T),
         ], -1)
-        o = F.scaled_dot_product_attention(
+        o = fused(
             rearrange(q, "b t h d -> b h t d"), rearrange(keys, "b s h d -> b h s d"),
             rearrange(vals, "b s h d -> b h s d"), attn_mask=mask, scale=scale,
         )

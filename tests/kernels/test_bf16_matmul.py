@@ -1,6 +1,6 @@
 """bf16 matmuls on CPUs without a native bf16 GEMM (``kernels.bf16_matmul``): routed through float32 GEMMs of the
 same bf16 values, they give PyTorch's own bf16 results up to the float32 summation order, forward and backward,
-for every routed operator, and leave other dtypes exact. The route is process-wide, so each check runs in a
+for every routed operator, and leave other dtypes exact; bf16 attention (``kernels.sdpa``) runs in float32 there. The route is process-wide, so each check runs in a
 fresh interpreter where ``LONGLAB_BF16_MATMUL=fp32-gemm`` forces it on any processor."""
 
 from __future__ import annotations
@@ -32,6 +32,14 @@ SCRIPT = textwrap.dedent("""
         return [torch.mm(a, m), torch.addmm(c, a, m, beta=0.5, alpha=2.0), torch.bmm(p, q),
                 torch.baddbmm(r, p, q, beta=-1.0, alpha=0.25), a.t().mm(a)]  # a transposed operand too
 
+    def attention():  # kernels.sdpa: causal, a boolean mask, a float mask; forward and backward
+        from kernels.sdpa import fused, sdpa
+        qkv = [torch.randn(2, 3, n, 16).to(bf).requires_grad_() for n in (40, 300, 300)]
+        keep = torch.ones(40, 300, dtype=torch.bool).tril(260)
+        outs = [fused(*qkv[:1], *[t[:, :, :40] for t in qkv[1:]], is_causal=True), sdpa(*qkv, attn_mask=keep),
+                fused(*qkv, attn_mask=torch.zeros(40, 300).masked_fill(~keep, float("-inf")).to(bf))]
+        return [*outs, *torch.autograd.grad(sum(o.float().square().sum() for o in outs), qkv)]
+
     def model():
         xs = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=bf):
@@ -41,19 +49,21 @@ SCRIPT = textwrap.dedent("""
         return [loss, *torch.autograd.grad(loss, [xs, w, b])]
 
     rng = torch.get_rng_state()
-    native_ops, native_model = ops(), model()
+    native_ops, native_model, native_attention = ops(), model(), attention()
     exact = [torch.randn(7, 5, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)]
     native_exact = exact[0] @ exact[1]
     assert not route_active()
     assert use_fp32_gemm_for_bf16() and route_active()
     torch.set_rng_state(rng)
-    routed_ops, routed_model = ops(), model()
+    routed_ops, routed_model, routed_attention = ops(), model(), attention()
     for n, r in zip(native_ops, routed_ops):
         assert r.dtype == bf and r.shape == n.shape
         # one bf16 rounding step apart at most: the same products, another float32 summation order
         assert torch.allclose(r.float(), n.float(), rtol=2 ** -7, atol=2 ** -7 * n.float().abs().max().item()), (r, n)
     for n, r in zip(native_model, routed_model):
         assert torch.allclose(r, n, rtol=0.02, atol=0.02 * n.abs().max().item()), (r, n)
+    for n, r in zip(native_attention, routed_attention):  # attention: float32 inside, one rounding to bf16
+        assert r.dtype == bf and torch.allclose(r.float(), n.float(), rtol=0.02, atol=0.02 * n.abs().max().item())
     assert torch.equal(exact[0] @ exact[1], native_exact)  # float64: PyTorch's own kernel, bit for bit
     assert torch.equal(torch.mm(torch.ones(2, 3, dtype=torch.int64), torch.ones(3, 2, dtype=torch.int64)),
                        torch.full((2, 2), 3, dtype=torch.int64))
