@@ -12,6 +12,10 @@ free) and per wall-second at this process's threads. MFU = model FLOPs per CPU-s
 A profile of the bf16 step's most expensive ops follows (``--profile``), to show where the rest goes, and
 ``--attention`` times causal attention alone at the model's shape with PyTorch's fused CPU kernel, its math
 backend and attention written as blocks of bf16 matmuls (what the matrix units would run).
+
+On a CPU with no native bf16 GEMM (AVX2 only: ``kernels.bf16_matmul``) the bf16 rows are measured as training runs
+them there, through float32 GEMMs of the bf16 values, beside PyTorch's own bf16 matmul (its scalar fallback;
+``--native-bf16`` also times a training step on it, slow).
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks.common import measure, table  # noqa: E402
 from experiments.cli import with_allocator  # noqa: E402
 from experiments.config import build, compose  # noqa: E402
+from kernels.bf16_matmul import (  # noqa: E402
+    native_bf16_gemm,
+    route_active,
+    stop_fp32_gemm_for_bf16,
+    use_fp32_gemm_for_bf16,
+)
 
 
 def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 4096)) -> dict:
@@ -100,21 +110,32 @@ def main(argv=None) -> str:
     ap.add_argument("--attention", action="store_true",
                     help="also time causal attention alone at the model's shape (flash, math, blocked matmuls)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--native-bf16", action="store_true",
+                    help="where the CPU has no native bf16 GEMM, also time a bf16 step on PyTorch's fallback (slow)")
     a = ap.parse_args(argv)
     with_allocator()  # measured under the allocator every entry point runs with
     sizes = (256, 512) if a.quick else (1024, 2048, 4096)
     if a.quick:
         a.model, a.seq, a.batch, a.steps = "transformer_tiny", 256, 2, 2
-    peaks = {name: matmul_peak(dt, sizes) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    routed, was_on = not native_bf16_gemm(), route_active()  # bf16 through float32 GEMMs here, as training runs it
+    peaks = {"fp32": matmul_peak(torch.float32, sizes)}
+    if routed:  # PyTorch's own bf16 GEMM is a scalar loop here: small sizes only
+        stop_fp32_gemm_for_bf16()
+        peaks["bf16, PyTorch's fallback"] = matmul_peak(torch.bfloat16, sizes[:1] if a.quick else (256, 512, 1024))
+        use_fp32_gemm_for_bf16()
+    peaks["bf16"] = matmul_peak(torch.bfloat16, sizes)
     x = torch.randint(0, 256, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     net = build(compose("train", [f"model={a.model}", f"data.seq_len={a.seq}"]).model.net)
     params = sum(p.numel() for p in net.parameters())
     step_flops = net.flops_per_token(a.seq) * a.batch * a.seq
     rows = []
-    for name in ("fp32", "bf16"):
+    names = ["fp32", "bf16"] + (["bf16, PyTorch's fallback"] if routed and a.native_bf16 else [])
+    for name in names:
+        if name.startswith("bf16,"):
+            stop_fp32_gemm_for_bf16()
         opt = torch.optim.AdamW(net.parameters(), 1e-4)
-        m = measure(lambda: train_step(net, opt, x, name == "bf16"), repeat=a.steps)
+        m = measure(lambda: train_step(net, opt, x, name != "fp32"), repeat=a.steps)
         wall, cpu = m["wall"], m["cpu"]
         rows.append({"precision": name, "tok_s": a.batch * a.seq / wall, "gflops_cpu": step_flops / cpu / 1e9,
                      "peak": peaks[name]["cpu"], "mfu": step_flops / cpu / 1e9 / peaks[name]["cpu"],
@@ -122,7 +143,14 @@ def main(argv=None) -> str:
     rows.append({"precision": "bf16 / fp32", "tok_s": rows[1]["tok_s"] / rows[0]["tok_s"],
                  "gflops_cpu": rows[1]["gflops_cpu"] / rows[0]["gflops_cpu"], "peak": peaks["bf16"]["cpu"] / peaks[
                      "fp32"]["cpu"]})
-    head = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator "
+    if len(rows) == 4:
+        rows.append({"precision": "bf16 / bf16 on PyTorch's fallback", "tok_s": rows[1]["tok_s"] / rows[2]["tok_s"],
+                     "gflops_cpu": rows[1]["gflops_cpu"] / rows[2]["gflops_cpu"],
+                     "peak": peaks["bf16"]["cpu"] / peaks["bf16, PyTorch's fallback"]["cpu"]})
+    if routed and not was_on:  # the process as it was
+        stop_fp32_gemm_for_bf16()
+    head = (("no native bf16 GEMM on this CPU: bf16 rows through float32 GEMMs (kernels.bf16_matmul)\n\n" if routed
+             else "") + f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator "
             f"{os.environ.get('LONGLAB_ALLOCATOR')}; model={a.model} ({params / 1e6:.1f}M parameters), "
             f"{a.batch} x {a.seq} tokens per step, {step_flops / 1e9:.1f} GFLOP per step (flops_per_token); "
             f"medians of {a.steps} steps\n\n")

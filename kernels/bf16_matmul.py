@@ -98,4 +98,13 @@ def route_active() -> bool:
     return _LIB is not None
 
 
-__all__ = ["ENV", "native_bf16_gemm", "route_active", "use_fp32_gemm_for_bf16", "wants_route"]
+def stop_fp32_gemm_for_bf16() -> None:
+    """PyTorch's own kernels again (benchmarks timing both side by side)."""
+    global _LIB
+    if _LIB is not None:
+        _LIB._destroy()
+        _LIB = None
+
+
+__all__ = ["ENV", "native_bf16_gemm", "route_active", "stop_fp32_gemm_for_bf16", "use_fp32_gemm_for_bf16",
+           "wants_route"]

@@ -1,7 +1,8 @@
 """bf16 matmuls on CPUs without a native bf16 GEMM (``kernels.bf16_matmul``): routed through float32 GEMMs of the
 same bf16 values, they give PyTorch's own bf16 results up to the float32 summation order, forward and backward,
-for every routed operator, and leave other dtypes exact; bf16 attention (``kernels.sdpa``) runs in float32 there. The route is process-wide, so each check runs in a
-fresh interpreter where ``LONGLAB_BF16_MATMUL=fp32-gemm`` forces it on any processor."""
+for every routed operator, and leave other dtypes exact; bf16 attention (``kernels.sdpa``) runs in float32
+there. The route is process-wide, so each check runs in a fresh interpreter where
+``LONGLAB_BF16_MATMUL=fp32-gemm`` forces it on any processor."""
 
 from __future__ import annotations
 
