@@ -363,11 +363,11 @@ class KNNMemory:
                 if self.cfg.index == "ivf" and not getattr(idx, "is_trained", True):
                     out[b, h] = self._exact_row(q[b, h], b, h, k)  # too few keys to train yet
                     continue
-                queries = q[b, h]
+                rows = q[b, h]  # (not ``queries``: the result goes back to the queries' device)
                 if (b, h) in self._ivf:  # [q, 0]: Euclidean distance to the lifted keys ranks by q.k
-                    queries = torch.nn.functional.pad(queries, (0, 1))
+                    rows = torch.nn.functional.pad(rows, (0, 1))
                 faiss.omp_set_num_threads(searching)
-                _, ids = idx.search(queries.contiguous().numpy(), k + stale)
+                _, ids = idx.search(rows.contiguous().numpy(), k + stale)
                 faiss.omp_set_num_threads(self.cfg.faiss_threads)
                 ids = torch.from_numpy(ids)
                 if stale:  # keep the first k live ones per query

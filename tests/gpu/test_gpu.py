@@ -114,3 +114,4 @@ def test_faiss_gpu_search_equals_exact():
         gpu.add(k, v)
         q = torch.randn(2, 2, 7, 32, generator=g).cuda()
         assert torch.equal(exact.search(q, 8)[3].sort(-1).values.cpu(), gpu.search(q, 8)[3].sort(-1).values.cpu())
+        assert gpu.search_ids(q, 8).device == q.device  # the entry numbers come back where the queries are
