@@ -105,3 +105,29 @@ def test_preallocated_inference_cache_equals_one_forward(window):
         a2, _ = net(x[:, 300:310], ctx)
     torch.testing.assert_close(a, a2, atol=0, rtol=0)
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("window", [5, 16])
+def test_banded_window_attention_equals_the_full_masked_one(window, monkeypatch):
+    """A sliding window's attention by blocks of queries, each over only the keys its window reaches, equals
+    one masked attention over every key: in one forward, streamed after a full cache, and with a per-row
+    mask (a row whose document began mid-window)."""
+    from architectures.common import attention
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 60), generator=g)
+    want_full, _ = _net(kv_window=window)(x)
+    want_stream = [_net(kv_window=window)(x[:, 30:], _net(kv_window=window)(x[:, :30])[1])[0]]
+    monkeypatch.setattr(attention, "BAND", 4)
+    net = _net(kv_window=window)
+    got_full, _ = net(x)
+    got_stream = [net(x[:, 30:], net(x[:, :30])[1])[0]]
+    torch.testing.assert_close(got_full, want_full, atol=1e-10, rtol=0)
+    torch.testing.assert_close(got_stream[0], want_stream[0], atol=1e-10, rtol=0)
+    T, S = 30, 30 + window - 1
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64) for n in (T, S, S))
+    mask = attention.causal_window_mask(T, S, window, q.device)
+    key_pos = torch.arange(S)
+    mask = mask & (key_pos[None, :] >= torch.tensor([0, window + 3])[:, None])[:, None, None, :]  # row 1 starts late
+    full = attention.fused(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(attention.windowed(q, k, v, mask, window), full, atol=1e-12, rtol=0)
