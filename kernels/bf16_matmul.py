@@ -17,6 +17,7 @@ overloads, which the route leaves alone). Nothing changes on a machine with a na
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -26,6 +27,7 @@ ENV = "LONGLAB_BF16_MATMUL"
 _LIB: torch.library.Library | None = None  # the registration lives as long as this object
 
 
+@functools.cache
 def native_bf16_gemm() -> bool:
     """Whether PyTorch's CPU bf16 GEMM is a native (oneDNN) one here: x86 with AVX-512 or AMX, or not x86."""
     import platform
@@ -33,6 +35,12 @@ def native_bf16_gemm() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
     return bool(torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls on ``device`` are faster than float32 ones can be: any accelerator, a CPU with a
+    native bf16 GEMM. (Routed, a bf16 matmul costs a float32 one plus the casts; PyTorch's fallback 25-50x.)"""
+    return torch.device(device).type != "cpu" or native_bf16_gemm()
 
 
 def wants_route() -> bool:
@@ -106,5 +114,5 @@ def stop_fp32_gemm_for_bf16() -> None:
         _LIB = None
 
 
-__all__ = ["ENV", "native_bf16_gemm", "route_active", "stop_fp32_gemm_for_bf16", "use_fp32_gemm_for_bf16",
+__all__ = ["ENV", "fast_bf16", "native_bf16_gemm", "route_active", "stop_fp32_gemm_for_bf16", "use_fp32_gemm_for_bf16",
            "wants_route"]

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels import bf16_matmul
 from memory import exact
 
 BACKENDS = ("exact", "faiss")
@@ -57,7 +58,8 @@ class MemoryConfig:
     ef_search: int = 64
     faiss_threads: int = 1  # faiss's threads while it builds an index (k-means training, adds); searches run on
     # torch's thread count: a search's results do not depend on its threads, a k-means' could
-    exact_bf16: bool = True  # exact search: bf16 candidates re-ranked in float32, certified exact (memory.exact)
+    exact_bf16: bool = True  # exact search: bf16 candidates re-ranked in float32, certified exact (memory.exact),
+    # where bf16 matmuls are fast (kernels.bf16_matmul.fast_bf16: not on an AVX2-only CPU, where float32 is as fast)
     exact_bf16_from: int = 4096  # ... from this many live entries on (below, float32 is faster: search ms bf16 vs
     # float32, 4 heads x 512 queries, top-32, AMX Xeon, 2 threads: 12.9 vs 10.5 at 2K, 16.0 vs 17.5 at 4K, 24.6 vs
     # 33.8 at 8K, 69.8 vs 138.5 at 32K entries)
@@ -242,7 +244,8 @@ class KNNMemory:
         n = max(1, int(self.size().max()))  # slots fill in order before the ring wraps
         live = self.size()
         keys = self.keys[:, :, :n]
-        if self.cfg.exact_bf16 and self.keys.dtype == torch.float32 and n >= self.cfg.exact_bf16_from:
+        if (self.cfg.exact_bf16 and self.keys.dtype == torch.float32 and n >= self.cfg.exact_bf16_from
+                and bf16_matmul.fast_bf16(queries.device)):  # an AVX2-only CPU: float32 (bf16 is no faster there)
             if self.keys_bf16 is None:
                 self.keys_bf16 = self.keys.to(torch.bfloat16)
             best_v, best_s = exact.search_bf16(queries, self.keys, self.keys_bf16, self.key_norm_max, live, k,

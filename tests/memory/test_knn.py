@@ -292,7 +292,7 @@ def test_exact_search_over_a_large_partly_filled_wrapped_memory_equals_brute_for
 
 
 @pytest.mark.parametrize("case", ["gaussian", "clustered", "ties"])
-def test_bf16_candidates_give_exactly_the_float32_top_k(case):
+def test_bf16_candidates_give_exactly_the_float32_top_k(case, bf16_is_fast):
     """The bf16 scan with its float32 re-rank returns the float32 search's entries: on spread scores (certified
     directly), on keys clustered around the query direction, and on duplicated keys (near-ties the
     certificate cannot separate: those queries are searched again in float32)."""
@@ -321,6 +321,35 @@ def test_bf16_candidates_give_exactly_the_float32_top_k(case):
     assert torch.equal(ids.sort(-1).values, ref._search_exact(q, k).sort(-1).values) or case == "ties"
 
 
+@pytest.fixture
+def bf16_is_fast(monkeypatch):
+    """The memory's exact search takes its bf16 path on any processor (it keeps to float32 on a CPU with no native
+    bf16 GEMM, where bf16 is no faster: ``test_an_avx2_cpu_searches_in_float32``)."""
+    from kernels import bf16_matmul
+
+    monkeypatch.setattr(bf16_matmul, "native_bf16_gemm", lambda: True)
+
+
+def test_an_avx2_cpu_searches_in_float32(monkeypatch):
+    """Without a native bf16 GEMM the exact search scores in float32 (PyTorch's bf16 fallback is 25-50x slower,
+    half of a FoT streaming evaluation on an AVX2 EPYC): the same entries, no bf16 copy of the keys."""
+    from kernels import bf16_matmul
+    from memory import exact
+
+    g = torch.Generator().manual_seed(12)
+    keys, q = torch.randn(1, 2, 5000, 8, generator=g), torch.randn(1, 2, 6, 8, generator=g)
+    found, real = {}, exact.search_bf16
+    for native in (True, False):
+        monkeypatch.setattr(bf16_matmul, "native_bf16_gemm", lambda native=native: native)
+        calls = []
+        monkeypatch.setattr(exact, "search_bf16", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        mem = KNNMemory(1, 2, 8, MemoryConfig(capacity=6000, exact_bf16_from=1))
+        mem.add(keys, keys)
+        found[native] = mem.search_ids(q, 4).sort(-1).values
+        assert bool(calls) == native and (mem.keys_bf16 is not None) == native
+    assert torch.equal(found[True], found[False])
+
+
 def test_the_bf16_certificate_sends_unseparated_queries_back_to_float32(monkeypatch):
     from memory import exact
 
@@ -333,7 +362,7 @@ def test_the_bf16_certificate_sends_unseparated_queries_back_to_float32(monkeypa
     assert calls == [3]
 
 
-def test_a_growing_memory_searches_with_few_matmul_shapes_and_stays_exact(monkeypatch):
+def test_a_growing_memory_searches_with_few_matmul_shapes_and_stays_exact(monkeypatch, bf16_is_fast):
     """A memory that grows by one window between searches (a streamed evaluation) meets a new key count at every
     search. The bf16 scan pads its last block to a bucketed width (masked slots of the ring), so its matmuls take
     a few shapes instead of one per search: oneDNN keeps a primitive with the keys packed for every shape (the
@@ -373,7 +402,7 @@ def test_bucket_widths_round_up_by_at_most_a_quarter():
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
-def test_exact_search_takes_queries_that_require_grad_over_a_partly_filled_ring(bf16):
+def test_exact_search_takes_queries_that_require_grad_over_a_partly_filled_ring(bf16, bf16_is_fast):
     """A memory layer searches with queries from the graph being trained, over a ring larger than its live keys
     (each head's block a slice of the ring, scored by a matmul per head): the search picks entries, so it takes
     no gradient, and the entries are the same as with detached queries."""
