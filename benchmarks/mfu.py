@@ -21,6 +21,7 @@ them there, through float32 GEMMs of the bf16 values, beside PyTorch's own bf16 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -33,6 +34,7 @@ from experiments.cli import with_allocator  # noqa: E402
 from experiments.config import build, compose  # noqa: E402
 from kernels.bf16_matmul import (  # noqa: E402
     native_bf16_gemm,
+    pytorch_bf16_kernels,
     route_active,
     stop_fp32_gemm_for_bf16,
     use_fp32_gemm_for_bf16,
@@ -118,11 +120,12 @@ def main(argv=None) -> str:
     if a.quick:
         a.model, a.seq, a.batch, a.steps = "transformer_tiny", 256, 2, 2
     routed, was_on = not native_bf16_gemm(), route_active()  # bf16 through float32 GEMMs here, as training runs it
+    if routed:
+        use_fp32_gemm_for_bf16()
     peaks = {"fp32": matmul_peak(torch.float32, sizes)}
     if routed:  # PyTorch's own bf16 GEMM is a scalar loop here: small sizes only
-        stop_fp32_gemm_for_bf16()
-        peaks["bf16, PyTorch's fallback"] = matmul_peak(torch.bfloat16, sizes[:1] if a.quick else (256, 512, 1024))
-        use_fp32_gemm_for_bf16()
+        with pytorch_bf16_kernels():
+            peaks["bf16, PyTorch's fallback"] = matmul_peak(torch.bfloat16, sizes[:1] if a.quick else (256, 512, 1024))
     peaks["bf16"] = matmul_peak(torch.bfloat16, sizes)
     x = torch.randint(0, 256, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -132,10 +135,9 @@ def main(argv=None) -> str:
     rows = []
     names = ["fp32", "bf16"] + (["bf16, PyTorch's fallback"] if routed and a.native_bf16 else [])
     for name in names:
-        if name.startswith("bf16,"):
-            stop_fp32_gemm_for_bf16()
         opt = torch.optim.AdamW(net.parameters(), 1e-4)
-        m = measure(lambda: train_step(net, opt, x, name != "fp32"), repeat=a.steps)
+        with pytorch_bf16_kernels() if name.startswith("bf16,") else contextlib.nullcontext():
+            m = measure(lambda: train_step(net, opt, x, name != "fp32"), repeat=a.steps)
         wall, cpu = m["wall"], m["cpu"]
         rows.append({"precision": name, "tok_s": a.batch * a.seq / wall, "gflops_cpu": step_flops / cpu / 1e9,
                      "peak": peaks[name]["cpu"], "mfu": step_flops / cpu / 1e9 / peaks[name]["cpu"]
@@ -148,8 +150,6 @@ def main(argv=None) -> str:
         rows.append({"precision": "bf16 / bf16 on PyTorch's fallback", "tok_s": rows[1]["tok_s"] / rows[2]["tok_s"],
                      "gflops_cpu": rows[1]["gflops_cpu"] / rows[2]["gflops_cpu"],
                      "peak": peaks["bf16"]["cpu"] / peaks["bf16, PyTorch's fallback"]["cpu"]})
-    if routed:  # the profile below runs bf16 as training does here
-        use_fp32_gemm_for_bf16()
     head = (("no native bf16 GEMM on this CPU: bf16 rows through float32 GEMMs (kernels.bf16_matmul)\n\n" if routed
              else "") + f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator "
             f"{os.environ.get('LONGLAB_ALLOCATOR')}; model={a.model} ({params / 1e6:.1f}M parameters), "

@@ -17,21 +17,22 @@ overloads, which the route leaves alone). Nothing changes on a machine with a na
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import platform
 import warnings
 
 import torch
 
 ENV = "LONGLAB_BF16_MATMUL"
 _LIB: torch.library.Library | None = None  # the registration lives as long as this object
+_SAID: list[bool] = []
 
 
 @functools.cache
 def native_bf16_gemm() -> bool:
     """Whether PyTorch's CPU bf16 GEMM is a native (oneDNN) one here: x86 with AVX-512 or AMX, or not x86."""
-    import platform
-
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
     return bool(torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported())
@@ -51,34 +52,17 @@ def wants_route() -> bool:
     return choice == "fp32-gemm" or (choice == "auto" and not native_bf16_gemm())
 
 
-def _bf16(*ts: torch.Tensor) -> bool:
-    return all(t.dtype == torch.bfloat16 for t in ts)
+def _routed(op):
+    """The CPU kernel of ``op`` (mm, bmm, addmm, baddbmm; the last two operands are the factors): bf16 operands
+    through the float32 one, rounded to bf16; other dtypes PyTorch's own kernel, through the ``out=`` overload."""
 
+    def impl(*args, **kw):
+        if all(t.dtype == torch.bfloat16 for t in args):
+            return impl(*(t.float() for t in args), **kw).to(torch.bfloat16)
+        a, b = args[-2:]
+        return op.out(*args, **kw, out=a.new_empty((*a.shape[:-1], b.shape[-1])))
 
-def _mm(a, b):
-    if _bf16(a, b):
-        return _mm(a.float(), b.float()).to(torch.bfloat16)
-    return torch.ops.aten.mm.out(a, b, out=a.new_empty((a.shape[0], b.shape[1])))
-
-
-def _bmm(a, b):
-    if _bf16(a, b):
-        return _bmm(a.float(), b.float()).to(torch.bfloat16)
-    return torch.ops.aten.bmm.out(a, b, out=a.new_empty((a.shape[0], a.shape[1], b.shape[2])))
-
-
-def _addmm(c, a, b, *, beta=1, alpha=1):
-    if _bf16(c, a, b):
-        return _addmm(c.float(), a.float(), b.float(), beta=beta, alpha=alpha).to(torch.bfloat16)
-    out = a.new_empty((a.shape[0], b.shape[1]))
-    return torch.ops.aten.addmm.out(c, a, b, beta=beta, alpha=alpha, out=out)
-
-
-def _baddbmm(c, a, b, *, beta=1, alpha=1):
-    if _bf16(c, a, b):
-        return _baddbmm(c.float(), a.float(), b.float(), beta=beta, alpha=alpha).to(torch.bfloat16)
-    out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
-    return torch.ops.aten.baddbmm.out(c, a, b, beta=beta, alpha=alpha, out=out)
+    return impl
 
 
 def use_fp32_gemm_for_bf16() -> bool:
@@ -93,12 +77,14 @@ def use_fp32_gemm_for_bf16() -> bool:
     lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():  # "overriding a previously registered kernel": that is the point
         warnings.simplefilter("ignore")
-        for name, fn in (("mm", _mm), ("bmm", _bmm), ("addmm", _addmm), ("baddbmm", _baddbmm)):
-            lib.impl(name, fn, "CPU")
+        for name in ("mm", "bmm", "addmm", "baddbmm"):
+            lib.impl(name, _routed(getattr(torch.ops.aten, name)), "CPU")
     _LIB = lib
-    print("[kernels] this CPU has no native bf16 GEMM (no AVX-512 / AMX): bf16 matmuls run as float32 GEMMs of "
-          f"the same bf16 values, rounded to bf16 (the native result up to summation order; {ENV}=native "
-          "keeps PyTorch's slow fallback)", flush=True)
+    if not _SAID:  # once per process, however often a benchmark or test turns it off and on again
+        _SAID.append(True)
+        print("[kernels] this CPU has no native bf16 GEMM (no AVX-512 / AMX): bf16 matmuls run as float32 GEMMs of "
+              f"the same bf16 values, rounded to bf16 (the native result up to summation order; {ENV}=native "
+              "keeps PyTorch's slow fallback)", flush=True)
     return True
 
 
@@ -107,12 +93,25 @@ def route_active() -> bool:
 
 
 def stop_fp32_gemm_for_bf16() -> None:
-    """PyTorch's own kernels again (benchmarks timing both side by side)."""
+    """PyTorch's own kernels again."""
     global _LIB
     if _LIB is not None:
         _LIB._destroy()
         _LIB = None
 
 
-__all__ = ["ENV", "fast_bf16", "native_bf16_gemm", "route_active", "stop_fp32_gemm_for_bf16", "use_fp32_gemm_for_bf16",
-           "wants_route"]
+@contextlib.contextmanager
+def pytorch_bf16_kernels():
+    """PyTorch's own bf16 kernels inside (a benchmark timing its fallback, a test comparing against it), the
+    route as it was after."""
+    was = route_active()
+    stop_fp32_gemm_for_bf16()
+    try:
+        yield
+    finally:
+        if was:
+            use_fp32_gemm_for_bf16()
+
+
+__all__ = ["ENV", "fast_bf16", "native_bf16_gemm", "pytorch_bf16_kernels", "route_active", "stop_fp32_gemm_for_bf16",
+           "use_fp32_gemm_for_bf16", "wants_route"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernels.bf16_matmul import route_active, stop_fp32_gemm_for_bf16, use_fp32_gemm_for_bf16
+from kernels.bf16_matmul import pytorch_bf16_kernels
 from kernels.sdpa import MATH_KEYS, sdpa, uses_math
 
 
@@ -15,11 +15,8 @@ from kernels.sdpa import MATH_KEYS, sdpa, uses_math
 def pytorch_kernels():
     """PyTorch's own bf16 kernels, as on a CPU with a native bf16 GEMM (a bf16 run earlier in this process may
     have routed them through float32 GEMMs: test_bf16_matmul.py checks that route)."""
-    was = route_active()
-    stop_fp32_gemm_for_bf16()
-    yield
-    if was:
-        use_fp32_gemm_for_bf16()
+    with pytorch_bf16_kernels():
+        yield
 
 
 def _qkv(n_rows, n_keys, dtype, seed=0):
