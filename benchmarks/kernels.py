@@ -2,6 +2,7 @@
 kernel issue. Prints markdown tables.
 
     OMP_WAIT_POLICY=PASSIVE python -m benchmarks.kernels [--lengths 1024 4096 16384 65536] [--quick]
+        [--only short|tsn|window]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from architectures.common.attention import BAND, causal_window_mask, windowed  # noqa: E402
 from benchmarks.common import measure, table  # noqa: E402
 from experiments.cli import with_allocator  # noqa: E402
 from kernels import cema, chunk_attention, memory_attention, timestep_norm  # noqa: E402
@@ -140,6 +142,38 @@ def short_rows(keys, rows_tokens=4096, H=2, d=16, dv=64):
     return out
 
 
+def window_rows(windows, B=16, H=4, d=64):
+    """A window of T = W queries after a full cache (S = T + W - 1 keys) under a sliding window of W, as
+    longeval streams a Transformer: the banded attention (``windowed``) against one masked attention over
+    all S keys, forward, no grad. The banded path is the same softmax over the same keys."""
+    rows = []
+    for W in windows:
+        S = 2 * W - 1
+        q = torch.randn(B, H, W, d)
+        k, v = (torch.randn(B, H, S, d) for _ in range(2))
+        mask = causal_window_mask(W, S, W, q.device)
+        with torch.no_grad():
+            band = measure(lambda: windowed(q, k, v, mask, W))
+            full = measure(lambda: windowed(q, k, v, mask, None))  # no window given: one masked call
+            err = (windowed(q, k, v, mask, W) - windowed(q, k, v, mask, None)).abs().max().item()
+        rows.append({"W": W, "S": S, "band_ms": band["wall"] * 1e3, "band_cpu_ms": band["cpu"] * 1e3,
+                     "band_mb": band["mem_mb"], "full_ms": full["wall"] * 1e3, "full_cpu_ms": full["cpu"] * 1e3,
+                     "full_mb": full["mem_mb"], "ratio": full["cpu"] / band["cpu"], "err": err})
+    return rows
+
+
+def print_window(windows):
+    print(f"## sliding-window attention, a window of W queries after a full cache (S = 2W - 1 keys), B=16, H=4, "
+          f"d=64, forward: banded (blocks of {BAND} queries, architectures.common.attention.windowed) vs one "
+          "masked call over all keys (the banded path runs one call too where S < W + 2 x the block)")
+    print(table(window_rows(windows), [
+        ("W", "W", "{}"), ("S", "keys S", "{}"), ("band_ms", "banded ms", "{:.1f}"),
+        ("band_cpu_ms", "banded CPU ms", "{:.1f}"), ("band_mb", "banded MB", "{:.0f}"),
+        ("full_ms", "masked ms", "{:.1f}"), ("full_cpu_ms", "masked CPU ms", "{:.1f}"),
+        ("full_mb", "masked MB", "{:.0f}"), ("ratio", "masked/banded CPU", "{:.2f}x"),
+        ("err", "max abs diff", "{:.1e}")]))
+
+
 def print_tsn(lengths, D, cols):
     from kernels.timestep_norm import cpu_impl
 
@@ -159,7 +193,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--only", choices=["short", "tsn"], help="print one table only")
+    ap.add_argument("--only", choices=["short", "tsn", "window"], help="print one table only")
     a = ap.parse_args()
     with_allocator()  # measured under the allocator every entry point runs with
     lengths = [256, 1024] if a.quick else a.lengths
@@ -172,6 +206,9 @@ def main():
             ("speedup", "ref/fast", "{:.0f}x")]
     if a.only == "tsn":
         return print_tsn(lengths, D * 4, cols)
+    windows = [512, 1024] if a.quick else [512, 1024, 2048]
+    if a.only == "window":
+        return print_window(windows)
     keys = [8, 64] if a.quick else [4, 8, 16, 32, 64, 128, 256, 512, 1024]
     print("## short-row attention: causal forward+backward over 4096 tokens as rows of C keys, 2 heads of 16 "
           "(values of 64), CPU ms: the flash kernel vs the math backend (kernels.sdpa runs the chosen one)")
@@ -197,6 +234,8 @@ def main():
                                            ("fast_mb", "fast MB", "{:.0f}"), ("ref_ms", "reference ms", "{:.1f}"),
                                            ("ref_mb", "ref MB", "{:.0f}"), ("speedup", "ref/fast", "{:.1f}x"),
                                            ("knn_ms", "kNN k=32 ms", "{:.1f}")]))
+    print()
+    print_window(windows)
 
 
 if __name__ == "__main__":
