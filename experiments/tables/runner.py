@@ -78,6 +78,15 @@ def set_aside(f: Path) -> Path:
     return target
 
 
+def last_set_aside(f: Path) -> Path:
+    """The ``set_aside`` copy of ``f`` made last (``<name>.run<k>.json`` with the largest k, else
+    ``<name>.first.json``)."""
+    last, k = f.with_name(f"{f.stem}.first.json"), 2
+    while f.with_name(f"{f.stem}.run{k}.json").exists():
+        last, k = f.with_name(f"{f.stem}.run{k}.json"), k + 1
+    return last
+
+
 def set_aside_evals(cell: Path) -> None:
     """A retrain gives the cell new weights: every evaluation of the old ones (its own table's, those of
     tables that read its cells, its views') is set aside (``set_aside``) and runs again on the new
@@ -207,6 +216,8 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
                                  "first_finished": meta.pop("finished", None)}  # unfinished until retrained
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
                   flush=True)
+        elif "val_bpb_change" not in meta.get("retrained", {"val_bpb_change": None}):  # a retrain resumed
+            first = read_json(last_set_aside(cell / "metrics.json"))
         metrics = read_json(cell / "metrics.json")
         if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:
             # the code and machine that train it (a new evaluation of a trained cell records its own)

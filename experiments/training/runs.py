@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -13,6 +14,22 @@ from architectures.megalodon.checkpoint import is_official, load_official
 from experiments.data.corpus import ByteCorpus, corpus_options
 from experiments.training.checkpointing import last_checkpoint, read_checkpoint
 from experiments.training.module import CausalLMModule
+
+
+def check_last_is_final(run_dir: Path, ckpt_file: Path, step: int | None) -> None:
+    """A finished run's last checkpoint is its final state (training saves it last, at the step metrics.json
+    records). One at another step is from a later run into the folder (an interrupted retrain or continuation):
+    evaluating it would report those weights under the finished run's record, so stop."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return  # no finished run recorded (interrupted, or older): the last checkpoint is the run
+    done = metrics.get("steps") if isinstance(metrics, dict) and metrics.get("status") == "finished" else None
+    if isinstance(done, int) and step is not None and int(step) != done:
+        raise ValueError(
+            f"{ckpt_file} is at step {int(step)}, but {run_dir / 'metrics.json'} records a finished run of {done} "
+            "steps: the checkpoint is from a later, unfinished run into this folder; resume that run "
+            "(ckpt_path=auto) to finish it, or pass ckpt_path=<file> to evaluate a checkpoint on purpose")
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,6 +68,8 @@ def load_run(
             f"no checkpoint at {str(ckpt_file)!r}; train the run first or pass ckpt_path=<file.ckpt>"
         )
     ckpt = read_checkpoint(ckpt_file)
+    if not ckpt_path:
+        check_last_is_final(run_dir, ckpt_file, ckpt.get("global_step"))
     hp = ckpt["hyper_parameters"]
     net_cfg = dict(hp["net"])
     for k, v in (net_overrides or {}).items():

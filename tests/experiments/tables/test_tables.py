@@ -235,6 +235,15 @@ def test_a_cell_without_its_checkpoint_is_retrained_identically_for_a_new_evalua
     assert (cell / "test4096.run2.json").exists() and not list(cell.glob("*.run2.first.json"))
     meta = json.loads((cell / "meta.json").read_text())
     assert meta["finished"] and len(meta["earlier_retrains"]) == 1 and meta["retrained"]["val_bpb_change"] == 0.0
+    # a retrain stopped part way and resumed by a later process still records its change, against the run
+    # set aside last (run2 here, made 0.5 worse so that reading another one would show)
+    (cell / "metrics.run2.json").write_text(json.dumps({**second, "val/bpb": second["val/bpb"] + 0.5}))
+    meta.pop("finished"), meta["retrained"].pop("val_bpb_change")
+    (cell / "meta.json").write_text(json.dumps(meta))
+    (cell / "metrics.json").unlink()  # the checkpoint stays: training resumes from it
+    run_table("megabyte_strided", "smoke", [0], str(tmp_path), rows=["megabyte"])
+    meta = json.loads((cell / "meta.json").read_text())
+    assert meta["finished"] and meta["retrained"]["val_bpb_change"] == pytest.approx(-0.5)
 
 
 def test_an_older_finished_cell_without_a_status_is_retrained_for_its_own_new_evaluation(tmp_path):

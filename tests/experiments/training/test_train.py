@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,20 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_finished_runs_record_is_never_paired_with_another_runs_checkpoint(tiny_corpus, tmp_path):
+    """A later run into a finished run's folder that stops part way leaves its checkpoint beside the finished
+    run's metrics.json: evaluating it must stop, not report those weights under the finished run's record."""
+    train(_cfg(tmp_path / "short", tiny_corpus, "trainer.max_steps=2"))
+    train(_cfg(tmp_path / "done", tiny_corpus, "trainer.max_steps=4"))
+    load_run(tmp_path / "done")  # its own final checkpoint: fine
+    shutil.copy(tmp_path / "short/checkpoints/last.ckpt", tmp_path / "done/checkpoints/last.ckpt")
+    with pytest.raises(ValueError, match=r"is at step 2, but .*records a finished run of 4 steps"):
+        load_run(tmp_path / "done")
+    with pytest.raises(ValueError, match="records a finished run of 4 steps"):
+        evaluate(compose("eval", [f"run_dir={tmp_path / 'done'}", "eval.num_batches=1"]))
+    load_run(tmp_path / "done", ckpt_path=str(tmp_path / "done/checkpoints/last.ckpt"))  # on purpose: allowed
 
 
 def test_eval_of_missing_run_fails_clearly(tmp_path):
