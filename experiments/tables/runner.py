@@ -14,6 +14,7 @@ an interrupted one resumes from its last checkpoint. Smoke runs go to ``runs/tab
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from pathlib import Path
@@ -68,12 +69,17 @@ def run_evals(spec: TableSpec, row: RowSpec, cell: Path, scale: str, code: dict,
 SET_ASIDE = re.compile(r"\.(first|run\d+)\.json$")  # the results of earlier weights
 
 
+def _aside_names(f: Path):
+    """The names ``set_aside`` gives ``<name>.json``, in the order it uses them."""
+    yield f.with_name(f"{f.stem}.first.json")
+    for k in itertools.count(2):
+        yield f.with_name(f"{f.stem}.run{k}.json")
+
+
 def set_aside(f: Path) -> Path:
     """Move ``<name>.json`` of weights being replaced to ``<name>.first.json``, or, when the first run's is
     already there (a cell retrained again), to ``<name>.run<k>.json``: no earlier run's numbers are lost."""
-    target, k = f.with_name(f"{f.stem}.first.json"), 2
-    while target.exists():
-        target, k = f.with_name(f"{f.stem}.run{k}.json"), k + 1
+    target = next(p for p in _aside_names(f) if not p.exists())
     f.replace(target)
     return target
 
@@ -81,10 +87,12 @@ def set_aside(f: Path) -> Path:
 def last_set_aside(f: Path) -> Path:
     """The ``set_aside`` copy of ``f`` made last (``<name>.run<k>.json`` with the largest k, else
     ``<name>.first.json``)."""
-    last, k = f.with_name(f"{f.stem}.first.json"), 2
-    while f.with_name(f"{f.stem}.run{k}.json").exists():
-        last, k = f.with_name(f"{f.stem}.run{k}.json"), k + 1
-    return last
+    names = _aside_names(f)
+    last = next(names)
+    for p in names:
+        if not p.exists():
+            return last
+        last = p
 
 
 def set_aside_evals(cell: Path) -> None:
@@ -216,7 +224,7 @@ def _train_cell(spec: TableSpec, row: RowSpec, scale: str, seed: int, cell: Path
                                  "first_finished": meta.pop("finished", None)}  # unfinished until retrained
             print(f"[table] {tag}: retraining ({key}): its checkpoint is gone and an evaluation needs it",
                   flush=True)
-        elif "val_bpb_change" not in meta.get("retrained", {"val_bpb_change": None}):  # a retrain resumed
+        elif "retrained" in meta and "val_bpb_change" not in meta["retrained"]:  # a retrain resumed
             first = read_json(last_set_aside(cell / "metrics.json"))
         metrics = read_json(cell / "metrics.json")
         if metrics is None or metrics.get("steps", -1) < cfg.trainer.max_steps:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from architectures.contract import LanguageModel
 from architectures.megalodon.checkpoint import is_official, load_official
 from experiments.data.corpus import ByteCorpus, corpus_options
 from experiments.training.checkpointing import last_checkpoint, read_checkpoint
+from experiments.training.checks import read_json_quietly
 from experiments.training.module import CausalLMModule
 
 
@@ -20,10 +20,7 @@ def check_last_is_final(run_dir: Path, ckpt_file: Path, step: int | None) -> Non
     """A finished run's last checkpoint is its final state (training saves it last, at the step metrics.json
     records). One at another step is from a later run into the folder (an interrupted retrain or continuation):
     evaluating it would report those weights under the finished run's record, so stop."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return  # no finished run recorded (interrupted, or older): the last checkpoint is the run
+    metrics = read_json_quietly(run_dir / "metrics.json")  # none: no finished run recorded, the checkpoint is the run
     done = metrics.get("steps") if isinstance(metrics, dict) and metrics.get("status") == "finished" else None
     if isinstance(done, int) and step is not None and int(step) != done:
         raise ValueError(
