@@ -59,8 +59,16 @@ def differences(spec: TableSpec, rows: list) -> list[str]:
                 except ValueError as e:
                     out.append(f"| {ra.label} | {rb.label} | — | not comparable: {e} |")
                     continue
-                out.append(f"| {ra.label} | {rb.label} | {d.text(m.digits, signed=True)} | {verdict(d)} |")
+                out.append(f"| {ra.label} | {rb.label} | {d.text(m.digits, signed=True)} | {verdict(d)}"
+                           f"{seeds_note(ua, ub)} |")
     return (["", "## Differences"] + out) if out else []
+
+
+def seeds_note(a: Units, b: Units) -> str:
+    """Where the two rows do not have the same seeds, the seeds the paired difference is on: its value is then not
+    the difference of the rows' printed values (one row's other seeds are left out of it)."""
+    common = [s for s in a.seeds if s in b.seeds]
+    return "" if set(a.seeds) == set(b.seeds) else f" (on seed{'s' * (len(common) > 1)} {common} only)"
 
 
 def contrasts(spec: TableSpec, rows: list) -> list[str]:

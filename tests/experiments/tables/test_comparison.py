@@ -388,3 +388,25 @@ def test_context_use_reports_the_largest_separated_gain_and_the_total_gain(monke
     monkeypatch.setattr(spec_module, "_build", bad)
     with pytest.raises(ValueError, match="context_pairs entry"):
         load_table("context_use")
+
+
+def test_a_difference_over_fewer_seeds_than_a_row_shows_says_which_seeds_it_is_on(monkeypatch):
+    """A row with seeds 0-2 against one with seed 0 only: the paired difference is over seed 0, so its value is not
+    the difference of the printed values, and the line says so; rows with the same seeds carry no note."""
+    from experiments.tables import sections
+    from experiments.tables.report import RowResult
+
+    spec = load_table("long_context_tasks")
+    rng = np.random.default_rng(0)
+    fake = {"transformer": collect({s: units(rng.gamma(2.0, 40.0, 8)) for s in range(3)}),
+            "megalodon": collect({s: units(rng.gamma(2.0, 40.0, 8)) for s in range(3)}),
+            "megabyte": collect({0: units(rng.gamma(2.0, 40.0, 8))})}
+    rows = [RowResult(name, name, {}, [0, 1, 2]) for name in fake]
+    monkeypatch.setattr(sections, "units", lambda row, metric: fake[row.name])
+    lines = [x for x in sections.differences(spec, rows) if x.startswith("| ") and "---" not in x and "a − b" not in x]
+    by_pair = {tuple(x.split(" | ")[:2]): x for x in lines}
+    assert by_pair[("| transformer", "megabyte")].endswith("(on seed [0] only) |")
+    assert by_pair[("| megalodon", "megabyte")].endswith("(on seed [0] only) |")
+    assert "only" not in by_pair[("| transformer", "megalodon")]
+    assert sections.seeds_note(fake["transformer"], collect({s: units([1.0]) for s in (0, 2)})) == \
+        " (on seeds [0, 2] only)"
