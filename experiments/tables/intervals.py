@@ -94,12 +94,17 @@ def interval(u: Units, seed: int = 0) -> Interval:
     return Interval(u.bpb, float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5)))
 
 
+def common_seeds(a: Units, b: Units) -> list[int]:
+    """The seeds a paired difference of ``a`` and ``b`` is taken over: those both rows have, in ``a``'s order."""
+    return [s for s in a.seeds if s in b.seeds]
+
+
 def paired(a: Units, b: Units, seed: int = 0) -> Interval:
     """a - b in bits per byte with a paired bootstrap interval over the seeds both have and the units."""
     if a.sha != b.sha or a.nll.shape[1] != b.nll.shape[1] or a.divisor != b.divisor:
         raise ValueError("the two rows were not scored on the same target bytes (different units or hashes): "
                          "a paired difference is not defined")
-    common = [s for s in a.seeds if s in b.seeds]
+    common = common_seeds(a, b)
     if not common:
         raise ValueError(f"no seed in common (rows have {list(a.seeds)} and {list(b.seeds)})")
     pick = lambda u: Units(tuple(common), u.nll[[u.seeds.index(s) for s in common]],  # noqa: E731
@@ -110,4 +115,4 @@ def paired(a: Units, b: Units, seed: int = 0) -> Interval:
     return Interval(a.bpb - b.bpb, float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5)))
 
 
-__all__ = ["Interval", "Units", "collect", "interval", "paired"]
+__all__ = ["Interval", "Units", "collect", "common_seeds", "interval", "paired"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from experiments.config import OptimConfig
 from experiments.tables.cells import cell_json, metrics_key
-from experiments.tables.intervals import Units, collect, interval, paired
+from experiments.tables.intervals import Units, collect, common_seeds, interval, paired
 from experiments.tables.keys import TuningPending, lr_text, tuned_lr, tuned_rows, tuning_results, tuning_scale
 from experiments.tables.spec import MetricSpec, TableSpec
 
@@ -67,7 +67,7 @@ def differences(spec: TableSpec, rows: list) -> list[str]:
 def seeds_note(a: Units, b: Units) -> str:
     """Where the two rows do not have the same seeds, the seeds the paired difference is on: its value is then not
     the difference of the rows' printed values (one row's other seeds are left out of it)."""
-    common = [s for s in a.seeds if s in b.seeds]
+    common = common_seeds(a, b)
     return "" if set(a.seeds) == set(b.seeds) else f" (on seed{'s' * (len(common) > 1)} {common} only)"
 
 
