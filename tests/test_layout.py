@@ -27,7 +27,7 @@ ROOMS = {"experiments.config": 0, "experiments.cli": 0, "experiments.provenance"
 def room(module: str) -> int:
     return next((level for r, level in ROOMS.items() if module == r or module.startswith(r + ".")), 5)
 ENTRY_POINTS = ("train", "eval", "generate", "longeval", "fot_eval", "compare", "run_table", "make_table",
-                "context_eval", "harness")
+                "context_eval", "harness", "needle_offset")
 
 
 def module_name(path: Path) -> str:

@@ -54,9 +54,13 @@ def _place(length: int, tail: int, block: int, depth: float) -> int:
     return int(round(min(max(depth, 0.0), 1.0) * room))
 
 
+# the pass key's needle: HEAD key MID key TAIL (the key written twice)
+NEEDLE_HEAD, NEEDLE_MID, NEEDLE_TAIL = b"The pass key is ", b". Remember it. ", b" is the pass key. "
+
+
 def passkey(length: int, depth: float, rng: np.random.Generator) -> Sample:
     key = bytes(rng.choice(DIGITS, 5))
-    needle = b"The pass key is " + key + b". Remember it. " + key + b" is the pass key. "
+    needle = NEEDLE_HEAD + key + NEEDLE_MID + key + NEEDLE_TAIL
     question = b"What is the pass key? The pass key is "
     tail = len(question) + len(key)
     at = _place(length, tail, len(needle), depth)
