@@ -1,5 +1,5 @@
 """Pass-key accuracy by the needle's offset in the model's window:
-``python -m experiments.needle_offset 'run_dirs=[<run>]' length=4096 'anchors=[0.25,0.5]' out=<file>.json``.
+``python -m experiments.needle_offset "run_dirs=['<run>']" length=4096 'anchors=[0.25,0.5]' out=<file>.json``.
 
 The work is ``experiments.evaluation.needle_offset.run(cfg)``; this is its command line.
 """

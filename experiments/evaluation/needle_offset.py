@@ -8,7 +8,7 @@ grid every depth puts the needle at one fixed offset in its window at every leng
 needle through every ``step``-th offset of one window at a few depths (``anchors``) of one document length,
 so that accuracy can be read by offset and by where the boundary cuts the needle, at the same depth.
 
-    python -m experiments.needle_offset 'run_dirs=[<run>,...]' length=4096 'anchors=[0.25,0.5]' step=8 \\
+    python -m experiments.needle_offset "run_dirs=['<run>','<run>']" length=4096 'anchors=[0.25,0.5]' step=8 \\
         samples=8 out=<file>.json
 
 Writes ``out`` (JSON: one row per run x anchor x offset, and the documents pooled over runs by cut) and a
@@ -109,6 +109,7 @@ def period_of(net, given: int | None) -> int:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
+    code = git_commit()  # the code that scores, read before it runs
     device = pick_device(cfg.device)
     rows, period = [], None
     for run_dir in to_plain(cfg.run_dirs):
@@ -147,7 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                              "interval": list(wilson(k, n))}
     out = {"length": int(cfg.length), "period": period, "step": int(cfg.step), "anchors": to_plain(cfg.anchors),
            "samples": int(cfg.samples), "seed": int(cfg.seed), "precision": str(cfg.precision),
-           "runs": to_plain(cfg.run_dirs), "code": git_commit(), "machine": machine_info(),
+           "runs": to_plain(cfg.run_dirs), "code": code, "machine": machine_info(),
            "rows": rows, "by_cut": by_cut, "by_anchor_cut": by_anchor_cut}
     path = Path(cfg.out)
     write_json(path, out)
