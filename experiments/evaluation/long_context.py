@@ -12,6 +12,7 @@ never 0.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,22 @@ def check_longeval_config(cfg: DictConfig) -> None:
                          "(0: the start of the document, 1: its end)")
 
 
+def refuse_replacing(path: Path, settings: dict[str, Any]) -> None:
+    """A task's result scored with other settings is kept, not replaced unasked (a table cell's ``longeval/``
+    files must stay those of its evaluation): stop in one line naming the setting and the fix."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    differ = [k for k, v in settings.items() if k in old and old[k] != v]
+    if differ:
+        k = differ[0]
+        raise ValueError(f"{path} holds a result scored with {k}={old[k]!r} (now {settings[k]!r}); set "
+                         "out_dir=<folder> to keep both, or overwrite=true to replace it")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``configs/longeval.yaml``: every task of ``tasks`` (or ``task``) scored on the length x depth grid.
     Returns {task: result, "tasks": [...], "curve": [{task, length, accuracy}]}."""
@@ -157,14 +174,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_cfg, module = load_run(cfg.run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
     tasks = [cfg.task] if cfg.task else list(to_plain(cfg.tasks))
     window = int(cfg.window or train_cfg.data.seq_len)
-    out_dir = Path(cfg.run_dir) / "longeval"
-    out_dir.mkdir(exist_ok=True)
+    settings = {"lengths": [int(x) for x in to_plain(cfg.lengths)], "depths": [float(x) for x in to_plain(cfg.depths)],
+                "samples": int(cfg.samples), "window": window, "seed": int(cfg.seed), "precision": str(cfg.precision),
+                "net_overrides": to_plain(cfg.net_overrides) or {}}
+    out_dir = Path(cfg.run_dir) / cfg.out_dir
+    if not cfg.overwrite:
+        for task in tasks:
+            refuse_replacing(out_dir / f"{task}.json", settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for task in tasks:
-        r = score(module.net, task, [int(x) for x in to_plain(cfg.lengths)], [float(x) for x in to_plain(cfg.depths)],
-                  int(cfg.samples), window, device, int(cfg.seed), cfg.precision,
-                  None if cfg.get("batch_size") is None else int(cfg.batch_size))
-        r["model"] = train_cfg.model.get("name")
+        r = score(module.net, task, settings["lengths"], settings["depths"], settings["samples"], window, device,
+                  settings["seed"], cfg.precision, None if cfg.get("batch_size") is None else int(cfg.batch_size))
+        r.update(settings, model=train_cfg.model.get("name"))
         write_json(out_dir / f"{task}.json", r)
         heat_map(r, out_dir / f"{task}.png", f"{task}: {r['model']} ({Path(cfg.run_dir).name})")
         print(f"[longlab] {task}: " + "; ".join(

@@ -13,9 +13,10 @@ import torch
 
 from experiments.config import compose
 
-# kind -> (its entry point's config, overrides it always adds); the generation kind has no config
+# kind -> (its entry point's config, overrides it always adds); the generation kind has no config; a table
+# replaces its cells' stale results itself (longeval's per-task files: overwrite=true)
 ENTRY = {"window": ("eval", []), "stream": ("eval", ["eval.streaming=true"]), "fot": ("fot_eval", []),
-         "context": ("context_eval", []), "longeval": ("longeval", [])}
+         "context": ("context_eval", []), "longeval": ("longeval", ["overwrite=true"])}
 
 
 def entry_config(cell: Path, spec, out: str):

@@ -146,6 +146,16 @@ def test_any_run_is_scored_with_one_command(tmp_path):
     assert sorted((c["task"], c["length"]) for c in out["curve"]) == sorted((t, n) for t in TASKS for n in (300, 600))
     saved = json.loads((run_dir / "longeval" / "passkey.json").read_text())
     assert set(saved["accuracy"]) == {"300", "600"} and (run_dir / "longeval" / "passkey.png").exists()
+    # a result scored with other settings is not replaced unasked (a table cell's files stay its evaluation's)
+    other = [f"run_dir={run_dir}", "task=passkey", "lengths=[300]", "depths=[0,1]", "samples=1"]
+    with pytest.raises(ValueError, match="lengths=.*out_dir=.*overwrite=true"):
+        run(compose("longeval", other))
+    run(compose("longeval", [*other, "out_dir=longeval_300"]))
+    assert set(json.loads((run_dir / "longeval_300" / "passkey.json").read_text())["accuracy"]) == {"300"}
+    assert json.loads((run_dir / "longeval" / "passkey.json").read_text()) == saved
+    run(compose("longeval", [*other[:2], "lengths=[300,600]", "depths=[0,1]", "samples=1"]))  # the same: rescored
+    run(compose("longeval", [*other, "overwrite=true"]))
+    assert set(json.loads((run_dir / "longeval" / "passkey.json").read_text())["accuracy"]) == {"300"}
 
 
 def test_packed_rows_hold_whole_documents_of_lengths_in_range():

@@ -43,6 +43,16 @@ def test_every_evaluation_of_every_table_composes_at_every_scale(name):
         check_overrides(table, scale)
 
 
+def test_a_table_replaces_its_cells_stale_longeval_files_itself():
+    """longeval keeps a task's result scored with other settings unless told (overwrite=true); a table, which
+    reruns a cell's stale evaluation on purpose, tells it."""
+    from experiments.tables.evals import entry_config
+
+    ev = next(e for e in load_table("long_context_tasks").evals if e.kind == "longeval")
+    assert entry_config(Path("cell"), ev, "longeval.json").overwrite is True
+    assert compose("longeval", ["run_dir=cell"]).overwrite is False
+
+
 def test_an_evaluation_that_cannot_compose_stops_the_table_before_any_training(tmp_path):
     """An override the entry point cannot apply (here: a key the context evaluation's config does not have,
     without Hydra's +) is refused in one line naming the table, row and evaluation, and no cell is started."""
