@@ -98,11 +98,3 @@ def test_each_document_is_counted_under_its_cut_and_out_is_never_overwritten(tmp
         needle_offset.run(compose("needle_offset", [*args, "overwrite=true"]))
     assert needle_offset.run(compose("needle_offset", [*args, "overwrite=true", "period=64"]))["period"] == 64
 
-
-def test_its_command_line_fails_in_one_line():
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "experiments.needle_offset", "run_dirs=[/no/such/run]"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "out=null" in out.stderr and "Traceback" not in out.stderr
