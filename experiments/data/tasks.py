@@ -54,14 +54,15 @@ def _place(length: int, tail: int, block: int, depth: float) -> int:
     return int(round(min(max(depth, 0.0), 1.0) * room))
 
 
-# the pass key's needle: HEAD key MID key TAIL (the key written twice)
+# the pass key's needle: HEAD key MID key TAIL (the key, of KEY_DIGITS digits, written twice); then the question
 NEEDLE_HEAD, NEEDLE_MID, NEEDLE_TAIL = b"The pass key is ", b". Remember it. ", b" is the pass key. "
+QUESTION, KEY_DIGITS = b"What is the pass key? The pass key is ", 5
 
 
 def passkey(length: int, depth: float, rng: np.random.Generator) -> Sample:
-    key = bytes(rng.choice(DIGITS, 5))
+    key = bytes(rng.choice(DIGITS, KEY_DIGITS))
     needle = NEEDLE_HEAD + key + NEEDLE_MID + key + NEEDLE_TAIL
-    question = b"What is the pass key? The pass key is "
+    question = QUESTION
     tail = len(question) + len(key)
     at = _place(length, tail, len(needle), depth)
     body = np.concatenate([_filler(at), np.frombuffer(needle, np.uint8),

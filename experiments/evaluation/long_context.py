@@ -12,7 +12,6 @@ never 0.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from experiments.data.tasks import make
 from experiments.evaluation.bpb import autocast
 from experiments.evaluation.run import refuse_tokens
 from experiments.plotting import pyplot
+from experiments.training.checks import read_json_quietly
 from experiments.training.progress import Progress
 from experiments.training.runs import load_run, pick_device
 
@@ -152,12 +152,7 @@ def check_longeval_config(cfg: DictConfig) -> None:
 def refuse_replacing(path: Path, settings: dict[str, Any]) -> None:
     """A task's result scored with other settings is kept, not replaced unasked (a table cell's ``longeval/``
     files must stay those of its evaluation): stop in one line naming the setting and the fix."""
-    if not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = {}
+    old = read_json_quietly(path) or {}
     differ = [k for k, v in settings.items() if k in old and old[k] != v]
     if differ:
         k = differ[0]

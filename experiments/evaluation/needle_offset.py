@@ -24,15 +24,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from experiments.config import integer, to_plain, write_json
-from experiments.data.tasks import NEEDLE_HEAD, NEEDLE_MID, NEEDLE_TAIL
+from experiments.data.tasks import KEY_DIGITS, NEEDLE_HEAD, NEEDLE_MID, NEEDLE_TAIL, QUESTION
 from experiments.evaluation.long_context import score
 from experiments.evaluation.run import refuse_tokens
 from experiments.provenance import describe_machine, git_commit, machine_info
 from experiments.training.runs import load_run, pick_device
 
-KEY = 5  # digits of the pass key
-NEEDLE = len(NEEDLE_HEAD) + KEY + len(NEEDLE_MID) + KEY + len(NEEDLE_TAIL)
-TAIL = len(b"What is the pass key? The pass key is ") + KEY  # the question and its answer
+NEEDLE = len(NEEDLE_HEAD) + KEY_DIGITS + len(NEEDLE_MID) + KEY_DIGITS + len(NEEDLE_TAIL)
+TAIL = len(QUESTION) + KEY_DIGITS  # the question and its answer
 CUTS = ("whole", "before key 1", "inside key 1", "between the keys", "inside key 2", "after key 2")
 
 
@@ -40,16 +39,16 @@ def cut(offset: int, period: int) -> str:
     """Where the first window boundary after the needle's start (at ``offset`` in its window) cuts the needle."""
     b = (period - offset % period) % period  # needle bytes before the boundary
     k1 = len(NEEDLE_HEAD)
-    k2 = k1 + KEY + len(NEEDLE_MID)
+    k2 = k1 + KEY_DIGITS + len(NEEDLE_MID)
     if b == 0 or b >= NEEDLE:
         return "whole"
     if b <= k1:
         return "before key 1"
-    if b < k1 + KEY:
+    if b < k1 + KEY_DIGITS:
         return "inside key 1"
     if b <= k2:
         return "between the keys"
-    return "inside key 2" if b < k2 + KEY else "after key 2"
+    return "inside key 2" if b < k2 + KEY_DIGITS else "after key 2"
 
 
 def positions(length: int, period: int, step: int, anchor: float) -> list[tuple[float, int]]:
@@ -76,6 +75,12 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     mid = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def tally(rows: list[dict]) -> dict | None:
+    """Documents right of those in ``rows``, with the 95% Wilson interval; None for no documents."""
+    k, n = sum(r["right"] for r in rows), sum(r["documents"] for r in rows)
+    return {"right": k, "documents": n, "accuracy": k / n, "interval": list(wilson(k, n))} if n else None
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -112,6 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     code = git_commit()  # the code that scores, read before it runs
     device = pick_device(cfg.device)
     rows, period = [], None
+    batch = None if cfg.get("batch_size") is None else int(cfg.batch_size)
     for run_dir in to_plain(cfg.run_dirs):
         refuse_tokens(run_dir, "the pass-key task (byte-level documents and answers)")
         train_cfg, module = load_run(run_dir, cfg.ckpt_path, to_plain(cfg.net_overrides), device)
@@ -122,7 +128,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         window = int(cfg.window or train_cfg.data.seq_len)
         for anchor in to_plain(cfg.anchors):
             pos = positions(int(cfg.length), period, int(cfg.step), float(anchor))
-            batch = None if cfg.get("batch_size") is None else int(cfg.batch_size)
             r = score(module.net, "passkey", [int(cfg.length)], [d for d, _ in pos], int(cfg.samples), window,
                       device, int(cfg.seed), cfg.precision, batch)
             right = r["units"][str(cfg.length)]["sum"]  # depth-major, samples each
@@ -132,28 +137,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 rows.append({"run": str(run_dir), "anchor": float(anchor), "depth": depth, "needle": at,
                              "offset": at % period, "cut": cut(at % period, period), "right": sum(hits),
                              "documents": n})
-    by_cut = {}
-    for c in CUTS:
-        k, n = sum(r["right"] for r in rows if r["cut"] == c), sum(r["documents"] for r in rows if r["cut"] == c)
-        if n:
-            by_cut[c] = {"right": k, "documents": n, "accuracy": k / n, "interval": list(wilson(k, n))}
-    by_anchor_cut = {}
-    for a in to_plain(cfg.anchors):
-        for c in CUTS:
-            sel = [r for r in rows if r["anchor"] == float(a) and r["cut"] == c]
-            n = sum(r["documents"] for r in sel)
-            if n:
-                k = sum(r["right"] for r in sel)
-                by_anchor_cut[f"{a}/{c}"] = {"right": k, "documents": n, "accuracy": k / n,
-                                             "interval": list(wilson(k, n))}
+    by_cut = {c: t for c in CUTS if (t := tally([r for r in rows if r["cut"] == c]))}
+    by_anchor_cut = {f"{a}/{c}": t for a in to_plain(cfg.anchors) for c in CUTS
+                     if (t := tally([r for r in rows if r["anchor"] == float(a) and r["cut"] == c]))}
     out = {"length": int(cfg.length), "period": period, "step": int(cfg.step), "anchors": to_plain(cfg.anchors),
            "samples": int(cfg.samples), "seed": int(cfg.seed), "precision": str(cfg.precision),
            "runs": to_plain(cfg.run_dirs), "code": code, "machine": machine_info(),
            "rows": rows, "by_cut": by_cut, "by_anchor_cut": by_anchor_cut}
     path = Path(cfg.out)
     write_json(path, out)
-    path.with_suffix(".md").write_text(markdown(out))
-    print(markdown(out))
+    table = markdown(out)
+    path.with_suffix(".md").write_text(table)
+    print(table)
     return out
 
 
