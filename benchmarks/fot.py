@@ -4,7 +4,7 @@
         joblib filelock cloudpickle
     PEERS=/tmp/peers OMP_WAIT_POLICY=PASSIVE python -m benchmarks.fot [--keys-run RUN_DIR] [--quick]
 
-Four tables:
+The tables:
 1. exact search against its floor: one window of a memory layer (4 heads x 512 queries, d=64, top-32)
    over n keys per head; the floor is what any exact search must do on this CPU: the bf16 score matmul and
    one read of the scores (their maxima by groups of 64). The search is timed twice: the top-k entry numbers
@@ -18,7 +18,9 @@ Four tables:
    beside longlab's, with recall;
 4. model level: streaming with n tokens in memory (width 256, 4 layers, windows of 512, batch 1): FoT's
    per-head memory (the paper's design: 4x the peer's keys searched) against the peer's model.
-And the CrossBatch training step beside the peer's.
+And the CrossBatch training step beside the peer's (5); a memory of ``--big`` tokens (4M) with its IVF recall
+at nprobe 16-64, on synthetic keys or, with ``--big-keys-run``, on a trained FoT's own keys (6); filling a memory
+with ``read`` against ``forward`` (7).
 
 The peer differs from FoT: one shared K/V head for memory, cosine-sim attention, separate memory and
 local softmaxes merged by a learned gate, memories in memmapped files searched by faiss HNSW (M=15,
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -109,28 +112,33 @@ def trained_run(a) -> str:
 def model_keys(run: str, n: int, n_queries: int):
     """Keys [H, n, d] and queries [H, n_queries, d] of the run's first memory layer over the first n + n_queries
     test bytes. The keys of the first memory layer come from layers without memory, so a small memory gives
-    the same keys as a large one: the text streams with a ring of 4,096 entries read out after every chunk."""
+    the same keys as a large one: the text streams (``read``: the state only, up to the memory layers) with a
+    ring of 4,096 entries read out after every chunk, into one preallocated tensor (4M keys of 52 dims x 4 heads
+    are 3.5 GB); the last n_queries tokens run ``forward``, whose search records the queries."""
     from experiments.training.runs import corpus_of, load_run
 
     cfg, module = load_run(run, net_overrides={"memory_capacity": 4096, "memory_backend": "exact"})
-    net = module.net
+    net = module.net.eval()
     data = corpus_of(cfg).split("test").data
     if len(data) < n + n_queries:
         raise ValueError(f"--keys-run's test split has {len(data):,} tokens; the tables need {n + n_queries:,}")
+    window = net.config.window
+    if n % window:  # a memory holds whole windows: the last partial one's keys are not written yet
+        raise ValueError(f"{n:,} keys is not a whole number of the run's windows of {window}; use a multiple")
     x = torch.from_numpy(np.asarray(data[: n + n_queries]).astype(np.int64))[None]
-    chunk, state, keys, queries = 2048, None, [], []
-    for s in range(0, n + n_queries, chunk):
-        if s >= n:  # the last tokens: keep the memory layer's queries
-            mem = state["memory"][0]
-            search = mem.search
-            mem.search = lambda q, k, search=search: (queries.append(q[0].clone()), search(q, k))[1]
-        _, state = net(x[:, s : s + chunk], state)
-        if s < n:
-            mem = state["memory"][0]
-            m = min(chunk, n - s)
-            slots = torch.arange(int(mem.count[0]) - m, int(mem.count[0])) % mem.capacity
-            keys.append(mem.keys[0][:, slots].clone())
-    return torch.cat(keys, 1), torch.cat(queries, 1)[:, :n_queries]
+    chunk, state, keys, queries = 2048, None, None, []
+    for s in range(0, n, chunk):
+        state = net.read(x[:, s : min(s + chunk, n)], state)
+        mem = state["memory"][0]
+        if keys is None:
+            keys = torch.empty(mem.H, n, mem.d)
+        lo, hi = s // window * window, min(s + chunk, n) // window * window  # the windows this chunk completed
+        keys[:, lo:hi] = mem.keys[0][:, torch.arange(lo, hi) % mem.capacity]
+    mem = state["memory"][0]
+    search = mem.search
+    mem.search = lambda q, k: (queries.append(q[0].clone()), search(q, k))[1]
+    net(x[:, n:], state)
+    return keys, torch.cat(queries, 1)[:, :n_queries]
 
 
 def key_rows(keys, queries, sizes):
@@ -330,42 +338,60 @@ def train_rows(a, cls):
 
 
 # ---------------------------------------------------------------------------------------------- 6. a large memory
-def big_rows(n, heads=4, d=64, queries=512, chunk=65536):
-    """One batch row's memory of ``n`` tokens (``heads`` heads of ``d`` dims, float32 keys and values), filled
-    chunk by chunk, searched by the lifted IVF and exactly: resident memory, build and search time, recall.
-    The keys are synthetic (Gaussian directions, norms spread over 1.4-15 as a trained FoT's keys are): a
-    trained model's n keys would take hours to produce here."""
+def big_rows(n, trained=None, nprobes=(16, 32, 64), heads=4, d=64, queries=512, chunk=65536):
+    """One batch row's memory of ``n`` tokens (float32 keys and values), filled chunk by chunk, searched by the
+    lifted IVF at each of ``nprobes`` (one index: nprobe is a search setting) and exactly: resident memory, build
+    and search time, recall. The keys are a trained FoT's when ``trained`` is given (a dict of its first memory
+    layer's "keys" [H, n, d] and the next tokens' "queries" [H, q, d], popped here: once the ring is filled it
+    holds the only copy), else synthetic (Gaussian directions, norms spread over 1.4-15 as a trained FoT's keys
+    are; no cluster structure, so an IVF's recall on them is a floor, not a model's)."""
     from benchmarks.common import rss_bytes
     from experiments.training.bookkeeping import release_free_memory
 
-    release_free_memory()
-    base = rss_bytes()
     g = torch.Generator().manual_seed(0)
+    if trained is not None:
+        q = trained.pop("queries")[None]
+        heads, d = q.shape[1], q.shape[-1]
+        given = trained.pop("keys")
+        held = given.nbytes  # handed back once the ring has them: not counted in the growth
+        chunks = (keys[None] for keys in given.split(chunk, 1))
+        del given
+    else:
+        q = torch.randn(1, heads, queries, d, generator=g)
 
-    def spread(m):
-        x = torch.randn(1, heads, m, d, generator=g)
-        return x / x.norm(dim=-1, keepdim=True) * (1.4 + 13.6 * torch.rand(1, heads, m, 1, generator=g))
+        def spread(m):
+            x = torch.randn(1, heads, m, d, generator=g)
+            return x / x.norm(dim=-1, keepdim=True) * (1.4 + 13.6 * torch.rand(1, heads, m, 1, generator=g))
+        chunks = (spread(min(chunk, n - s)) for s in range(0, n, chunk))
+        held = 0
 
+    release_free_memory()
+    base = rss_bytes() - held
     mem = KNNMemory(1, heads, d, MemoryConfig(capacity=n, **IVF))
     t0 = time.perf_counter()
-    for _ in range(0, n, chunk):
-        keys = spread(chunk)
+    for keys in chunks:
         mem.add(keys, keys)
     fill = time.perf_counter() - t0
-    q = torch.randn(1, heads, queries, d, generator=g)
+    del chunks, keys
+    release_free_memory()
     t0 = time.perf_counter()
     mem.search(q[:, :, :1], K)  # trains the quantizers and files every key
     build = time.perf_counter() - t0
-    ivf = measure(lambda: mem.search(q, K), repeat=3)
-    got = mem.search(q, K)[3]
-    ring_rss = (rss_bytes() - base) / 2**30
+    runs = {}
+    for p in nprobes:
+        mem.cfg.nprobe = p
+        runs[p] = (measure(lambda: mem.search(q, K), repeat=3)["cpu"] * 1e3, mem.search(q, K)[3])
+    grown = (rss_bytes() - base) / 2**30
+    ring_gib, index_gib = mem.nbytes() / 2**30, mem.index_nbytes() / 2**30
     mem.cfg.backend = "exact"  # the same entries searched exactly (a copy of the ring would not fit beside it)
     ex = measure(lambda: mem.search(q, K), repeat=1, warmup=1)
     want = mem.search(q, K)[3]
-    return [{"n": n, "backend": "faiss ivf (nlist auto, nprobe 16)", "ms": ivf["cpu"] * 1e3, "build_s": build,
-             "fill_s": fill, "recall": recall(got, want), "gib": ring_rss,
-             "ring_gib": mem.nbytes() / 2**30, "index_gib": mem.index_nbytes() / 2**30},
-            {"n": n, "backend": "exact", "ms": ex["cpu"] * 1e3, "recall": 1.0, "gib": (rss_bytes() - base) / 2**30}]
+    rows = [{"n": n, "backend": f"faiss ivf (nlist auto, nprobe {p})", "ms": ms, "recall": recall(got, want),
+             **({"build_s": build, "fill_s": fill, "gib": grown, "ring_gib": ring_gib, "index_gib": index_gib}
+                if i == 0 else {})} for i, (p, (ms, got)) in enumerate(runs.items())]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak, all in
+    return rows + [{"n": n, "backend": "exact", "ms": ex["cpu"] * 1e3, "recall": 1.0,
+                    "gib": (rss_bytes() - base) / 2**30, "peak_gib": peak}]
 
 
 def read_rows(a):
@@ -403,6 +429,8 @@ def main():
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--measure-tokens", type=int, default=2048)
     ap.add_argument("--big", type=int, default=4 * 1048576, help="tokens in the large memory of table 6")
+    ap.add_argument("--big-keys-run", help="a trained FoT run whose first memory layer's keys over --big test tokens "
+                    "fill table 6's memory (default: synthetic keys)")
     ap.add_argument("--read-sizes", type=int, nargs="+", default=[8192, 65536], help="memories filled in table 7")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["floor", "keys", "equal", "stream", "train", "big", "read"])
@@ -463,13 +491,21 @@ def main():
         print(table(train_rows(a, cls), [("model", "model", "{}"), ("tok_s", "tokens/s", "{:,.0f}"),
                                          ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}")]))
     if "big" not in a.skip:
-        print(f"\n## 6. a memory of {a.big:,} tokens (one batch row, 4 heads x 64 dims, float32 keys and values; "
-              f"synthetic keys of spread norms), 4 heads x 512 queries, top-{K}")
-        print(table(big_rows(a.big), [
+        trained, keys = None, "synthetic keys of spread norms, 4 heads x 64 dims"
+        if a.big_keys_run:
+            k, q = model_keys(a.big_keys_run, a.big, 512)
+            trained = {"keys": k, "queries": q}
+            keys = (f"the first memory layer's keys of {a.big_keys_run} over {a.big:,} test tokens, queries from the "
+                    f"next 512, {k.shape[0]} heads x {k.shape[-1]} dims")
+            del k, q
+        print(f"\n## 6. a memory of {a.big:,} tokens (one batch row, float32 keys and values; {keys}), "
+              f"4 heads x 512 queries, top-{K}")
+        print(table(big_rows(a.big, trained), [
             ("n", "tokens", "{:,}"), ("backend", "backend", "{}"), ("ms", "search ms", "{:.0f}"),
             ("recall", f"recall@{K} vs exact", "{:.3f}"), ("fill_s", "fill s", "{:.0f}"),
             ("build_s", "index build s", "{:.0f}"), ("ring_gib", "ring GiB", "{:.1f}"),
-            ("index_gib", "index GiB", "{:.1f}"), ("gib", "resident GiB (process growth)", "{:.1f}")]))
+            ("index_gib", "index GiB", "{:.1f}"), ("gib", "resident GiB (process growth)", "{:.1f}"),
+            ("peak_gib", "process peak resident GiB", "{:.1f}")]))
     if "read" not in a.skip:
         print(f"\n## 7. filling a memory before its queries (exact search), width {a.width}, {a.layers} layers, "
               f"windows of {a.window}, batch 1: forward against read (the state only), CPU-seconds, one run")

@@ -268,7 +268,6 @@ class KNNMemory:
             idx = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         elif cfg.index == "hnsw":
             idx = faiss.IndexIDMap2(faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT))
-            faiss.downcast_index(idx.index).hnsw.efSearch = cfg.ef_search
         else:  # Euclidean IVF over keys lifted to norm R (see the module's note)
             self._ivf.pop((b, h), None)
             ids = torch.arange(live_from, int(self.count[b]))
@@ -276,7 +275,6 @@ class KNNMemory:
             nlist = auto_nlist(n) if cfg.nlist == "auto" else cfg.nlist
             quant = faiss.IndexFlatL2(d + 1)
             idx = faiss.IndexIVFFlat(quant, d + 1, nlist, faiss.METRIC_L2)  # ids built in
-            idx.nprobe = min(cfg.nprobe, nlist)
             idx.cp.max_points_per_centroid = 64  # k-means on a sample: training stays seconds at 1M keys
             idx.cp.niter = 10
             self._keepalive[(b, h)] = quant  # the IVF index does not own its quantizer
@@ -366,6 +364,7 @@ class KNNMemory:
                 if self.cfg.index == "ivf" and not getattr(idx, "is_trained", True):
                     out[b, h] = self._exact_row(q[b, h], b, h, k)  # too few keys to train yet
                     continue
+                self._search_settings(idx, self._on_gpu.get((b, h), False))
                 rows = q[b, h]  # (not ``queries``: the result goes back to the queries' device)
                 if (b, h) in self._ivf:  # [q, 0]: Euclidean distance to the lifted keys ranks by q.k
                     rows = torch.nn.functional.pad(rows, (0, 1))
@@ -379,6 +378,17 @@ class KNNMemory:
                     ids = torch.where(live.gather(-1, order), ids.gather(-1, order), torch.full_like(order, -1))
                 out[b, h] = ids[:, :k]
         return out.to(queries.device)
+
+    def _search_settings(self, idx, on_gpu: bool) -> None:
+        """The config's search settings (IVF ``nprobe``, HNSW ``ef_search``) put on an index before each search:
+        changing them on a built memory takes effect at its next search, with no rebuild (at 4M keys an IVF
+        build takes minutes; its recall against nprobe is a setting to sweep)."""
+        faiss, cfg = _faiss(), self.cfg
+        if cfg.index == "ivf":
+            ivf = idx if on_gpu else faiss.extract_index_ivf(idx)  # a GPU IVF index has nprobe and nlist itself
+            ivf.nprobe = min(cfg.nprobe, ivf.nlist)
+        elif cfg.index == "hnsw":
+            faiss.downcast_index(idx.index).hnsw.efSearch = cfg.ef_search
 
     def _exact_row(self, q, b, h, k):
         n = int(self.size()[b])

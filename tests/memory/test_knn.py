@@ -123,6 +123,33 @@ def test_ivf_ranks_by_inner_product_on_keys_of_spread_norms():
         assert got >= floor, f"recall@10 {got:.3f} with {nprobe} of 64 lists probed"
 
 
+@pytest.mark.parametrize("index,setting,low,high", [("ivf", "nprobe", 1, 64), ("hnsw", "ef_search", 1, 256)])
+def test_search_settings_changed_on_a_built_memory_take_effect_without_a_rebuild(index, setting, low, high):
+    """nprobe / ef_search are read from the config at every search: a memory built with a low setting, raised
+    afterwards, searches as one built with the high setting (the same index, no rebuild), which a low setting
+    does not (an IVF probing every list is exact)."""
+    g = torch.Generator().manual_seed(13)
+    keys = spread_keys(4096, g).view(1, 1, -1, D)
+    q = torch.randn(1, 1, 64, D, generator=g)
+    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=4096))
+    exact.add(keys, keys)
+    want = exact.search(q, 10)[3]
+    base = {"capacity": 4096, "backend": "faiss", "index": index, "nlist": 64, "ivf_train_size": 1024, "hnsw_m": 4}
+    mem = KNNMemory(1, 1, D, MemoryConfig(**base, **{setting: low}))
+    mem.add(keys, keys)
+    before = mem.search(q, 10)[3]
+    built = mem._indexes[(0, 0)]
+    setattr(mem.cfg, setting, high)
+    after = mem.search(q, 10)[3]
+    assert mem._indexes[(0, 0)] is built  # not rebuilt
+    fresh = KNNMemory(1, 1, D, MemoryConfig(**base, **{setting: high}))
+    fresh.add(keys, keys)
+    assert torch.equal(after, fresh.search(q, 10)[3])
+    assert recall(before, want) < recall(after, want)
+    if index == "ivf":
+        assert recall(after, want) == 1.0
+
+
 def test_ivf_retrains_on_its_own_keys_as_the_memory_grows_and_for_a_longer_key():
     g = torch.Generator().manual_seed(12)
     mem = KNNMemory(1, 1, D, MemoryConfig(capacity=1 << 16, backend="faiss", index="ivf", nlist="auto", nprobe=64,
