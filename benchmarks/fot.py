@@ -17,7 +17,8 @@ The tables:
    the 2,048 queries of 4 heads x 512 tokens, top-32, on the trained keys: the peer's own memory class
    beside longlab's, with recall;
 4. model level: streaming with n tokens in memory (width 256, 4 layers, windows of 512, batch 1): FoT's
-   per-head memory (the paper's design: 4x the peer's keys searched) against the peer's model.
+   per-head memory (the paper's design: 4x the peer's keys searched) against the peer's model, in ``--rounds``
+   rounds that alternate the two (the ratio is taken within each round: its median and range are printed).
 And the CrossBatch training step beside the peer's (5); a memory of ``--big`` tokens (4M) with its IVF recall
 at nprobe 16-64, on synthetic keys or, with ``--big-keys-run``, on a trained FoT's own keys (6); filling a memory
 with ``read`` against ``forward`` (7).
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -256,12 +258,49 @@ def with_memory_config(state: dict, **cfg) -> dict:
     return {**state, "memory": mems}
 
 
+def stream_fot(a, name, filled, cap, x, mem_tokens):
+    """FoT with search backend ``name`` streams the measured tokens from a fresh copy of the filled memory (its
+    index or bf16 key copy built before the clock starts): wall s, CPU s, memory bytes per token."""
+    net = fot_model(a.width, a.layers, a.window, cap, **STREAM[name]).eval()
+    state = None
+    if filled is not None:
+        cfg = {"backend": "exact"} if name == "exact" else {k: v for k, v in IVF.items() if k != "faiss_threads"}
+        state = with_memory_config(filled, **cfg)
+        for m in state["memory"]:  # steady state: the index (or the keys' bf16 copy) is built before timing
+            m.search(torch.zeros(1, m.H, 1, m.d), K)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in range(mem_tokens, x.shape[1], a.window):
+        _, state = net(x[:, s : s + a.window], state)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    mem = state["memory"][0]
+    return wall, cpu, mem.nbytes() / max(1, int(mem.size()[0]))
+
+
+def stream_peer(a, cls, cap, x, mem_tokens):
+    """The peer fills a fresh memory with the same tokens, then streams the measured ones: wall s, CPU s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peer = peer_model(cls, a.width, a.layers, cap, tmp).eval()
+        with peer.knn_memories_context(batch_size=1) as knn:
+            for s in range(0, mem_tokens, a.window):
+                peer(x[:, s : s + a.window], knn)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for s in range(mem_tokens, x.shape[1], a.window):
+                peer(x[:, s : s + a.window], knn)
+            return time.perf_counter() - t0, time.process_time() - c0, None
+
+
+PEER = "memorizing-transformers-pytorch (faiss hnsw)"
+
+
 @torch.no_grad()
 def streaming_rows(a, cls):
-    """Each memory size is filled once (through FoT's IVF path: the entries do not depend on the search) and
-    every FoT backend streams the same measured tokens from that memory."""
-    rows = []
-    W = a.window
+    """Each memory size is filled once for FoT (through its IVF path: the entries do not depend on the search);
+    then ``a.rounds`` rounds, each streaming the same measured tokens with every FoT backend from a fresh copy of
+    that memory and with the peer from a memory it fills afresh, in alternating order (FoT first in even rounds,
+    the peer first in odd ones). Speeds are medians over the rounds; the ratio to the peer is taken within each
+    round (the two ran minutes apart at most) and reported as the median and the range over rounds, since one
+    run's ratio moved by up to 25% between runs on these machines."""
+    rows, W = [], a.window
     for mem_tokens in a.memories:
         cap = max(mem_tokens + 4 * W, 1024)
         x = torch.randint(0, 256, (1, mem_tokens + a.measure_tokens), generator=torch.Generator().manual_seed(0))
@@ -273,40 +312,22 @@ def streaming_rows(a, cls):
                 _, filled = net(x[:, s : min(s + 4 * W, mem_tokens)], filled)
             print(f"[bench] {mem_tokens:,} tokens in memory filled in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
-        for name, memory in STREAM.items():
-            if not mem_tokens and name != "exact":
-                continue
-            net = fot_model(a.width, a.layers, W, cap, **memory).eval()
-            state = None
-            if filled is not None:
-                cfg = {"backend": "exact"} if name == "exact" else {k: v for k, v in IVF.items()
-                                                                    if k != "faiss_threads"}
-                state = with_memory_config(filled, **cfg)
-                for m in state["memory"]:  # steady state: the index (or the keys' bf16 copy) is built before timing
-                    m.search(torch.zeros(1, m.H, 1, m.d), K)
-            t0, c0 = time.perf_counter(), time.process_time()
-            for s in range(mem_tokens, x.shape[1], W):
-                _, state = net(x[:, s : s + W], state)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            mem = state["memory"][0]
-            per_token = mem.nbytes() / max(1, int(mem.size()[0]))
-            rows.append({"model": f"FoT (longlab, {name})", "mem": mem_tokens, "tok_s": a.measure_tokens / wall,
-                         "cpu_tok_s": a.measure_tokens / cpu, "bytes_per_token": per_token})
-        if cls is not None and mem_tokens <= a.peer_max:
-            with tempfile.TemporaryDirectory() as tmp:
-                peer = peer_model(cls, a.width, a.layers, cap, tmp).eval()
-                with peer.knn_memories_context(batch_size=1) as knn:
-                    for s in range(0, mem_tokens, W):
-                        peer(x[:, s : s + W], knn)
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    for s in range(mem_tokens, x.shape[1], W):
-                        peer(x[:, s : s + W], knn)
-                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            rows.append({"model": "memorizing-transformers-pytorch (faiss hnsw)", "mem": mem_tokens,
-                         "tok_s": a.measure_tokens / wall, "cpu_tok_s": a.measure_tokens / cpu})
-            for r in rows:
-                if r["mem"] == mem_tokens:
-                    r["vs_peer"] = r["cpu_tok_s"] / rows[-1]["cpu_tok_s"]
+        backends = {f"FoT (longlab, {n})": n for n in STREAM if mem_tokens or n == "exact"}
+        with_peer = cls is not None and mem_tokens <= a.peer_max
+        runs: dict[str, list] = {n: [] for n in [*backends, *[PEER] * with_peer]}
+        for r in range(a.rounds):
+            for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                runs[n].append(stream_peer(a, cls, cap, x, mem_tokens) if n == PEER else
+                               stream_fot(a, backends[n], filled, cap, x, mem_tokens))
+        for n, got in runs.items():
+            row = {"model": n, "mem": mem_tokens, "tok_s": statistics.median(a.measure_tokens / w for w, _, _ in got),
+                   "cpu_tok_s": statistics.median(a.measure_tokens / c for _, c, _ in got),
+                   "bytes_per_token": got[0][2]}
+            if with_peer:  # tokens per CPU-second against the peer's in the same round
+                ratios = [peer[1] / mine[1] for mine, peer in zip(got, runs[PEER], strict=True)]
+                row["vs_peer"] = statistics.median(ratios)
+                row["vs_peer_range"] = f"{min(ratios):.2f}-{max(ratios):.2f}x"
+            rows.append(row)
     return rows
 
 
@@ -428,6 +449,7 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--measure-tokens", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3, help="streaming table: rounds, FoT and the peer alternating")
     ap.add_argument("--big", type=int, default=4 * 1048576, help="tokens in the large memory of table 6")
     ap.add_argument("--big-keys-run", help="a trained FoT run whose first memory layer's keys over --big test tokens "
                     "fill table 6's memory (default: synthetic keys)")
@@ -481,11 +503,13 @@ def main():
                 ("recall", f"recall@{K} vs exact", "{:.3f}")]))
     if "stream" not in a.skip:
         print(f"\n## 4. streaming evaluation, width {a.width}, {a.layers} layers ({a.width // 64} memory heads), "
-              f"windows of {a.window}, batch 1, {a.measure_tokens:,} tokens measured")
+              f"windows of {a.window}, batch 1, {a.measure_tokens:,} tokens measured, medians of {a.rounds} rounds "
+              "(FoT and the peer alternating; the ratio taken within each round)")
         print(table(streaming_rows(a, cls), [
             ("model", "model", "{}"), ("mem", "tokens in memory", "{:,}"), ("tok_s", "tokens/s", "{:,.0f}"),
-            ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}"), ("vs_peer", "vs peer (CPU-s)", "{:.2f}x"),
-            ("bytes_per_token", "memory bytes/token", "{:,.0f}")]))
+            ("cpu_tok_s", "tokens/CPU-s", "{:,.0f}"), ("vs_peer", "vs peer (CPU-s), median", "{:.2f}x"),
+            ("vs_peer_range", f"range over {a.rounds} rounds", "{}"), ("bytes_per_token", "memory bytes/token",
+                                                                     "{:,.0f}")]))
     if "train" not in a.skip:
         print("\n## 5. training step, batch 8")
         print(table(train_rows(a, cls), [("model", "model", "{}"), ("tok_s", "tokens/s", "{:,.0f}"),

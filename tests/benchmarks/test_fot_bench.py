@@ -69,3 +69,32 @@ def test_the_large_memory_table_on_given_keys_sweeps_nprobe_on_one_index():
     assert rows[0]["recall"] < 0.9 and rows[1]["recall"] == 1.0 and rows[2]["recall"] == 1.0
     assert "build_s" in rows[0] and "build_s" not in rows[1]
     assert rows[0]["ring_gib"] == pytest.approx(2 * 2 * n * 16 * 4 / 2**30)
+
+
+def test_streaming_rounds_alternate_and_take_the_ratio_to_the_peer_within_each_round(monkeypatch):
+    """Every round streams each FoT backend and the peer (FoT first in even rounds, the peer first in odd ones);
+    speeds are medians over rounds, and the ratio to the peer is the median of the rounds' own ratios."""
+    order, cpu = [], {"exact": [1.0, 2.0, 4.0], "faiss ivf": [1.0, 1.0, 1.0], "peer": [4.0, 1.0, 2.0]}
+
+    def fot(a, name, filled, cap, x, mem_tokens):
+        order.append(name)
+        return 1.0, cpu[name][(order.count(name) - 1) % 3], 100.0
+
+    def peer(a, cls, cap, x, mem_tokens):
+        order.append("peer")
+        return 1.0, cpu["peer"][(order.count("peer") - 1) % 3], None
+
+    monkeypatch.setattr(bench, "stream_fot", fot)
+    monkeypatch.setattr(bench, "stream_peer", peer)
+    a = types.SimpleNamespace(memories=[0, 256], window=128, width=64, layers=1, measure_tokens=256, rounds=3,
+                              peer_max=128)
+    rows = bench.streaming_rows(a, cls=object)
+    assert order == ["exact", "peer", "peer", "exact", "exact", "peer",  # empty memory: exact search only
+                     "exact", "faiss ivf", "faiss ivf", "exact", "exact", "faiss ivf"]  # beyond peer_max: no peer
+    by = {(r["model"], r["mem"]): r for r in rows}
+    exact0 = by[("FoT (longlab, exact)", 0)]
+    assert exact0["cpu_tok_s"] == 256 / 2.0  # median of 256/1, 256/2, 256/4
+    # the rounds' ratios are 4, 0.5, 0.5: their median, where the ratio of the two medians would read 1.0
+    assert exact0["vs_peer"] == 0.5 and exact0["vs_peer_range"] == "0.50-4.00x"
+    assert by[(bench.PEER, 0)]["vs_peer"] == 1.0
+    assert "vs_peer" not in by[("FoT (longlab, faiss ivf)", 256)]
