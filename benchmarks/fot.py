@@ -410,7 +410,7 @@ def big_rows(n, trained=None, nprobes=(16, 32, 64), heads=4, d=64, queries=512, 
     rows = [{"n": n, "backend": f"faiss ivf (nlist auto, nprobe {p})", "ms": ms, "recall": recall(got, want),
              **({"build_s": build, "fill_s": fill, "gib": grown, "ring_gib": ring_gib, "index_gib": index_gib}
                 if i == 0 else {})} for i, (p, (ms, got)) in enumerate(runs.items())]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak, all in
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; the whole run's peak
     return rows + [{"n": n, "backend": "exact", "ms": ex["cpu"] * 1e3, "recall": 1.0,
                     "gib": (rss_bytes() - base) / 2**30, "peak_gib": peak}]
 
@@ -458,6 +458,8 @@ def main():
                     choices=["floor", "keys", "equal", "stream", "train", "big", "read"])
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error(f"--rounds {a.rounds}: the streaming table needs at least one round")
     with_allocator()  # measured under the allocator every entry point runs with
     if a.quick:
         a.sizes, a.key_sizes, a.memories, a.window, a.measure_tokens, a.width, a.layers, a.keys_steps = (
