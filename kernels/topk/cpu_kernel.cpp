@@ -20,7 +20,7 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -45,6 +45,15 @@ inline __m512 load16(const float* x) { return _mm512_loadu_ps(x); }
 inline __m512 load16(const at::BFloat16* x) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// AVX2 (no compress instruction): 8 lanes compared at once; a chunk with a hit (rare once the threshold is set:
+// about 1.4k of a row's scores) appends its hits one by one
+inline __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
+inline __m256 load8(const at::BFloat16* x) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 #endif
 
@@ -108,6 +117,9 @@ struct Row {
 #if defined(__AVX512F__)
       for (; i + LANES <= groups; i += LANES)
         _mm512_storeu_ps(acc.data() + i, _mm512_max_ps(_mm512_loadu_ps(acc.data() + i), load16(xc + i)));
+#elif defined(__AVX2__)
+      for (; i + 8 <= groups; i += 8)
+        _mm256_storeu_ps(acc.data() + i, _mm256_max_ps(_mm256_loadu_ps(acc.data() + i), load8(xc + i)));
 #endif
       for (; i < groups; ++i) acc[i] = std::max(acc[i], load_one(xc, i));
     }
@@ -133,6 +145,21 @@ struct Row {
       if (n >= cap) {
         cut();
         t = _mm512_set1_ps(thr);
+      }
+    }
+#elif defined(__AVX2__)
+    __m256 t = _mm256_set1_ps(thr);
+    for (; j + 8 <= m; j += 8) {
+      int hit = _mm256_movemask_ps(_mm256_cmp_ps(load8(x + j), t, _CMP_GE_OQ));
+      if (!hit) continue;
+      while (hit) {  // the chunk's hits against the threshold it was compared with, as the AVX-512 path
+        const int b = __builtin_ctz(hit);
+        hit &= hit - 1;
+        v[n] = load_one(x, j + b), s[n] = static_cast<int32_t>(j + b), ++n;
+      }
+      if (n >= cap) {
+        cut();
+        t = _mm256_set1_ps(thr);
       }
     }
 #endif
