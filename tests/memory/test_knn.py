@@ -105,16 +105,21 @@ def spread_keys(n, g, clusters=32):
     return keys * torch.exp(torch.randn(n, 1, generator=g) * 0.3)
 
 
+def spread_case(n, n_queries, seed):
+    """One head's n spread keys, random queries, and their exact top-10 entry numbers."""
+    g = torch.Generator().manual_seed(seed)
+    keys = spread_keys(n, g).view(1, 1, -1, D)
+    q = torch.randn(1, 1, n_queries, D, generator=g)
+    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=n))
+    exact.add(keys, keys)
+    return keys, q, exact.search(q, 10)[3]
+
+
 def test_ivf_ranks_by_inner_product_on_keys_of_spread_norms():
     """The lifted (Euclidean) IVF finds the inner-product neighbours of keys whose norms differ: all of them
     when every list is probed (an IVF ranking by Euclidean distance without the lift would not), most of them
     with an eighth of the lists probed."""
-    g = torch.Generator().manual_seed(11)
-    keys = spread_keys(8192, g).view(1, 1, -1, D)
-    q = torch.randn(1, 1, 128, D, generator=g)
-    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=8192))
-    exact.add(keys, keys)
-    want = exact.search(q, 10)[3]
+    keys, q, want = spread_case(8192, 128, seed=11)
     for nprobe, floor in ((64, 1.0), (8, 0.9)):
         ivf = KNNMemory(1, 1, D, MemoryConfig(capacity=8192, backend="faiss", index="ivf", nlist=64, nprobe=nprobe,
                                               ivf_train_size=1024))
@@ -128,12 +133,7 @@ def test_search_settings_changed_on_a_built_memory_take_effect_without_a_rebuild
     """nprobe / ef_search are read from the config at every search: a memory built with a low setting, raised
     afterwards, searches as one built with the high setting (the same index, no rebuild), which a low setting
     does not (an IVF probing every list is exact)."""
-    g = torch.Generator().manual_seed(13)
-    keys = spread_keys(4096, g).view(1, 1, -1, D)
-    q = torch.randn(1, 1, 64, D, generator=g)
-    exact = KNNMemory(1, 1, D, MemoryConfig(capacity=4096))
-    exact.add(keys, keys)
-    want = exact.search(q, 10)[3]
+    keys, q, want = spread_case(4096, 64, seed=13)
     base = {"capacity": 4096, "backend": "faiss", "index": index, "nlist": 64, "ivf_train_size": 1024, "hnsw_m": 4}
     mem = KNNMemory(1, 1, D, MemoryConfig(**base, **{setting: low}))
     mem.add(keys, keys)
