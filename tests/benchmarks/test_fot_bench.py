@@ -8,13 +8,9 @@ import pytest
 import torch
 
 from benchmarks import fot as bench
+from memory.knn import auto_nlist
 from tests.conftest import build_net
-
-
-def clustered(heads, n, d, g, clusters=16):
-    centres = torch.randn(clusters, d, generator=g)
-    x = centres[torch.randint(0, clusters, (heads, n), generator=g)] + 0.5 * torch.randn(heads, n, d, generator=g)
-    return x * torch.exp(torch.randn(heads, n, 1, generator=g) * 0.3)
+from tests.memory.test_knn import D, spread_keys
 
 
 def test_model_keys_are_the_keys_a_long_stream_writes_and_the_next_tokens_queries(monkeypatch):
@@ -58,9 +54,8 @@ def test_the_large_memory_table_on_given_keys_sweeps_nprobe_on_one_index():
     when every list is probed (the lifted IVF is then exact), and the given tensors are released to it."""
     g = torch.Generator().manual_seed(0)
     n = 8192
-    trained = {"keys": clustered(2, n, 16, g), "queries": torch.randn(2, 64, 16, generator=g)}
-    from memory.knn import auto_nlist
-
+    keys = torch.stack([spread_keys(n, g) for _ in range(2)])  # 2 heads
+    trained = {"keys": keys, "queries": torch.randn(2, 64, D, generator=g)}
     nlist = auto_nlist(n)
     rows = bench.big_rows(n, trained, nprobes=(1, nlist), chunk=3000)
     assert trained == {}
